@@ -1,0 +1,105 @@
+"""Names, paths and defaults shared by every step.
+
+Nothing here touches the disk, the network or MLflow at import time: values are constants
+or small pure functions. Every default a step exposes (click option, MLproject parameter)
+is defined here exactly once; ``tests/unit/test_config.py`` checks that MLproject agrees.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+PROJECT_ROOT: Path = Path(__file__).resolve().parents[1]
+
+# --- MLflow names -------------------------------------------------------------------------
+EXPERIMENT_NAME = "california_housing_price"
+MODEL_NAME = "CaliforniaHousingRegressor"
+CHAMPION_ALIAS = "champion"
+CHALLENGER_ALIAS = "challenger"
+RAW_DATASET_NAME = "california_housing_raw"
+MODEL_ARTIFACT = "model"  # name of the logged pipeline model inside a train run
+PREPROCESSOR_ARTIFACT = "preprocessor"
+PREPROCESSOR_FILE = "preprocessor.skops"
+SPLITS_ARTIFACT_DIR = "splits"
+RAW_ARTIFACT_DIR = "raw"
+TRAIN_SPLIT_FILE = "train.parquet"
+TEST_SPLIT_FILE = "test.parquet"
+
+# --- tags ---------------------------------------------------------------------------------
+TAG_UPSTREAM = "lineage.upstream_run_id"
+TAG_DVC_MD5 = "dataset.dvc_md5"
+TAG_FILE_MD5 = "dataset.file_md5"
+TAG_DATA_SOURCE = "dataset.acquired_from"
+TAG_GIT_DIRTY = "git.dirty"
+TAG_STEP = "pipeline.step"
+
+# --- data ---------------------------------------------------------------------------------
+DATA_DIR_NAME = "data"
+RAW_FILE_NAME = "housing.csv"
+DVC_FILE_NAME = "data.dvc"
+PUBLIC_DATA_URL = (
+    "https://raw.githubusercontent.com/ageron/handson-ml2/master/datasets/housing/housing.tgz"
+)
+DATA_URL_ENV = "HOUSING_DATA_URL"
+
+TARGET = "median_house_value"
+NUMERIC_FEATURES: tuple[str, ...] = (
+    "longitude",
+    "latitude",
+    "housing_median_age",
+    "total_rooms",
+    "total_bedrooms",
+    "population",
+    "households",
+    "median_income",
+)
+CATEGORICAL_FEATURE = "ocean_proximity"
+FEATURES: tuple[str, ...] = (*NUMERIC_FEATURES, CATEGORICAL_FEATURE)
+RAW_COLUMNS: tuple[str, ...] = (*NUMERIC_FEATURES, TARGET, CATEGORICAL_FEATURE)  # file order
+OCEAN_PROXIMITY_VALUES: tuple[str, ...] = (
+    "<1H OCEAN",
+    "INLAND",
+    "ISLAND",
+    "NEAR BAY",
+    "NEAR OCEAN",
+)
+
+# --- step defaults (MLproject must agree) ---------------------------------------------------
+DEFAULT_SOURCE_URL = ""  # empty: $HOUSING_DATA_URL, else PUBLIC_DATA_URL
+DEFAULT_TEST_SIZE = 0.2
+DEFAULT_SPLIT_SEED = 42
+DEFAULT_SPLIT_STRATEGY = "income_stratified"
+SPLIT_STRATEGIES: tuple[str, ...] = ("income_stratified", "random")
+DEFAULT_ENV_MANAGER = "local"
+DEFAULT_USE_CACHE = True
+
+
+def data_dir(root: Path = PROJECT_ROOT) -> Path:
+    return root / DATA_DIR_NAME
+
+
+def raw_data_path(root: Path = PROJECT_ROOT) -> Path:
+    return data_dir(root) / RAW_FILE_NAME
+
+
+def dvc_file(root: Path = PROJECT_ROOT) -> Path:
+    return root / DVC_FILE_NAME
+
+
+def resolve_source_url(source_url: str) -> str:
+    """The URL load_data downloads from: the parameter, else $HOUSING_DATA_URL, else public."""
+    return source_url or os.environ.get(DATA_URL_ENV) or PUBLIC_DATA_URL
+
+
+def default_tracking_uri(root: Path = PROJECT_ROOT) -> str:
+    """Absolute SQLite URI in the project root.
+
+    Relative sqlite URIs resolve against each process's working directory, which differs
+    between `mlflow run` children, git clones and the user's shell.
+    """
+    return f"sqlite:///{(root / 'mlflow.db').resolve()}"
+
+
+def tracking_uri() -> str:
+    return os.environ.get("MLFLOW_TRACKING_URI") or default_tracking_uri()

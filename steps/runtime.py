@@ -1,0 +1,130 @@
+"""What every step's thin command layer shares: the MLflow run it logs into, git state, and
+the rule that a failure is one line on stderr, a non-zero exit and a run that is not left
+RUNNING.
+
+Tags written on every step run: ``pipeline.step``, ``git.dirty`` and, when the run was not
+created by ``mlflow run`` (which sets it itself), ``mlflow.source.git.commit``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import click
+
+from steps import config
+
+
+class StepError(Exception):
+    """A failure the user can act on; its message is printed as the single error line."""
+
+
+@dataclass(frozen=True)
+class GitState:
+    commit: str | None
+    dirty: bool
+
+
+def git_state(root: Path = config.PROJECT_ROOT) -> GitState:
+    """Commit and cleanliness of the work tree; a tree outside git counts as dirty."""
+
+    def git(*args: str) -> str | None:
+        try:
+            out = subprocess.run(
+                ["git", *args], cwd=root, capture_output=True, text=True, check=True
+            )
+        except (OSError, subprocess.CalledProcessError):
+            return None
+        return out.stdout.strip()
+
+    commit = git("rev-parse", "HEAD")
+    status = git("status", "--porcelain", "--untracked-files=normal")
+    return GitState(commit=commit, dirty=commit is None or status is None or bool(status))
+
+
+def dataset_source(uri: str) -> Any:
+    """An MLflow dataset source for a URL or local path, chosen explicitly.
+
+    A plain string is ambiguous to MLflow's registry (two local sources claim it), so pick.
+    """
+    from mlflow.data.dataset_source_registry import get_registered_sources
+    from mlflow.data.http_dataset_source import HTTPDatasetSource
+
+    if uri.startswith(("http://", "https://")):
+        return HTTPDatasetSource(uri)
+    local = next(s for s in get_registered_sources() if s.__name__ == "LocalArtifactDatasetSource")
+    return local(uri)
+
+
+def echo(step: str, message: str) -> None:
+    click.echo(f"[{step}] {message}", err=True)
+
+
+def raise_interrupt(signum: int, _frame: Any) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+@contextlib.contextmanager
+def step_run(step: str, params: dict[str, Any] | None = None) -> Iterator[Any]:
+    """Open (or resume, under ``mlflow run``) the step's MLflow run and end it honestly.
+
+    ``StepError`` → FAILED, message on one line, exit 1; SIGINT/SIGTERM → KILLED, exit 130;
+    any other exception → FAILED and re-raised so the traceback is kept.
+    """
+    import mlflow
+    from mlflow.entities import RunStatus
+
+    mlflow.set_tracking_uri(config.tracking_uri())
+    launched_by_mlflow_run = bool(os.environ.get("MLFLOW_RUN_ID"))
+    if not launched_by_mlflow_run and not os.environ.get("MLFLOW_EXPERIMENT_ID"):
+        mlflow.set_experiment(config.EXPERIMENT_NAME)
+    # SIGTERM (what process managers and `kill` send) should end the run like Ctrl-C does.
+    signal.signal(signal.SIGTERM, raise_interrupt)
+
+    run = mlflow.start_run()
+    try:
+        git = git_state()
+        tags = {config.TAG_STEP: step, config.TAG_GIT_DIRTY: str(git.dirty).lower()}
+        if not launched_by_mlflow_run:
+            if git.commit:
+                tags["mlflow.source.git.commit"] = git.commit
+            if params:
+                mlflow.log_params(params)
+        mlflow.set_tags(tags)
+        yield run
+    except StepError as exc:
+        mlflow.end_run(RunStatus.to_string(RunStatus.FAILED))
+        click.echo(f"error: {step}: {exc}", err=True)
+        sys.exit(1)
+    except KeyboardInterrupt:
+        mlflow.end_run(RunStatus.to_string(RunStatus.KILLED))
+        click.echo(f"error: {step}: interrupted", err=True)
+        sys.exit(130)
+    except BaseException:
+        mlflow.end_run(RunStatus.to_string(RunStatus.FAILED))
+        raise
+    else:
+        mlflow.end_run()
+
+
+def as_step(step: str) -> Callable[[Callable[..., None]], Callable[..., None]]:
+    """Decorate a click callback so it runs inside ``step_run`` with its params logged."""
+
+    def decorate(func: Callable[..., None]) -> Callable[..., None]:
+        @functools.wraps(func)
+        def wrapper(**kwargs: Any) -> None:
+            with step_run(step, params=kwargs):
+                func(**kwargs)
+
+        return wrapper
+
+    return decorate

@@ -1,0 +1,150 @@
+"""Step ``train``: fit preprocessing + regressor as ONE sklearn Pipeline and log it.
+
+In: the ``preprocess`` run (``--upstream-run-id``; empty = the latest finished one) with its
+``splits/*.parquet`` and ``preprocessor/preprocessor.skops``; the model kind and
+hyperparameters.
+Out (MLflow): params (kind + hyperparameters); metrics ``{train,test}_{rmse,mae,r2}`` and
+``fit_seconds``; the model ``model`` — Pipeline(preprocess, model) taking the nine raw feature
+columns, in dollars — saved with skops and explicit trusted types, with signature and input
+example; input datasets ``train``/``test``; tags ``lineage.upstream_run_id``,
+``dataset.dvc_md5``, ``model.kind``.
+"""
+
+from __future__ import annotations
+
+import tempfile
+import time
+from collections.abc import Callable
+from typing import Any
+
+import click
+import numpy as np
+import pandas as pd
+from sklearn.base import clone
+from sklearn.metrics import mean_absolute_error, mean_squared_error, r2_score
+from sklearn.pipeline import Pipeline
+
+from steps import config, lineage, models, runtime
+from steps.preprocess import features_and_target
+
+STEP = "train"
+
+
+# --- pure core ----------------------------------------------------------------------------
+def build_pipeline(preprocessor: Any, estimator: Any) -> Pipeline:
+    """One pipeline from raw rows to dollars; the preprocessor is cloned (refitted inside).
+
+    Refitting inside the pipeline keeps out-of-fold target features honest: Pipeline.fit
+    calls fit_transform, which computes them out of fold, exactly as at preprocess time.
+    """
+    return Pipeline([("preprocess", clone(preprocessor)), ("model", estimator)])
+
+
+def regression_metrics(y_true: pd.Series, y_pred: np.ndarray, prefix: str) -> dict[str, float]:
+    return {
+        f"{prefix}_rmse": float(np.sqrt(mean_squared_error(y_true, y_pred))),
+        f"{prefix}_mae": float(mean_absolute_error(y_true, y_pred)),
+        f"{prefix}_r2": float(r2_score(y_true, y_pred)),
+    }
+
+
+def fit_and_score(
+    pipeline: Pipeline, train: pd.DataFrame, test: pd.DataFrame
+) -> tuple[Pipeline, dict[str, float]]:
+    """Fit on train, score on both splits; returns the fitted pipeline and metrics."""
+    X_train, y_train = features_and_target(train)
+    X_test, y_test = features_and_target(test)
+    started = time.perf_counter()
+    pipeline.fit(X_train, y_train)
+    metrics = {"fit_seconds": time.perf_counter() - started}
+    metrics |= regression_metrics(y_train, pipeline.predict(X_train), "train")
+    metrics |= regression_metrics(y_test, pipeline.predict(X_test), "test")
+    return pipeline, metrics
+
+
+def input_example(X: pd.DataFrame) -> pd.DataFrame:
+    """A few raw rows, one with total_bedrooms missing, so the schema shows it is optional."""
+    example = X.head(5).copy()
+    example.iloc[0, example.columns.get_loc("total_bedrooms")] = np.nan
+    return example
+
+
+# --- click glue ---------------------------------------------------------------------------
+def hyperparameter_options(func: Callable[..., Any]) -> Callable[..., Any]:
+    """One click option per hyperparameter, typed and defaulted from models.DEFAULT_HYPERPARAMS."""
+    for name, default in reversed(models.DEFAULT_HYPERPARAMS.items()):
+        func = click.option(
+            f"--{name.replace('_', '-')}",
+            name,
+            type=type(default),
+            default=default,
+            show_default=True,
+        )(func)
+    return click.option(
+        "--model-kind",
+        type=click.Choice(models.MODEL_KINDS),
+        default=models.DEFAULT_MODEL_KIND,
+        show_default=True,
+    )(func)
+
+
+def read_preprocess_outputs(run_id: str) -> tuple[pd.DataFrame, pd.DataFrame, Any]:
+    import mlflow
+    import skops.io
+
+    with tempfile.TemporaryDirectory() as tmp:
+        root = mlflow.artifacts.download_artifacts(run_id=run_id, dst_path=tmp)
+        splits = f"{root}/{config.SPLITS_ARTIFACT_DIR}"
+        train = pd.read_parquet(f"{splits}/{config.TRAIN_SPLIT_FILE}")
+        test = pd.read_parquet(f"{splits}/{config.TEST_SPLIT_FILE}")
+        preprocessor = skops.io.load(
+            f"{root}/{config.PREPROCESSOR_ARTIFACT}/{config.PREPROCESSOR_FILE}",
+            trusted=list(models.SKOPS_TRUSTED_TYPES),
+        )
+    return train, test, preprocessor
+
+
+def log_model(pipeline: Pipeline, X: pd.DataFrame):
+    import mlflow
+    from mlflow.models import infer_signature
+
+    example = input_example(X)
+    return mlflow.sklearn.log_model(
+        pipeline,
+        name=config.MODEL_ARTIFACT,
+        serialization_format="skops",
+        skops_trusted_types=list(models.SKOPS_TRUSTED_TYPES),
+        # The pipeline's custom transformers live in steps/: ship them with the model so
+        # `mlflow models serve` and pyfunc loaders need no checkout of this repository.
+        code_paths=[str(config.PROJECT_ROOT / "steps")],
+        signature=infer_signature(example, pipeline.predict(example)),
+        input_example=example,
+    )
+
+
+@click.command(help="Fit the preprocessing + regressor pipeline and log it as one model.")
+@click.option("--upstream-run-id", default="", help="preprocess run (empty: latest finished).")
+@hyperparameter_options
+@runtime.as_step(STEP)
+def cli(upstream_run_id: str, model_kind: str, **hyperparams: Any) -> None:
+    import mlflow
+
+    upstream = lineage.resolve_upstream(upstream_run_id, "preprocess")
+    lineage.link(upstream)
+    train, test, preprocessor = read_preprocess_outputs(upstream.info.run_id)
+    estimator = models.build_estimator(model_kind, **hyperparams)
+    runtime.echo(STEP, f"fitting {model_kind} on {len(train)} rows")
+    pipeline, metrics = fit_and_score(build_pipeline(preprocessor, estimator), train, test)
+    runtime.echo(
+        STEP,
+        f"test RMSE ${metrics['test_rmse']:,.0f}, R² {metrics['test_r2']:.3f} "
+        f"({metrics['fit_seconds']:.1f} s)",
+    )
+    mlflow.set_tag("model.kind", model_kind)
+    mlflow.log_metrics(metrics)
+    lineage.log_split_inputs(train, test)
+    log_model(pipeline, features_and_target(train)[0])
+
+
+if __name__ == "__main__":
+    cli()

@@ -1,0 +1,201 @@
+"""`mlflow run . -e main` for real: nested runs, lineage, metrics, registry, reuse, bad data.
+
+The project is a fresh copy of the work tree without data/, so the data arrives through
+load_data's acquisition path (HOUSING_DATA_URL → the shared .tgz via file://).
+"""
+
+from __future__ import annotations
+
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import mlflow
+import pandas as pd
+import pytest
+import yaml
+from mlflow import MlflowClient
+
+from steps import config
+from tests.conftest import copy_project, housing_csv, project_env, run_cmd
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+STEPS = ("load_data", "preprocess", "train", "register")
+
+
+def run_main(project: Path, tracking_uri: str, *args: str) -> subprocess.CompletedProcess:
+    result = run_cmd(
+        [sys.executable, "-m", "mlflow", "run", ".", "-e", "main", "--env-manager", "local", *args],
+        cwd=project,
+        env=project_env(tracking_uri),
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
+    return result
+
+
+def dvc_md5(project: Path) -> str:
+    return yaml.safe_load((project / "data.dvc").read_text())["outs"][0]["md5"]
+
+
+def pipeline_runs(client: MlflowClient, parent_id: str) -> dict[str, object]:
+    experiment = client.get_experiment_by_name(config.EXPERIMENT_NAME)
+    children = client.search_runs(
+        [experiment.experiment_id], f"tags.`mlflow.parentRunId` = '{parent_id}'"
+    )
+    return {run.data.tags[config.TAG_STEP]: run for run in children}
+
+
+def latest_parent(client: MlflowClient):
+    experiment = client.get_experiment_by_name(config.EXPERIMENT_NAME)
+    return client.search_runs(
+        [experiment.experiment_id],
+        f"tags.`{config.TAG_STEP}` = 'main'",
+        order_by=["attributes.start_time DESC"],
+        max_results=1,
+    )[0]
+
+
+@pytest.fixture(scope="module")
+def sqlite_pipeline(tmp_path_factory):
+    """One cold `mlflow run . -e main` into a temp SQLite store, shared by this module."""
+    root = tmp_path_factory.mktemp("pipeline")
+    project = copy_project(root / "project")
+    uri = f"sqlite:///{root / 'mlflow.db'}"
+    result = run_main(project, uri)
+    mlflow.set_tracking_uri(uri)
+    client = MlflowClient(uri)
+    return project, uri, client, result
+
+
+def test_bare_run_groups_the_tree_under_the_pipeline_experiment(sqlite_pipeline):
+    _, _, client, result = sqlite_pipeline
+    parent = latest_parent(client)
+    assert parent.info.status == "FINISHED"
+    launcher_id = parent.data.tags["pipeline.launcher_run_id"]
+    launcher = client.get_run(launcher_id)
+    assert launcher.info.experiment_id == "0"  # what `mlflow run` made before main started
+    assert launcher.data.tags["pipeline.moved_to_run_id"] == parent.info.run_id
+    assert parent.data.tags["mlflow.source.git.commit"]
+    for step in STEPS:
+        assert step in result.stdout  # the summary table
+
+
+def test_children_are_nested_and_linked(sqlite_pipeline):
+    project, _, client, _ = sqlite_pipeline
+    parent = latest_parent(client)
+    runs = pipeline_runs(client, parent.info.run_id)
+    assert set(runs) == set(STEPS)
+    md5 = dvc_md5(project)
+    upstream = None
+    for step in STEPS:
+        run = runs[step]
+        assert run.info.status == "FINISHED", step
+        assert run.data.tags["mlflow.parentRunId"] == parent.info.run_id
+        assert run.data.tags[config.TAG_DVC_MD5] == md5, step
+        assert run.data.tags[config.TAG_GIT_DIRTY] == "false"
+        assert parent.data.tags[f"pipeline.{step}.run_id"] == run.info.run_id
+        if upstream is None:
+            assert config.TAG_UPSTREAM not in run.data.tags
+        else:
+            assert run.data.tags[config.TAG_UPSTREAM] == upstream.info.run_id
+            assert run.data.params["upstream_run_id"] == upstream.info.run_id
+        upstream = run
+
+
+def test_load_data_logs_verified_dataset(sqlite_pipeline):
+    project, _, client, _ = sqlite_pipeline
+    run = pipeline_runs(client, latest_parent(client).info.run_id)["load_data"]
+    inputs = run.inputs.dataset_inputs
+    raw = [d.dataset for d in inputs if d.dataset.name == config.RAW_DATASET_NAME]
+    assert raw and raw[0].digest == dvc_md5(project)
+    assert run.data.tags[config.TAG_FILE_MD5] == "d1c47305887e2252bf1ccbd74ff159a6"
+    assert run.data.metrics["n_rows"] == 20640
+    assert run.data.metrics["n_missing_total_bedrooms"] == 207
+    # the download landed in the workspace and the DVC cache, hash-verified
+    assert (project / "data" / "housing.csv").exists()
+    assert any((project / ".dvc" / "cache").rglob("*.dir"))
+
+
+def test_train_logs_metrics_splits_and_one_raw_row_model(sqlite_pipeline):
+    _, _, client, _ = sqlite_pipeline
+    runs = pipeline_runs(client, latest_parent(client).info.run_id)
+    train = runs["train"]
+    for split in ("train", "test"):
+        for metric in ("rmse", "mae", "r2"):
+            assert math.isfinite(train.data.metrics[f"{split}_{metric}"])
+    assert 0.75 < train.data.metrics["test_r2"] <= 1
+    for run in (train, runs["preprocess"]):
+        contexts = {
+            tag.value
+            for d in run.inputs.dataset_inputs
+            for tag in d.tags
+            if tag.key == "mlflow.data.context"
+        }
+        assert contexts == {"train", "test"}
+    artifacts = {a.path for a in client.list_artifacts(runs["preprocess"].info.run_id)}
+    assert {config.SPLITS_ARTIFACT_DIR, config.PREPROCESSOR_ARTIFACT} <= artifacts
+
+
+def test_champion_loads_and_predicts_dollars_for_raw_rows(sqlite_pipeline):
+    _, _, client, _ = sqlite_pipeline
+    parent = latest_parent(client)
+    version = client.get_model_version_by_alias(config.MODEL_NAME, config.CHAMPION_ALIAS)
+    assert parent.data.tags["registry.version"] == str(version.version)
+    assert parent.data.tags["registry.alias"] == config.CHAMPION_ALIAS
+    assert math.isclose(float(version.tags["test_rmse"]), parent.data.metrics["test_rmse"])
+    assert version.tags["git_commit"] == parent.data.tags["mlflow.source.git.commit"]
+    assert version.tags[config.TAG_DVC_MD5] == parent.data.tags[config.TAG_DVC_MD5]
+
+    model = mlflow.pyfunc.load_model(f"models:/{config.MODEL_NAME}@{config.CHAMPION_ALIAS}")
+    rows = pd.read_csv(housing_csv(), nrows=len(config.OCEAN_PROXIMITY_VALUES))
+    rows = rows.loc[:, list(config.FEATURES)]
+    rows["ocean_proximity"] = list(config.OCEAN_PROXIMITY_VALUES)
+    rows.loc[0, "total_bedrooms"] = float("nan")
+    predictions = model.predict(rows)
+    assert len(predictions) == len(rows)
+    assert all(math.isfinite(p) and 10_000 < p < 1_000_000 for p in predictions)
+
+
+def test_warm_rerun_reuses_every_step_but_register(sqlite_pipeline):
+    project, uri, client, _ = sqlite_pipeline
+    first = latest_parent(client)
+    run_main(project, uri)
+    second = latest_parent(client)
+    assert second.info.run_id != first.info.run_id
+    for step in ("load_data", "preprocess", "train"):
+        assert second.data.tags[f"pipeline.{step}.reused"] == "true"
+        assert (
+            second.data.tags[f"pipeline.{step}.run_id"] == first.data.tags[f"pipeline.{step}.run_id"]
+        )
+    assert second.data.tags["pipeline.register.reused"] == "false"
+    assert set(pipeline_runs(client, second.info.run_id)) == {"register"}
+    # equal RMSE is not an improvement: the new version is a challenger, champion unchanged
+    assert second.data.tags["registry.alias"] == config.CHALLENGER_ALIAS
+    champion = client.get_model_version_by_alias(config.MODEL_NAME, config.CHAMPION_ALIAS)
+    assert str(champion.version) == first.data.tags["registry.version"]
+
+
+def test_hyperparameter_change_reruns_train_and_register_only(sqlite_pipeline):
+    project, uri, client, _ = sqlite_pipeline
+    before = latest_parent(client)
+    run_main(project, uri, "-P", "random_state=7")
+    after = latest_parent(client)
+    assert after.data.tags["pipeline.load_data.reused"] == "true"
+    assert after.data.tags["pipeline.preprocess.reused"] == "true"
+    assert after.data.tags["pipeline.train.reused"] == "false"
+    assert set(pipeline_runs(client, after.info.run_id)) == {"train", "register"}
+    assert after.data.tags["pipeline.train.run_id"] != before.data.tags["pipeline.train.run_id"]
+
+
+def test_pipeline_against_a_real_tracking_server(tmp_path, mlflow_server):
+    project = copy_project(tmp_path / "project")
+    result = run_main(project, mlflow_server)
+    assert f"{mlflow_server}/#/experiments/" in result.stdout
+    client = MlflowClient(mlflow_server)
+    parent = latest_parent(client)
+    runs = pipeline_runs(client, parent.info.run_id)
+    assert set(runs) == set(STEPS)
+    assert all(r.info.status == "FINISHED" for r in runs.values())
+    version = client.get_model_version_by_alias(config.MODEL_NAME, config.CHAMPION_ALIAS)
+    assert version.run_id == runs["train"].info.run_id
