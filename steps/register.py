@@ -12,6 +12,7 @@ there was one, ``champion_test_rmse_before``.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 
 import click
@@ -20,6 +21,14 @@ from steps import config, lineage, runtime
 from steps.runtime import StepError
 
 STEP = "register"
+MAX_SETTLE_ROUNDS = 20
+SETTLE_PAUSE_S = 0.2
+
+
+@dataclass(frozen=True)
+class Candidate:
+    version: int
+    test_rmse: float
 
 
 @dataclass(frozen=True)
@@ -44,17 +53,56 @@ def decide_alias(new_rmse: float, champion_rmse: float | None) -> Decision:
     )
 
 
+def choose_champion(current: Candidate | None, newer: list[Candidate]) -> Candidate | None:
+    """The best of the current champion and the versions registered after it.
+
+    Ties keep the current champion, then the older version, so concurrent registrations
+    all converge on the same answer whatever order they run in.
+    """
+    best = current
+    for candidate in sorted(newer, key=lambda c: c.version):
+        if best is None or candidate.test_rmse < best.test_rmse:
+            best = candidate
+    return best
+
+
 # --- I/O + MLflow -------------------------------------------------------------------------
-def champion_rmse(client, model_name: str) -> float | None:
+def as_candidate(version) -> Candidate | None:
+    rmse = version.tags.get("test_rmse")
+    return Candidate(int(version.version), float(rmse)) if rmse is not None else None
+
+
+def current_champion(client, model_name: str) -> Candidate | None:
     from mlflow.exceptions import MlflowException
 
     try:
         version = client.get_model_version_by_alias(model_name, config.CHAMPION_ALIAS)
     except MlflowException:
         return None
-    if "test_rmse" in version.tags:
-        return float(version.tags["test_rmse"])
-    return client.get_run(version.run_id).data.metrics.get("test_rmse")
+    return as_candidate(version) or Candidate(int(version.version), float("inf"))
+
+
+def settle_champion(client, model_name: str) -> Candidate | None:
+    """Point ``champion`` at the best candidate, re-checking until no one else moved it.
+
+    The registry has no compare-and-set, so two pipelines registering at once could each
+    overwrite the other's decision; every register re-reads after writing, and all of them
+    compute the same target, so the alias converges on the best version.
+    """
+    for _ in range(MAX_SETTLE_ROUNDS):
+        current = current_champion(client, model_name)
+        floor = current.version if current else 0
+        newer = [
+            c
+            for v in client.search_model_versions(f"name = '{model_name}'")
+            if int(v.version) > floor and (c := as_candidate(v)) is not None
+        ]
+        best = choose_champion(current, newer)
+        if best is None or best == current:
+            return current
+        client.set_registered_model_alias(model_name, config.CHAMPION_ALIAS, best.version)
+        time.sleep(SETTLE_PAUSE_S)
+    raise StepError(f"champion alias of {model_name} kept changing; rerun register")
 
 
 @click.command(help="Register the train run's model and move the champion alias if it wins.")
@@ -71,8 +119,8 @@ def cli(upstream_run_id: str, model_name: str) -> None:
     if new_rmse is None:
         raise StepError(f"train run {upstream.info.run_id} has no test_rmse metric")
 
-    before = champion_rmse(client, model_name)
-    decision = decide_alias(new_rmse, before)
+    before = current_champion(client, model_name)
+    decision = decide_alias(new_rmse, before.test_rmse if before else None)
     tags = {
         "train_run_id": upstream.info.run_id,
         "git_commit": upstream.data.tags.get("mlflow.source.git.commit", "unknown"),
@@ -83,7 +131,18 @@ def cli(upstream_run_id: str, model_name: str) -> None:
     version = mlflow.register_model(
         f"runs:/{upstream.info.run_id}/{config.MODEL_ARTIFACT}", model_name, tags=tags
     )
-    client.set_registered_model_alias(model_name, decision.alias, version.version)
+    champion = settle_champion(client, model_name)
+    won = champion is not None and champion.version == int(version.version)
+    if won != (decision.alias == config.CHAMPION_ALIAS):
+        # Another pipeline registered (or removed) a version meanwhile; the settled alias wins.
+        assert champion is not None
+        decision = Decision(
+            config.CHAMPION_ALIAS if won else config.CHALLENGER_ALIAS,
+            f"settled among concurrent registrations: champion is v{champion.version} "
+            f"(test_rmse {champion.test_rmse:,.0f})",
+        )
+    if not won:
+        client.set_registered_model_alias(model_name, config.CHALLENGER_ALIAS, version.version)
     runtime.echo(STEP, f"{model_name} v{version.version} → @{decision.alias}: {decision.reason}")
 
     mlflow.set_tags(
@@ -95,7 +154,7 @@ def cli(upstream_run_id: str, model_name: str) -> None:
     )
     mlflow.log_metric("test_rmse", new_rmse)
     if before is not None:
-        mlflow.log_metric("champion_test_rmse_before", before)
+        mlflow.log_metric("champion_test_rmse_before", before.test_rmse)
 
 
 if __name__ == "__main__":

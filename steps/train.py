@@ -7,7 +7,9 @@ Out (MLflow): params (kind + hyperparameters); metrics ``{train,test}_{rmse,mae,
 ``fit_seconds``; the model ``model`` — Pipeline(preprocess, model) taking the nine raw feature
 columns, in dollars — saved with skops and explicit trusted types, with signature and input
 example; input datasets ``train``/``test``; tags ``lineage.upstream_run_id``,
-``dataset.dvc_md5``, ``model.kind``.
+``dataset.dvc_md5``, ``model.kind``; the evaluation report under ``evaluation/`` (predicted
+vs actual, residual histogram and map, permutation importance, error by ocean_proximity and by
+price band, ``summary.md``) and MLflow's regressor metrics prefixed ``eval_test_``.
 """
 
 from __future__ import annotations
@@ -24,10 +26,11 @@ from sklearn.base import clone
 from sklearn.metrics import mean_absolute_error, mean_squared_error, r2_score
 from sklearn.pipeline import Pipeline
 
-from steps import config, lineage, models, runtime
+from steps import config, lineage, models, report, runtime
 from steps.preprocess import features_and_target
 
 STEP = "train"
+EVALUATION_DIR = "evaluation"
 
 
 # --- pure core ----------------------------------------------------------------------------
@@ -122,6 +125,26 @@ def log_model(pipeline: Pipeline, X: pd.DataFrame):
     )
 
 
+def log_evaluation(pipeline: Pipeline, test: pd.DataFrame, metrics: dict[str, float]) -> None:
+    """The evaluation report under ``evaluation/`` plus MLflow's regressor evaluation."""
+    import mlflow
+
+    evaluation = report.build_report(pipeline, test, metrics)
+    for name, figure in evaluation.figures.items():
+        mlflow.log_figure(figure, f"{EVALUATION_DIR}/{name}.png")
+    for name, table in evaluation.tables.items():
+        mlflow.log_table(table, f"{EVALUATION_DIR}/{name}.json")
+    mlflow.log_text(evaluation.summary, f"{EVALUATION_DIR}/summary.md")
+    # MLflow's own regressor metrics (MAPE, max error, …) on the same test rows.
+    mlflow.models.evaluate(
+        model=pipeline.predict,
+        data=test.reset_index(drop=True),
+        targets=config.TARGET,
+        model_type="regressor",
+        evaluator_config={"metric_prefix": "eval_test_", "log_model_explainability": False},
+    )
+
+
 @click.command(help="Fit the preprocessing + regressor pipeline and log it as one model.")
 @click.option("--upstream-run-id", default="", help="preprocess run (empty: latest finished).")
 @hyperparameter_options
@@ -144,6 +167,7 @@ def cli(upstream_run_id: str, model_kind: str, **hyperparams: Any) -> None:
     mlflow.log_metrics(metrics)
     lineage.log_split_inputs(train, test)
     log_model(pipeline, features_and_target(train)[0])
+    log_evaluation(pipeline, test, metrics)
 
 
 if __name__ == "__main__":

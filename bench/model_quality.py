@@ -1,0 +1,228 @@
+"""Model-quality benchmark: test RMSE / MAE / R² / fit seconds per model kind, plus latency.
+
+Usage (from the project root)::
+
+    python bench/model_quality.py [--csv PATH] [--seeds 5] [--kinds lightgbm,hgb] [--json out.json]
+
+Protocols:
+
+* ``default``: income-stratified split (``pd.cut(median_income, [0, 1.5, 3, 4.5, 6, inf])``),
+  test_size 0.2; seeds vary the split's random_state (42, 43, ...), so seed 42 is the
+  project's default split.
+* ``tabr``: rows in file order, ``train_test_split(test_size=0.2, random_state=0)`` (the
+  TabR paper's California protocol); the split is fixed, seeds vary the model/fold seed.
+
+Also prints the single-row predict latency of the default pipeline (raw DataFrame row in,
+dollars out; median of many calls, one thread). The CSV defaults to $HOUSING_CSV, else
+``../shared/data/housing.csv`` relative to the project root.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from sklearn.metrics import mean_absolute_error, mean_squared_error, r2_score
+from sklearn.model_selection import train_test_split
+from sklearn.pipeline import Pipeline
+from threadpoolctl import threadpool_limits
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(PROJECT_ROOT))  # run as a script without installing the project
+
+from steps import config, features, models  # noqa: E402
+
+INCOME_BINS: tuple[float, ...] = (0.0, 1.5, 3.0, 4.5, 6.0, np.inf)
+TABR_RANDOM_STATE = 0
+ANCHORS_RMSE: dict[str, float] = {  # test RMSE in dollars, for the printed comparison
+    "plain HistGradientBoosting (default split)": 45_700,
+    "Geron final model (default split)": 41_400,
+    "TabR best published (TabR split)": 39_980,
+}
+
+
+def default_csv_path() -> Path:
+    """$HOUSING_CSV if set, else ../shared/data/housing.csv next to the project root."""
+    env = os.environ.get("HOUSING_CSV")
+    return Path(env) if env else PROJECT_ROOT.parent / "shared" / "data" / "housing.csv"
+
+
+def split_data(
+    df: pd.DataFrame, test_size: float, random_state: int, strategy: str
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Pure split of the raw frame into (train, test) frames; rows keep file order input.
+
+    ``income_stratified`` stratifies on the median-income category; ``random`` is a plain
+    shuffled split (the TabR protocol with random_state 0).
+    """
+    if strategy == "income_stratified":
+        stratify = pd.cut(df["median_income"], bins=list(INCOME_BINS), labels=False)
+    elif strategy == "random":
+        stratify = None
+    else:
+        raise ValueError(f"unknown split strategy {strategy!r}; expected {config.SPLIT_STRATEGIES}")
+    train, test = train_test_split(
+        df, test_size=test_size, random_state=random_state, stratify=stratify
+    )
+    return train, test
+
+
+def build_pipeline(kind: str, random_state: int) -> Pipeline:
+    """Unfitted preprocessor + estimator of ``kind`` with default hyperparameters."""
+    return Pipeline(
+        [
+            ("preprocess", features.build_preprocessor(random_state=random_state)),
+            ("model", models.build_estimator(kind, random_state=random_state)),
+        ]
+    )
+
+
+@dataclass
+class RunResult:
+    protocol: str
+    kind: str
+    seed: int
+    rmse: float
+    mae: float
+    r2: float
+    fit_seconds: float
+
+
+def evaluate(
+    kind: str, train: pd.DataFrame, test: pd.DataFrame, model_seed: int
+) -> tuple[float, float, float, float]:
+    """Fit on train, score on test. Returns (rmse, mae, r2, fit_seconds)."""
+    pipe = build_pipeline(kind, model_seed)
+    x_cols = list(config.FEATURES)
+    start = time.perf_counter()
+    pipe.fit(train[x_cols], train[config.TARGET].to_numpy())
+    fit_seconds = time.perf_counter() - start
+    y_true = test[config.TARGET].to_numpy()
+    y_pred = pipe.predict(test[x_cols])
+    rmse = float(np.sqrt(mean_squared_error(y_true, y_pred)))
+    return rmse, float(mean_absolute_error(y_true, y_pred)), float(r2_score(y_true, y_pred)), (
+        fit_seconds
+    )
+
+
+def protocol_runs(
+    df: pd.DataFrame, protocol: str, seeds: int
+) -> list[tuple[int, pd.DataFrame, pd.DataFrame, int]]:
+    """(seed, train, test, model_seed) per repetition of a protocol."""
+    if protocol == "default":
+        runs = []
+        for i in range(seeds):
+            split_seed = config.DEFAULT_RANDOM_STATE + i
+            train, test = split_data(df, config.DEFAULT_TEST_SIZE, split_seed, "income_stratified")
+            runs.append((split_seed, train, test, models.DEFAULT_HYPERPARAMS["random_state"]))
+        return runs
+    if protocol == "tabr":
+        train, test = split_data(df, 0.2, TABR_RANDOM_STATE, "random")
+        base = models.DEFAULT_HYPERPARAMS["random_state"]
+        return [(base + i, train, test, base + i) for i in range(seeds)]
+    raise ValueError(f"unknown protocol {protocol!r}")
+
+
+def single_row_latency_ms(df: pd.DataFrame, calls: int = 2000) -> dict[str, float]:
+    """Median / p99 ms of predicting ONE raw row with the default pipeline (one thread)."""
+    train, test = split_data(
+        df, config.DEFAULT_TEST_SIZE, config.DEFAULT_RANDOM_STATE, "income_stratified"
+    )
+    x_cols = list(config.FEATURES)
+    pipe = build_pipeline(models.DEFAULT_MODEL_KIND, models.DEFAULT_HYPERPARAMS["random_state"])
+    pipe.fit(train[x_cols], train[config.TARGET].to_numpy())
+    rows = [test[x_cols].iloc[[i]] for i in range(50)]  # realistic: a fresh 1-row frame
+    timings = []
+    with threadpool_limits(limits=1):
+        for i in range(calls):
+            row = rows[i % len(rows)]
+            start = time.perf_counter()
+            pipe.predict(row)
+            timings.append(time.perf_counter() - start)
+    timings_ms = np.asarray(timings[100:]) * 1e3  # drop warm-up
+    return {"median_ms": float(np.median(timings_ms)), "p99_ms": float(np.percentile(timings_ms, 99))}
+
+
+def summarise(results: list[RunResult]) -> list[dict[str, Any]]:
+    """Mean ± std of each metric per (protocol, kind)."""
+    rows = []
+    keys = sorted({(r.protocol, r.kind) for r in results}, key=lambda k: (k[0], k[1]))
+    for protocol, kind in keys:
+        group = [r for r in results if r.protocol == protocol and r.kind == kind]
+        row: dict[str, Any] = {"protocol": protocol, "kind": kind, "n": len(group)}
+        for metric in ("rmse", "mae", "r2", "fit_seconds"):
+            values = [getattr(r, metric) for r in group]
+            row[metric] = statistics.fmean(values)
+            row[f"{metric}_std"] = statistics.stdev(values) if len(values) > 1 else 0.0
+        rows.append(row)
+    return rows
+
+
+def format_row(row: dict[str, Any]) -> str:
+    """One summary row as an aligned text line."""
+    return (
+        f"{row['protocol']:<8} {row['kind']:<14} n={row['n']}  "
+        f"RMSE {row['rmse']:>9,.0f} ± {row['rmse_std']:>6,.0f}  "
+        f"MAE {row['mae']:>9,.0f} ± {row['mae_std']:>6,.0f}  "
+        f"R² {row['r2']:.4f} ± {row['r2_std']:.4f}  "
+        f"fit {row['fit_seconds']:>6.1f}s ± {row['fit_seconds_std']:.1f}"
+    )
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--csv", type=Path, default=default_csv_path())
+    parser.add_argument("--seeds", type=int, default=5)
+    parser.add_argument("--kinds", default=",".join(models.MODEL_KINDS))
+    parser.add_argument("--protocols", default="default,tabr")
+    parser.add_argument("--json", type=Path, default=None)
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    df = pd.read_csv(args.csv)
+    kinds = [k for k in args.kinds.split(",") if k]
+    log: Callable[[str], None] = lambda msg: print(msg, flush=True)  # noqa: E731
+    log(f"default model: {models.DEFAULT_MODEL_KIND} {models.DEFAULT_HYPERPARAMS}")
+    results: list[RunResult] = []
+    for protocol in args.protocols.split(","):
+        for seed, train, test, model_seed in protocol_runs(df, protocol, args.seeds):
+            for kind in kinds:
+                rmse, mae, r2, secs = evaluate(kind, train, test, model_seed)
+                results.append(RunResult(protocol, kind, seed, rmse, mae, r2, secs))
+                log(f"  {protocol} seed={seed} {kind}: RMSE {rmse:,.0f} R² {r2:.4f} {secs:.1f}s")
+    summary = summarise(results)
+    log("\nsummary (mean ± std over seeds)")
+    for row in summary:
+        log(format_row(row))
+    log("\nanchors: " + "; ".join(f"{k} ${v:,.0f}" for k, v in ANCHORS_RMSE.items()))
+    latency = single_row_latency_ms(df)
+    log(
+        f"single-row predict, default pipeline: median {latency['median_ms']:.3f} ms, "
+        f"p99 {latency['p99_ms']:.3f} ms"
+    )
+    if args.json:
+        payload = {
+            "default_model_kind": models.DEFAULT_MODEL_KIND,
+            "default_hyperparams": models.DEFAULT_HYPERPARAMS,
+            "runs": [asdict(r) for r in results],
+            "summary": summary,
+            "latency": latency,
+        }
+        args.json.write_text(json.dumps(payload, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

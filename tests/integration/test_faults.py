@@ -1,0 +1,290 @@
+"""`main` under faults: the tracking server dies mid-run, the pipeline is interrupted by a
+signal, four pipelines run at once against one server.
+
+Timings are printed (run with ``-s`` to see them); docs/reliability.md records them.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import psutil
+import pytest
+from mlflow import MlflowClient
+from mlflow.entities import ViewType
+
+from steps import config
+from tests.conftest import copy_project, free_port, project_env, start_mlflow_server, stop
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+STEPS = ("load_data", "preprocess", "train", "register")
+# Fail fast when the server is gone: 2 retries, 1 s backoff factor (sleeps 0 s then 2 s) and a
+# 10 s socket timeout, instead of mlflow's 7 retries x factor 2 (~4 minutes per request).
+FAST_FAIL_ENV = {
+    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2",
+    "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+    "MLFLOW_HTTP_REQUEST_TIMEOUT": "10",
+}
+
+
+# --- helpers shared with test_postgres.py --------------------------------------------------
+@dataclass
+class Pipeline:
+    """A `mlflow run . -e main` launched in its own session, its output in files."""
+
+    proc: subprocess.Popen
+    out: Path
+    err: Path
+    started: float
+
+    @property
+    def stderr(self) -> str:
+        return self.err.read_text(errors="replace")
+
+    @property
+    def stdout(self) -> str:
+        return self.out.read_text(errors="replace")
+
+    def wait_for(self, text: str, timeout: float = 600) -> None:
+        deadline = time.monotonic() + timeout
+        while text not in self.stderr:
+            if self.proc.poll() is not None:
+                raise AssertionError(f"main exited {self.proc.returncode} before {text!r}")
+            if time.monotonic() > deadline:
+                raise TimeoutError(text)
+            time.sleep(0.2)
+
+    def session_processes(self) -> list[psutil.Process]:
+        """Every live process of this pipeline's session (launcher, main, step children)."""
+        found = []
+        for proc in psutil.process_iter(["pid"]):
+            try:
+                if os.getsid(proc.pid) == self.proc.pid and proc.status() != "zombie":
+                    found.append(proc)
+            except (ProcessLookupError, psutil.Error, OSError):
+                continue
+        return found
+
+    def kill(self) -> None:
+        """Best-effort cleanup: SIGKILL the whole session."""
+        for proc in self.session_processes():
+            try:
+                proc.kill()
+            except psutil.Error:
+                pass
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait()
+
+
+def start_main(project: Path, tracking_uri: str, *args: str, **env: str) -> Pipeline:
+    out = project.parent / f"{project.name}.main.out"
+    err = project.parent / f"{project.name}.main.err"
+    with out.open("wb") as stdout, err.open("wb") as stderr:
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "mlflow",
+                "run",
+                ".",
+                "-e",
+                "main",
+                "--env-manager",
+                "local",
+                *args,
+            ],
+            cwd=project,
+            env=project_env(tracking_uri, **env),
+            stdout=stdout,
+            stderr=stderr,
+            start_new_session=True,
+        )
+    return Pipeline(proc, out, err, time.monotonic())
+
+
+def error_lines(text: str) -> list[str]:
+    return [line for line in text.splitlines() if line.startswith("error: ")]
+
+
+def all_runs(client: MlflowClient) -> list:
+    experiments = client.search_experiments(view_type=ViewType.ALL)
+    return client.search_runs(
+        [e.experiment_id for e in experiments], run_view_type=ViewType.ALL, max_results=5000
+    )
+
+
+def latest_parent(client: MlflowClient):
+    experiment = client.get_experiment_by_name(config.EXPERIMENT_NAME)
+    return client.search_runs(
+        [experiment.experiment_id],
+        f"tags.`{config.TAG_STEP}` = 'main'",
+        order_by=["attributes.start_time DESC"],
+        max_results=1,
+    )[0]
+
+
+def run_concurrent_mains(tmp_path: Path, tracking_uri: str, n: int = 4) -> float:
+    """n `main` pipelines at once, each in its own project copy with its own hyperparameters;
+    asserts they all succeed, get distinct registry versions and that champion is the best.
+    Returns the wall time."""
+    pipelines = []
+    for i in range(1, n + 1):
+        project = copy_project(tmp_path / f"project{i}")
+        pipelines.append(
+            (
+                i,
+                project,
+                # n_estimators differs so test_rmse differs; small to keep 2 cores usable
+                ["-P", f"n_estimators={20 + 15 * i}", "-P", f"random_state={i}"],
+            )
+        )
+    started = time.monotonic()
+    running = [start_main(project, tracking_uri, *args) for _, project, args in pipelines]
+    try:
+        for pipeline in running:
+            pipeline.proc.wait(timeout=1800)
+    finally:
+        for pipeline in running:
+            if pipeline.proc.poll() is None:
+                pipeline.kill()
+    wall = time.monotonic() - started
+    for pipeline in running:
+        assert pipeline.proc.returncode == 0, pipeline.stderr[-4000:]
+
+    client = MlflowClient(tracking_uri)
+    experiment = client.get_experiment_by_name(config.EXPERIMENT_NAME)
+    parents = client.search_runs([experiment.experiment_id], f"tags.`{config.TAG_STEP}` = 'main'")
+    assert len(parents) == n
+    assert all(p.info.status == "FINISHED" for p in parents)
+    versions = {p.data.tags["registry.version"] for p in parents}
+    assert len(versions) == n, versions
+    rmse_by_version = {
+        p.data.tags["registry.version"]: p.data.metrics["test_rmse"] for p in parents
+    }
+    best = min(rmse_by_version, key=rmse_by_version.get)
+    champion = client.get_model_version_by_alias(config.MODEL_NAME, config.CHAMPION_ALIAS)
+    assert str(champion.version) == best, (champion.version, rmse_by_version)
+    assert float(champion.tags["test_rmse"]) == pytest.approx(rmse_by_version[best])
+    assert not [r.info.run_id for r in all_runs(client) if r.info.status == "RUNNING"]
+    print(f"\n{n} concurrent mains: {wall:.0f} s wall; test_rmse by version {rmse_by_version}")
+    return wall
+
+
+# --- tracking server killed mid-run --------------------------------------------------------
+def test_server_killed_mid_run_fails_fast_and_rerun_reuses_finished_steps(tmp_path):
+    port = free_port()
+    backend = f"sqlite:///{tmp_path / 'server.db'}"
+    artifacts = tmp_path / "artifacts"
+    server, url = start_mlflow_server(backend, artifacts, port)
+    project = copy_project(tmp_path / "project")
+    pipeline = start_main(project, url, "-P", "n_estimators=60", **FAST_FAIL_ENV)
+    try:
+        pipeline.wait_for("[main] train: running")
+        time.sleep(3)  # train has opened its run and is loading its inputs
+        os.killpg(server.pid, signal.SIGKILL)  # a crash, not a shutdown
+        server.wait()
+        killed = time.monotonic()
+        pipeline.proc.wait(timeout=600)
+        time_to_fail = time.monotonic() - killed
+    finally:
+        pipeline.kill()
+        stop(server)
+    stderr = pipeline.stderr
+    assert pipeline.proc.returncode != 0
+    assert "error: main: " in stderr, stderr[-4000:]
+    print(f"\nserver killed → main exited {pipeline.proc.returncode} after {time_to_fail:.1f} s")
+    assert time_to_fail < 180, stderr[-4000:]
+    assert not pipeline.session_processes()
+
+    # Same backend store, same port: the rerun reuses what finished before the crash.
+    server, url2 = start_mlflow_server(backend, artifacts, port)
+    try:
+        assert url2 == url
+        client = MlflowClient(url)
+        stuck = [r for r in all_runs(client) if r.info.status == "RUNNING"]
+        print(
+            f"runs left RUNNING by the crash: {[r.data.tags.get(config.TAG_STEP) for r in stuck]}"
+        )
+        rerun = start_main(project, url, "-P", "n_estimators=60")
+        try:
+            rerun.proc.wait(timeout=900)
+        finally:
+            rerun.kill()
+        assert rerun.proc.returncode == 0, rerun.stderr[-4000:]
+        parent = latest_parent(client)
+        assert parent.info.status == "FINISHED"
+        assert parent.data.tags["pipeline.load_data.reused"] == "true"
+        assert parent.data.tags["pipeline.preprocess.reused"] == "true"
+        assert parent.data.tags["pipeline.train.reused"] == "false"
+        assert parent.data.tags["pipeline.register.reused"] == "false"
+        champion = client.get_model_version_by_alias(config.MODEL_NAME, config.CHAMPION_ALIAS)
+        assert champion.run_id == parent.data.tags["pipeline.train.run_id"]
+    finally:
+        stop(server)
+
+
+# --- signals -------------------------------------------------------------------------------
+def signal_target(pipeline: Pipeline, target: str) -> None:
+    if target == "group-SIGINT":  # Ctrl-C in the terminal that ran `mlflow run`
+        os.killpg(pipeline.proc.pid, signal.SIGINT)
+        return
+    main = next(p for p in pipeline.session_processes() if "steps.main" in " ".join(p.cmdline()))
+    if target == "main-SIGTERM":  # a process manager stopping the pipeline driver
+        main.send_signal(signal.SIGTERM)
+    elif target == "main-SIGINT":
+        main.send_signal(signal.SIGINT)
+    else:
+        raise ValueError(target)
+
+
+@pytest.mark.parametrize("target", ["group-SIGINT", "main-SIGTERM", "main-SIGINT"])
+def test_signal_while_a_child_runs_stops_everything_and_ends_every_run(tmp_path, target):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    project = copy_project(tmp_path / "project")
+    pipeline = start_main(project, uri)  # default n_estimators: train runs long enough
+    try:
+        pipeline.wait_for("[train] fitting")
+        children = [
+            p for p in pipeline.session_processes() if "steps.train" in " ".join(p.cmdline())
+        ]
+        assert children, "train child not found"
+        signalled = time.monotonic()
+        signal_target(pipeline, target)
+        pipeline.proc.wait(timeout=120)
+        time_to_stop = time.monotonic() - signalled
+        deadline = time.monotonic() + 15
+        while pipeline.session_processes() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        leftovers = [" ".join(p.cmdline()) for p in pipeline.session_processes()]
+    finally:
+        pipeline.kill()
+    print(f"\n{target}: mlflow run exited {pipeline.proc.returncode} after {time_to_stop:.1f} s")
+    assert pipeline.proc.returncode != 0
+    assert not leftovers, leftovers
+    assert not any(c.is_running() and c.status() != "zombie" for c in children)
+
+    client = MlflowClient(uri)
+    runs = all_runs(client)
+    by_step = {}
+    for run in runs:
+        by_step.setdefault(run.data.tags.get(config.TAG_STEP, "launcher"), []).append(run)
+    statuses = {step: sorted(r.info.status for r in rs) for step, rs in by_step.items()}
+    print(f"{target}: run statuses {statuses}")
+    assert not [s for s, st in statuses.items() if "RUNNING" in st], statuses
+    assert statuses["train"] in (["KILLED"], ["FAILED"])
+    assert statuses["main"] in (["KILLED"], ["FAILED"])
+    assert "interrupted" in pipeline.stderr
+    assert not list(client.search_registered_models())  # register never ran
+
+
+# --- load ----------------------------------------------------------------------------------
+def test_four_concurrent_mains_against_one_server(tmp_path, mlflow_server):
+    run_concurrent_mains(tmp_path, mlflow_server, n=4)
