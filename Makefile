@@ -7,11 +7,16 @@ export MLFLOW_TRACKING_URI ?= sqlite:///$(CURDIR)/mlflow.db
 # mlflow refuses to deserialise any sklearn model (skops included) without this opt-in;
 # our own server loads with explicit skops trusted types instead.
 export MLFLOW_ALLOW_PICKLE_DESERIALIZATION ?= true
+# Fail in seconds, not minutes, when the tracking server is gone (mlflow: 7 retries, backoff 2).
+# The `mlflow run` launcher reads these before main starts, so they are set here too.
+export MLFLOW_HTTP_REQUEST_MAX_RETRIES ?= 4
+export MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR ?= 1
+export MLFLOW_HTTP_REQUEST_TIMEOUT ?= 30
 MLFLOW_PORT ?= 5000
 PYTEST_ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help setup run test test-unit test-integration lint format server ui clean
+.PHONY: help setup run test test-unit test-integration lint format server server-postgres ui clean
 
 help: ## list targets
 	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN{FS=":.*?## "}{printf "  %-18s %s\n", $$1, $$2}'
@@ -47,6 +52,12 @@ format: setup ## apply ruff formatting and fixes
 server: setup ## tracking server on 127.0.0.1:$(MLFLOW_PORT) (SQLite + ./mlruns, absolute paths)
 	$(BIN)/mlflow server --host 127.0.0.1 --port $(MLFLOW_PORT) \
 	  --backend-store-uri sqlite:///$(CURDIR)/mlflow.db --default-artifact-root $(CURDIR)/mlruns
+
+server-postgres: setup ## tracking server on PostgreSQL (.ci/postgres.sh installs/starts it; root) + proxied artifacts
+	pg_uri="$$(.ci/postgres.sh)" && \
+	$(BIN)/mlflow server --host 127.0.0.1 --port $(MLFLOW_PORT) \
+	  --backend-store-uri "$${pg_uri/postgresql:/postgresql+psycopg2:}" \
+	  --artifacts-destination $(CURDIR)/mlartifacts --serve-artifacts
 
 ui: setup ## MLflow UI on 127.0.0.1:$(MLFLOW_PORT) over the local store
 	$(BIN)/mlflow ui --backend-store-uri $(MLFLOW_TRACKING_URI) --host 127.0.0.1 --port $(MLFLOW_PORT)

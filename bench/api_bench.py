@@ -19,6 +19,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -39,7 +40,7 @@ if str(PROJECT_ROOT) not in sys.path:  # run as a script: make `steps` importabl
     sys.path.insert(0, str(PROJECT_ROOT))
 
 from steps import config, models  # noqa: E402
-from steps.serve import DEFAULT_MODEL_URI  # noqa: E402
+from steps.serve import DEFAULT_MODEL_URI, DEFAULT_WORKERS  # noqa: E402
 
 DEFAULT_CSV = PROJECT_ROOT.parent / "shared" / "data" / "housing.csv"
 LOOPBACK = "127.0.0.1"
@@ -76,15 +77,24 @@ def demo_pipeline(X: pd.DataFrame, y: np.ndarray, **hyperparams: Any):
     return pipeline.fit(X, y)
 
 
-def register_demo_model(tracking_uri: str, pipeline: Any, X: pd.DataFrame) -> str:
+def register_demo_model(
+    tracking_uri: str, pipeline: Any, X: pd.DataFrame, artifact_root: Path | None = None
+) -> str:
     """Log ``pipeline`` like the train step and register it like the register step.
 
+    Sets the process's tracking URI to ``tracking_uri``. ``artifact_root``: where a newly
+    created experiment keeps artifacts (default: mlflow's ./mlruns of the working dir).
     Returns the new version number; alias ``champion`` points at it.
     """
     import mlflow
     from mlflow.models import infer_signature
 
     mlflow.set_tracking_uri(tracking_uri)
+    if mlflow.get_experiment_by_name(config.EXPERIMENT_NAME) is None:
+        mlflow.create_experiment(
+            config.EXPERIMENT_NAME,
+            artifact_location=artifact_root.resolve().as_uri() if artifact_root else None,
+        )
     mlflow.set_experiment(config.EXPERIMENT_NAME)
     example = X.head(5).copy()
     example.iloc[0, example.columns.get_loc("total_bedrooms")] = np.nan
@@ -104,3 +114,255 @@ def register_demo_model(tracking_uri: str, pipeline: Any, X: pd.DataFrame) -> st
         config.MODEL_NAME, config.CHAMPION_ALIAS, version.version
     )
     return str(version.version)
+
+
+# --- servers ------------------------------------------------------------------------------
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind((LOOPBACK, 0))
+        return s.getsockname()[1]
+
+
+def child_env(tracking_uri: str, allow_pickle: bool) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
+    env |= {
+        "MLFLOW_TRACKING_URI": tracking_uri,
+        "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
+        "PYTHONPATH": str(PROJECT_ROOT),
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+    }
+    if allow_pickle:  # mlflow's own sklearn loader insists; steps.serve does not need it
+        env["MLFLOW_ALLOW_PICKLE_DESERIALIZATION"] = "true"
+    return env
+
+
+def wait_ready(url: str, proc: subprocess.Popen, timeout: float = 300) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{proc.args[:4]} exited with {proc.returncode}")
+        try:
+            with urllib.request.urlopen(url, timeout=2):
+                return
+        except OSError:
+            time.sleep(0.5)
+    raise TimeoutError(url)
+
+
+@contextmanager
+def server(args: list[str], env: dict[str, str], probe: str, log: Path) -> Iterator[str]:
+    """Start a server on a free loopback port, yield its URL, stop it (and its workers)."""
+    port = free_port()
+    with log.open("w") as out:
+        proc = subprocess.Popen(
+            [*args, "--port", str(port)],
+            env=env,
+            cwd=log.parent,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        try:
+            wait_ready(f"http://{LOOPBACK}:{port}{probe}", proc)
+            yield f"http://{LOOPBACK}:{port}"
+        finally:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGTERM)
+                try:
+                    proc.wait(timeout=20)
+                except subprocess.TimeoutExpired:
+                    os.killpg(proc.pid, signal.SIGKILL)
+                    proc.wait()
+
+
+# --- load -----------------------------------------------------------------------------------
+WRK_SCRIPT = """
+local f = assert(io.open("{body}", "rb"))
+wrk.method = "POST"
+wrk.body = f:read("*all")
+f:close()
+wrk.headers["Content-Type"] = "application/json"
+done = function(summary, latency, requests)
+  io.write(string.format(
+    "WRK_JSON {{\\"requests\\": %d, \\"duration_us\\": %d, \\"p50_us\\": %d, \\"p99_us\\": %d, "
+    .. "\\"non_2xx\\": %d, \\"socket_errors\\": %d}}\\n",
+    summary.requests, summary.duration, latency:percentile(50), latency:percentile(99),
+    summary.errors.status,
+    summary.errors.connect + summary.errors.read + summary.errors.write + summary.errors.timeout))
+end
+"""
+
+
+def wrk(url: str, body: Path, connections: int, seconds: float) -> dict[str, float]:
+    """POST ``body`` to ``url`` with wrk; req/s, p50/p99 in ms and error counts."""
+    script = body.with_suffix(".lua")
+    script.write_text(WRK_SCRIPT.format(body=body))
+    out = subprocess.run(
+        [
+            "wrk",
+            "-t1",
+            f"-c{connections}",
+            f"-d{seconds}s",
+            "--timeout",
+            "10s",
+            "-s",
+            str(script),
+            url,
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    raw = json.loads(re.search(r"WRK_JSON (.*)", out).group(1))
+    return {
+        "req_per_s": round(raw["requests"] / (raw["duration_us"] / 1e6), 1),
+        "p50_ms": raw["p50_us"] / 1000,
+        "p99_ms": raw["p99_us"] / 1000,
+        "non_2xx": raw["non_2xx"],
+        "socket_errors": raw["socket_errors"],
+    }
+
+
+def request_bodies(X: pd.DataFrame, workdir: Path, n_rows: int) -> dict[str, Path]:
+    """Request files for both APIs: our {"data": ...} and mlflow's {"dataframe_records": ...}."""
+    rows = json.loads(X.head(n_rows).to_json(orient="records"))
+    bodies = {}
+    for api, key in (("api", "data"), ("mlflow", "dataframe_records")):
+        path = workdir / f"{api}_{n_rows}.json"
+        path.write_text(json.dumps({key: rows}))
+        bodies[api] = path
+    return bodies
+
+
+def load_test(urls: dict[str, str], X: pd.DataFrame, workdir: Path, opts: dict) -> dict:
+    """wrk both servers, alternating, single-row then 1,000-row requests."""
+    paths = {"api": "/predict", "mlflow": "/invocations"}
+    results: dict[str, dict] = {"api": {}, "mlflow": {}}
+    for label, n_rows in (("single_row", 1), ("rows_1000", 1_000)):
+        bodies = request_bodies(X, workdir, n_rows)
+        for api, base in urls.items():
+            url = base + paths[api]
+            wrk(url, bodies[api], opts["connections"], 2)  # warm-up: caches, lazy imports
+            results[api][label] = wrk(url, bodies[api], opts["connections"], opts["seconds"])
+    return results
+
+
+def time_batch(tracking_uri: str, model_uri: str, X: pd.DataFrame, workdir: Path, n: int) -> dict:
+    """Wall seconds of ``python -m steps.predict`` on ``n`` rows resampled from ``X``."""
+    source = workdir / f"batch_{n}.parquet"
+    X.sample(n, replace=True, random_state=0).to_parquet(source, index=False)
+    args = [sys.executable, "-m", "steps.predict", "--model-uri", model_uri]
+    args += ["--input", str(source), "--output", str(workdir / "batch_out.parquet")]
+    started = time.perf_counter()
+    result = subprocess.run(
+        args, env=child_env(tracking_uri, False), cwd=workdir, capture_output=True, text=True
+    )
+    seconds = time.perf_counter() - started
+    if result.returncode != 0:
+        raise RuntimeError(f"steps.predict failed: {result.stderr[-2000:]}")
+    return {"rows": n, "seconds": round(seconds, 2), "rows_per_s": round(n / seconds)}
+
+
+def check_agreement(urls: dict[str, str], X: pd.DataFrame) -> float:
+    """Largest |difference| in dollars between the two servers on 100 rows (expect 0)."""
+    rows = json.loads(X.head(100).to_json(orient="records"))
+    answers = []
+    for api, path, key in (
+        ("api", "/predict", "data"),
+        ("mlflow", "/invocations", "dataframe_records"),
+    ):
+        request = urllib.request.Request(
+            urls[api] + path,
+            data=json.dumps({key: rows}).encode(),
+            headers={"Content-Type": "application/json"},
+        )
+        with urllib.request.urlopen(request, timeout=60) as r:
+            answers.append(np.asarray(json.loads(r.read())["predictions"], dtype=float))
+    return float(np.max(np.abs(answers[0] - answers[1])))
+
+
+# --- report -------------------------------------------------------------------------------
+def summary_lines(report: dict) -> list[str]:
+    lines = [f"model {report['model_uri']} @ {report['tracking_uri']}"]
+    lines.append(
+        f"load average before/after: {report['loadavg_before']} / {report['loadavg_after']}"
+    )
+    for label in ("single_row", "rows_1000"):
+        for api in ("api", "mlflow"):
+            r = report["load"][api][label]
+            lines.append(
+                f"{label:10s} {api:6s} {r['req_per_s']:8.1f} req/s  p50 {r['p50_ms']:7.2f} ms  "
+                f"p99 {r['p99_ms']:7.2f} ms  non-2xx {r['non_2xx']}  errors {r['socket_errors']}"
+            )
+        lines.append(f"{label:10s} ratio  {report['ratio'][label]:.2f}x")
+    lines.append(f"max |api - mlflow| on 100 rows: {report['max_abs_diff_dollars']}")
+    if report.get("batch"):
+        b = report["batch"]
+        lines.append(f"batch      {b['rows']} rows in {b['seconds']} s ({b['rows_per_s']} rows/s)")
+    return lines
+
+
+@click.command(help=__doc__.split("\n\n")[0])
+@click.option(
+    "--tracking-uri", default="", help="Registry to use (empty: a temp one + demo model)."
+)
+@click.option("--model-uri", default=DEFAULT_MODEL_URI, show_default=True)
+@click.option(
+    "--csv", "csv_path", type=click.Path(exists=True, path_type=Path), default=DEFAULT_CSV
+)
+@click.option(
+    "--workers", type=int, default=DEFAULT_WORKERS, show_default=True, help="steps.serve workers"
+)
+@click.option("--connections", type=int, default=8, show_default=True)
+@click.option("--seconds", type=int, default=10, show_default=True)
+@click.option("--batch-rows", type=int, default=1_000_000, show_default=True, help="0: skip")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON document.")
+def main(tracking_uri, model_uri, csv_path, workers, connections, seconds, batch_rows, as_json):
+    if shutil.which("wrk") is None:
+        raise click.ClickException("wrk not found: apt-get install -y wrk")
+    with tempfile.TemporaryDirectory(prefix="api-bench-") as tmp:
+        workdir = Path(tmp)
+        X, y = housing_sample(csv_path, n_rows=None)
+        if not tracking_uri:
+            tracking_uri = f"sqlite:///{workdir / 'mlflow.db'}"
+            click.echo("fitting and registering a demo model (default hyperparameters)", err=True)
+            register_demo_model(tracking_uri, demo_pipeline(X, y), X, workdir / "artifacts")
+        report: dict[str, Any] = {
+            "tracking_uri": tracking_uri,
+            "model_uri": model_uri,
+            "workers": workers,
+            "connections": connections,
+            "seconds": seconds,
+            "cpus": os.cpu_count(),
+            "loadavg_before": round(os.getloadavg()[0], 2),
+        }
+        api_args = [sys.executable, "-m", "steps.serve", "--model-uri", model_uri]
+        api_args += ["--workers", str(workers)]
+        mlflow_args = [sys.executable, "-m", "mlflow", "models", "serve", "-m", model_uri]
+        mlflow_args += ["--env-manager", "local", "--host", LOOPBACK]
+        with (
+            server(api_args, child_env(tracking_uri, False), "/ready", workdir / "api.log") as api,
+            server(
+                mlflow_args, child_env(tracking_uri, True), "/ping", workdir / "mlflow.log"
+            ) as ml,
+        ):
+            urls = {"api": api, "mlflow": ml}
+            report["max_abs_diff_dollars"] = check_agreement(urls, X)
+            opts = {"connections": connections, "seconds": seconds}
+            report["load"] = load_test(urls, X, workdir, opts)
+        report["ratio"] = {
+            label: round(
+                report["load"]["api"][label]["req_per_s"]
+                / max(report["load"]["mlflow"][label]["req_per_s"], 1e-9),
+                2,
+            )
+            for label in ("single_row", "rows_1000")
+        }
+        if batch_rows:
+            report["batch"] = time_batch(tracking_uri, model_uri, X, workdir, batch_rows)
+        report["loadavg_after"] = round(os.getloadavg()[0], 2)
+    click.echo(json.dumps(report, indent=2) if as_json else "\n".join(summary_lines(report)))
+
+
+if __name__ == "__main__":
+    main()

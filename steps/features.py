@@ -215,14 +215,15 @@ class HousingFeatures(TransformerMixin, BaseEstimator, auto_wrap_output_keys=Non
     # -- persistence ---------------------------------------------------------------------
     @property
     def _tree(self) -> KDTree:
-        """KDTree over the training coordinates, rebuilt (~5 ms) after unpickling/skops."""
+        """KDTree over the training coordinates, rebuilt (~10-20 ms) after unpickling/skops."""
         tree = getattr(self, "_tree_cache", None)
         if tree is None:
             tree = self._tree_cache = KDTree(self.ref_coords_)
         return tree
 
     def __getstate__(self) -> dict[str, Any]:
-        state = super().__getstate__()
+        # A copy: for non-sklearn classes BaseEstimator returns the live __dict__.
+        state = dict(super().__getstate__())
         state.pop("_tree_cache", None)  # derived from ref_coords_; keeps skops types plain
         return state
 

@@ -46,6 +46,9 @@ def parse_raw(payload: bytes) -> pd.DataFrame:
         df = pd.read_csv(io.StringIO(text))
     except (pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
         raise StepError(f"the data file is not valid CSV: {str(exc).splitlines()[0]}") from exc
+    if not isinstance(df.index, pd.RangeIndex):
+        # pandas turns leading columns into an index when the first rows have extra fields
+        raise StepError("the data file is not valid CSV: rows have more fields than the header")
     # pandas silently renames a repeated header "x" to "x.1"; restore it so the schema sees it.
     header = [h.strip() for h in text.splitlines()[0].split(",")]
     if len(header) == len(df.columns):

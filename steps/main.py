@@ -12,6 +12,7 @@ never reused. Parent tags: ``pipeline.<step>.run_id``, ``pipeline.<step>.reused`
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shlex
 import signal
@@ -30,6 +31,14 @@ from steps.train import hyperparameter_options
 STEP = "main"
 DEFAULT_EXPERIMENT_ID = "0"
 NEVER_REUSED = frozenset({"register"})
+# Fail in ~15 s instead of ~4 min per request when the tracking server is gone (mlflow's
+# defaults: 7 retries, backoff factor 2, capped at 120 s). Children inherit them; the user's
+# own settings win.
+HTTP_DEFAULTS = {
+    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "4",
+    "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+    "MLFLOW_HTTP_REQUEST_TIMEOUT": "30",
+}
 
 
 @dataclass
@@ -177,7 +186,7 @@ def launch(step: str, params: dict[str, str], env_manager: str, experiment_id: s
     ends its run before re-raising.
     """
     import mlflow
-    from mlflow.exceptions import ExecutionException
+    from mlflow.exceptions import ExecutionException, MlflowException
 
     try:
         submitted = mlflow.projects.run(
@@ -191,6 +200,12 @@ def launch(step: str, params: dict[str, str], env_manager: str, experiment_id: s
         )
     except ExecutionException as exc:
         raise StepError(f"step {step} failed: {exc}") from exc
+    except MlflowException as exc:
+        if not runtime.tracking_unreachable(exc):
+            raise
+        raise StepError(
+            f"step {step}: tracking server unreachable: {runtime.one_line(exc)}"
+        ) from exc
     return submitted.run_id
 
 
@@ -219,13 +234,43 @@ def key_metric(step: str, run: Any) -> str:
 @click.option("--env-manager", default=config.DEFAULT_ENV_MANAGER, show_default=True)
 @click.option("--use-cache", type=bool, default=config.DEFAULT_USE_CACHE, show_default=True)
 def cli(env_manager: str, use_cache: bool, **opts: Any) -> None:
+    from mlflow.entities import RunStatus
+
+    for name, value in HTTP_DEFAULTS.items():
+        os.environ.setdefault(name, value)
+    signal.signal(signal.SIGTERM, runtime.raise_interrupt)
+    runtime.die_with_parent()
+    try:
+        run_pipeline(env_manager, use_cache, opts)
+    except Exception as exc:
+        if not runtime.tracking_unreachable(exc):
+            raise
+        runtime.end_run_safely(RunStatus.to_string(RunStatus.FAILED))
+        click.echo(f"error: {STEP}: tracking server unreachable: {runtime.one_line(exc)}", err=True)
+        raise SystemExit(1) from None
+
+
+def end_orphaned_launcher_run(launcher_id: str | None, launcher_pid: int) -> None:
+    """If the `mlflow run` that started us is dead, nobody else will end its run."""
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    if not launcher_id or os.getppid() == launcher_pid:
+        return
+    client = mlflow.MlflowClient()
+    with contextlib.suppress(MlflowException):
+        if client.get_run(launcher_id).info.status == "RUNNING":
+            client.set_terminated(launcher_id, "KILLED")
+
+
+def run_pipeline(env_manager: str, use_cache: bool, opts: dict[str, Any]) -> None:
     import mlflow
     from mlflow.entities import RunStatus
 
     from steps import models
 
     mlflow.set_tracking_uri(config.tracking_uri())
-    signal.signal(signal.SIGTERM, runtime.raise_interrupt)
+    launcher_id, launcher_pid = os.environ.get("MLFLOW_RUN_ID"), os.getppid()
     opts["hyperparam_names"] = list(models.DEFAULT_HYPERPARAMS)
     parent = open_parent_run()
     experiment_id = parent.info.experiment_id
@@ -270,11 +315,13 @@ def cli(env_manager: str, use_cache: bool, **opts: Any) -> None:
             )
             upstream = run_id
     except StepError as exc:
-        mlflow.end_run(RunStatus.to_string(RunStatus.FAILED))
+        runtime.end_run_safely(RunStatus.to_string(RunStatus.FAILED))
         click.echo(f"error: {STEP}: {exc}", err=True)
         raise SystemExit(1) from None
     except KeyboardInterrupt:
-        mlflow.end_run(RunStatus.to_string(RunStatus.KILLED))
+        runtime.ignore_interrupts()
+        runtime.end_run_safely(RunStatus.to_string(RunStatus.KILLED))
+        end_orphaned_launcher_run(launcher_id, launcher_pid)
         click.echo(f"error: {STEP}: interrupted", err=True)
         raise SystemExit(130) from None
 

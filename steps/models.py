@@ -43,7 +43,7 @@ FEATURE_FRACTION = 0.7  # columns sampled per tree (LightGBM) / per split (HGB)
 # LightGBM trains single-threaded: on a shared 2-core box OpenMP with 2 threads was 8x
 # *slower* (threads spin while the other core is busy), and 2000 trees fit in ~5 s anyway.
 LIGHTGBM_N_JOBS = 1
-RANDOM_FOREST_MAX_TREES = 300  # bagging gains nothing past a few hundred trees; memory does
+RANDOM_FOREST_MAX_TREES = 200  # bagging gains little past a few hundred trees; memory grows
 RANDOM_FOREST_MAX_FEATURES = 0.5
 RANDOM_FOREST_N_JOBS = 2
 LINEAR_ALPHA = 1.0
@@ -75,9 +75,9 @@ class FastLGBMRegressor(LGBMRegressor):
 
     def predict(self, X: Any, **kwargs: Any) -> np.ndarray:
         """Predict dollars for the rows of X (array-like of shape (n, n_features))."""
-        if not kwargs and isinstance(X, np.ndarray) and X.ndim == 2:
-            if len(X) <= SMALL_BATCH_ROWS:
-                return self.booster_.predict(X, num_threads=1)
+        small = isinstance(X, np.ndarray) and X.ndim == 2 and len(X) <= SMALL_BATCH_ROWS
+        if small and not kwargs:
+            return self.booster_.predict(X, num_threads=1)
         return super().predict(X, **kwargs)
 
 

@@ -73,6 +73,60 @@ def raise_interrupt(signum: int, _frame: Any) -> None:
     raise KeyboardInterrupt(f"signal {signum}")
 
 
+def ignore_interrupts() -> None:
+    """While a run is being ended, a second Ctrl-C/SIGTERM must not abort the bookkeeping."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+
+def die_with_parent() -> None:
+    """Linux: receive SIGTERM when the parent process dies.
+
+    `mlflow run` has no SIGTERM handler: `kill <its pid>` ends it at once and would orphan
+    main and the running step, which keep going while their runs stay RUNNING. With this
+    they are interrupted instead, and end their runs KILLED.
+    """
+    if not sys.platform.startswith("linux"):
+        return
+    import ctypes
+
+    pr_set_pdeathsig = 1
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
+
+
+def tracking_unreachable(exc: BaseException) -> bool:
+    """Is this MLflow's "the tracking server did not answer" (not an API error)?"""
+    import requests
+    from mlflow.exceptions import MlflowException
+
+    cause = exc.__cause__ or exc.__context__
+    return isinstance(exc, MlflowException) and isinstance(
+        cause, requests.exceptions.RequestException
+    )
+
+
+def one_line(exc: BaseException, limit: int = 300) -> str:
+    text = " ".join(str(exc).split())
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def end_run_safely(status: str | None = None) -> bool:
+    """End the active run; if the tracking server is gone, say so instead of a traceback."""
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    try:
+        if status is None:
+            mlflow.end_run()
+        else:
+            mlflow.end_run(status)
+    except MlflowException as exc:
+        click.echo(f"warning: could not record the run's end: {one_line(exc, 160)}", err=True)
+        return False
+    return True
+
+
 @contextlib.contextmanager
 def step_run(step: str, params: dict[str, Any] | None = None) -> Iterator[Any]:
     """Open (or resume, under ``mlflow run``) the step's MLflow run and end it honestly.
@@ -89,8 +143,15 @@ def step_run(step: str, params: dict[str, Any] | None = None) -> Iterator[Any]:
         mlflow.set_experiment(config.EXPERIMENT_NAME)
     # SIGTERM (what process managers and `kill` send) should end the run like Ctrl-C does.
     signal.signal(signal.SIGTERM, raise_interrupt)
+    die_with_parent()
 
-    run = mlflow.start_run()
+    try:
+        run = mlflow.start_run()
+    except Exception as exc:
+        if not tracking_unreachable(exc):
+            raise
+        click.echo(f"error: {step}: tracking server unreachable: {one_line(exc)}", err=True)
+        sys.exit(1)
     try:
         git = git_state()
         tags = {config.TAG_STEP: step, config.TAG_GIT_DIRTY: str(git.dirty).lower()}
@@ -102,18 +163,27 @@ def step_run(step: str, params: dict[str, Any] | None = None) -> Iterator[Any]:
         mlflow.set_tags(tags)
         yield run
     except StepError as exc:
-        mlflow.end_run(RunStatus.to_string(RunStatus.FAILED))
+        end_run_safely(RunStatus.to_string(RunStatus.FAILED))
         click.echo(f"error: {step}: {exc}", err=True)
         sys.exit(1)
     except KeyboardInterrupt:
-        mlflow.end_run(RunStatus.to_string(RunStatus.KILLED))
+        ignore_interrupts()
+        end_run_safely(RunStatus.to_string(RunStatus.KILLED))
         click.echo(f"error: {step}: interrupted", err=True)
         sys.exit(130)
+    except Exception as exc:
+        end_run_safely(RunStatus.to_string(RunStatus.FAILED))
+        if not tracking_unreachable(exc):
+            raise
+        click.echo(f"error: {step}: tracking server unreachable: {one_line(exc)}", err=True)
+        sys.exit(1)
     except BaseException:
-        mlflow.end_run(RunStatus.to_string(RunStatus.FAILED))
+        end_run_safely(RunStatus.to_string(RunStatus.FAILED))
         raise
     else:
-        mlflow.end_run()
+        if not end_run_safely():
+            click.echo(f"error: {step}: done, but the tracking server did not record it", err=True)
+            sys.exit(1)
 
 
 def as_step(step: str) -> Callable[[Callable[..., None]], Callable[..., None]]:

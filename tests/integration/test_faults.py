@@ -6,6 +6,7 @@ Timings are printed (run with ``-s`` to see them); docs/reliability.md records t
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -75,10 +76,8 @@ class Pipeline:
     def kill(self) -> None:
         """Best-effort cleanup: SIGKILL the whole session."""
         for proc in self.session_processes():
-            try:
+            with contextlib.suppress(psutil.Error):
                 proc.kill()
-            except psutil.Error:
-                pass
         if self.proc.poll() is None:
             self.proc.kill()
         self.proc.wait()
@@ -236,6 +235,9 @@ def signal_target(pipeline: Pipeline, target: str) -> None:
     if target == "group-SIGINT":  # Ctrl-C in the terminal that ran `mlflow run`
         os.killpg(pipeline.proc.pid, signal.SIGINT)
         return
+    if target == "launcher-SIGTERM":  # `kill <pid of mlflow run>`: it dies at once
+        pipeline.proc.send_signal(signal.SIGTERM)
+        return
     main = next(p for p in pipeline.session_processes() if "steps.main" in " ".join(p.cmdline()))
     if target == "main-SIGTERM":  # a process manager stopping the pipeline driver
         main.send_signal(signal.SIGTERM)
@@ -245,7 +247,9 @@ def signal_target(pipeline: Pipeline, target: str) -> None:
         raise ValueError(target)
 
 
-@pytest.mark.parametrize("target", ["group-SIGINT", "main-SIGTERM", "main-SIGINT"])
+@pytest.mark.parametrize(
+    "target", ["group-SIGINT", "main-SIGTERM", "main-SIGINT", "launcher-SIGTERM"]
+)
 def test_signal_while_a_child_runs_stops_everything_and_ends_every_run(tmp_path, target):
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     project = copy_project(tmp_path / "project")
@@ -259,14 +263,14 @@ def test_signal_while_a_child_runs_stops_everything_and_ends_every_run(tmp_path,
         signalled = time.monotonic()
         signal_target(pipeline, target)
         pipeline.proc.wait(timeout=120)
-        time_to_stop = time.monotonic() - signalled
-        deadline = time.monotonic() + 15
+        deadline = time.monotonic() + 60
         while pipeline.session_processes() and time.monotonic() < deadline:
             time.sleep(0.2)
+        time_to_stop = time.monotonic() - signalled
         leftovers = [" ".join(p.cmdline()) for p in pipeline.session_processes()]
     finally:
         pipeline.kill()
-    print(f"\n{target}: mlflow run exited {pipeline.proc.returncode} after {time_to_stop:.1f} s")
+    print(f"\n{target}: exit {pipeline.proc.returncode}, all stopped after {time_to_stop:.1f} s")
     assert pipeline.proc.returncode != 0
     assert not leftovers, leftovers
     assert not any(c.is_running() and c.status() != "zombie" for c in children)
@@ -281,7 +285,7 @@ def test_signal_while_a_child_runs_stops_everything_and_ends_every_run(tmp_path,
     assert not [s for s, st in statuses.items() if "RUNNING" in st], statuses
     assert statuses["train"] in (["KILLED"], ["FAILED"])
     assert statuses["main"] in (["KILLED"], ["FAILED"])
-    assert "interrupted" in pipeline.stderr
+    assert "error: main: interrupted" in pipeline.stderr
     assert not list(client.search_registered_models())  # register never ran
 
 

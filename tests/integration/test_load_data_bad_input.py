@@ -74,8 +74,21 @@ def test_bad_source_fails_cleanly(tmp_path, store_with_champion, case):
     project = copy_project(tmp_path / "project")
     url = write_variant(tmp_path, case)
     result = run_cmd(
-        [sys.executable, "-m", "mlflow", "run", ".", "-e", "load_data", "--env-manager", "local",
-         "--experiment-name", config.EXPERIMENT_NAME, "-P", f"source_url={url}"],
+        [
+            sys.executable,
+            "-m",
+            "mlflow",
+            "run",
+            ".",
+            "-e",
+            "load_data",
+            "--env-manager",
+            "local",
+            "--experiment-name",
+            config.EXPERIMENT_NAME,
+            "-P",
+            f"source_url={url}",
+        ],
         cwd=project,
         env=project_env(uri),
     )
@@ -102,9 +115,7 @@ def test_modified_workspace_data_is_refused(tmp_path, store_with_champion):
     project = copy_project(tmp_path / "project")
     (project / "data").mkdir()
     pd.read_csv(housing_csv()).iloc[5:].to_csv(project / "data" / "housing.csv", index=False)
-    result = run_cmd(
-        [sys.executable, "-m", "steps.load_data"], cwd=project, env=project_env(uri)
-    )
+    result = run_cmd([sys.executable, "-m", "steps.load_data"], cwd=project, env=project_env(uri))
     assert result.returncode == 1
     assert result.stderr.strip().splitlines()[-1].startswith("error: load_data: ")
     assert "dvc add data" in result.stderr

@@ -132,7 +132,7 @@ def test_train_logs_metrics_splits_and_one_raw_row_model(sqlite_pipeline):
             for tag in d.tags
             if tag.key == "mlflow.data.context"
         }
-        assert contexts == {"train", "test"}
+        assert {"train", "test"} <= contexts
     artifacts = {a.path for a in client.list_artifacts(runs["preprocess"].info.run_id)}
     assert {config.SPLITS_ARTIFACT_DIR, config.PREPROCESSOR_ARTIFACT} <= artifacts
 
@@ -166,7 +166,8 @@ def test_warm_rerun_reuses_every_step_but_register(sqlite_pipeline):
     for step in ("load_data", "preprocess", "train"):
         assert second.data.tags[f"pipeline.{step}.reused"] == "true"
         assert (
-            second.data.tags[f"pipeline.{step}.run_id"] == first.data.tags[f"pipeline.{step}.run_id"]
+            second.data.tags[f"pipeline.{step}.run_id"]
+            == first.data.tags[f"pipeline.{step}.run_id"]
         )
     assert second.data.tags["pipeline.register.reused"] == "false"
     assert set(pipeline_runs(client, second.info.run_id)) == {"register"}
@@ -199,3 +200,42 @@ def test_pipeline_against_a_real_tracking_server(tmp_path, mlflow_server):
     assert all(r.info.status == "FINISHED" for r in runs.values())
     version = client.get_model_version_by_alias(config.MODEL_NAME, config.CHAMPION_ALIAS)
     assert version.run_id == runs["train"].info.run_id
+
+
+def test_tune_logs_nested_trials_and_best_params(sqlite_pipeline):
+    project, uri, client, _ = sqlite_pipeline
+    result = run_cmd(
+        [
+            sys.executable,
+            "-m",
+            "mlflow",
+            "run",
+            ".",
+            "-e",
+            "tune",
+            "--env-manager",
+            "local",
+            "--experiment-name",
+            config.EXPERIMENT_NAME,
+            "-P",
+            "n_trials=2",
+            "-P",
+            "cv_folds=2",
+        ],
+        cwd=project,
+        env=project_env(uri),
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    experiment = client.get_experiment_by_name(config.EXPERIMENT_NAME)
+    tune = client.search_runs(
+        [experiment.experiment_id], f"tags.`{config.TAG_STEP}` = 'tune'", max_results=1
+    )[0]
+    trials = client.search_runs(
+        [experiment.experiment_id], f"tags.`mlflow.parentRunId` = '{tune.info.run_id}'"
+    )
+    assert len(trials) == 2
+    best = min(t.data.metrics["cv_rmse_mean"] for t in trials)
+    assert tune.data.metrics["best_cv_rmse"] == best
+    assert "best_learning_rate" in tune.data.params
+    preprocess = latest_parent(client).data.tags["pipeline.preprocess.run_id"]
+    assert tune.data.tags[config.TAG_UPSTREAM] == preprocess

@@ -12,7 +12,7 @@ from mlflow.utils.environment import _PythonEnv
 
 from steps import config
 
-ENTRY_POINTS = ("load_data", "preprocess", "train", "register", "main")
+ENTRY_POINTS = ("load_data", "preprocess", "train", "register", "tune", "main")
 
 
 @pytest.fixture(scope="module")

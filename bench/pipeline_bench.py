@@ -1,0 +1,291 @@
+"""Benchmark step reuse in ``main`` against a monolithic script doing the same work.
+
+In a temp dir, on a fresh copy of the work tree without data/ (committed, so the tree is clean
+and reuse is allowed) and a fresh SQLite store, it times:
+
+* cold main       — ``mlflow run . -e main``: every step runs, data arrives via HOUSING_DATA_URL
+* warm main       — the same command again: load_data/preprocess/train reused, register runs
+* changed main    — ``-P random_state=7``: train and register rerun
+* each step's own duration (run end − run start) and how long main waited for it;
+* process overhead: ``python -c "import mlflow, sklearn"`` and a standalone
+  ``mlflow run . -e register`` (wall time vs its run's duration);
+* the cold monolith — ``python bench/monolith.py`` into its own fresh store.
+
+The target is warm main ≤ 0.6 × cold monolith. Not a timed test: numbers depend on the
+machine and its load (reported with them).
+
+    python bench/pipeline_bench.py [--json] [--keep]
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import resource
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import click
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+if str(PROJECT_ROOT) not in sys.path:  # run as a script: make `steps` and `tests` importable
+    sys.path.insert(0, str(PROJECT_ROOT))
+
+from steps import config  # noqa: E402
+
+SHARED_DATA = PROJECT_ROOT.parent / "shared" / "data"
+STEPS = ("load_data", "preprocess", "train", "register")
+WARM_TARGET_RATIO = 0.6
+SUMMARY_ROW = re.compile(r"^(\w+)\s+([0-9a-f]{32})\s+(ran|reused)\s+([\d.]+)\b", re.MULTILINE)
+IMPORT_PROBE = "import mlflow, sklearn"
+MLFLOW_RUN = [sys.executable, "-m", "mlflow", "run"]
+
+
+@dataclass
+class StepTiming:
+    step: str
+    run_id: str
+    reused: bool
+    run_s: float | None  # the step run's end − start (None when reused: it did not run now)
+    waited_s: float | None  # how long main spent on the step (its summary table)
+
+
+@dataclass
+class MainTiming:
+    label: str
+    wall_s: float
+    cpu_s: float  # user + sys of the whole process tree: what the load of others cannot inflate
+    steps: list[StepTiming] = field(default_factory=list)
+
+
+@dataclass
+class Timed:
+    wall_s: float
+    cpu_s: float
+    stdout: str
+
+
+# --- processes ----------------------------------------------------------------------------
+def project_env(tracking_uri: str, data_url: str, tmp: Path) -> dict[str, str]:
+    """The environment a user would run with: no inherited MLflow state, this venv first.
+
+    TMPDIR inside the bench dir, so the scratch dirs `mlflow run` leaves behind go with it.
+    """
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
+    return env | {
+        "TMPDIR": str(tmp),
+        "MLFLOW_TRACKING_URI": tracking_uri,
+        "MLFLOW_ALLOW_PICKLE_DESERIALIZATION": "true",
+        "HOUSING_DATA_URL": data_url,
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+        "PYTHONUNBUFFERED": "1",
+    }
+
+
+def children_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def timed(args: list[str], cwd: Path, env: dict[str, str]) -> Timed:
+    """Run a command to completion: wall time, CPU time of its whole process tree, stdout.
+
+    Fails loudly on a non-zero exit.
+    """
+    cpu, started = children_cpu(), time.perf_counter()
+    result = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, check=False)
+    wall, cpu = time.perf_counter() - started, children_cpu() - cpu
+    if result.returncode != 0:
+        raise click.ClickException(
+            f"{' '.join(args)} exited {result.returncode}:\n{result.stderr[-4000:]}"
+        )
+    return Timed(wall, cpu, result.stdout)
+
+
+def mlflow_run(project: Path, env: dict[str, str], entry_point: str, *args: str) -> Timed:
+    """`mlflow run . -e <entry_point> --env-manager local <args>` in the project copy."""
+    return timed(
+        [*MLFLOW_RUN, ".", "-e", entry_point, "--env-manager", "local", *args], project, env
+    )
+
+
+# --- reading the store --------------------------------------------------------------------
+def run_seconds(run: Any) -> float | None:
+    info = run.info
+    return (info.end_time - info.start_time) / 1000 if info.end_time else None
+
+
+def latest_main(client: Any) -> Any:
+    experiment = client.get_experiment_by_name(config.EXPERIMENT_NAME)
+    return client.search_runs(
+        [experiment.experiment_id],
+        f"tags.`{config.TAG_STEP}` = 'main'",
+        order_by=["attributes.start_time DESC"],
+        max_results=1,
+    )[0]
+
+
+def main_timing(label: str, run: Timed, client: Any) -> MainTiming:
+    """Per-step timings of the latest main run: its tags, its summary table, the step runs."""
+    parent = latest_main(client)
+    waited = {m.group(1): float(m.group(4)) for m in SUMMARY_ROW.finditer(run.stdout)}
+    timing = MainTiming(label, run.wall_s, run.cpu_s)
+    for step in STEPS:
+        run_id = parent.data.tags[f"pipeline.{step}.run_id"]
+        reused = parent.data.tags[f"pipeline.{step}.reused"] == "true"
+        seconds = None if reused else run_seconds(client.get_run(run_id))
+        timing.steps.append(StepTiming(step, run_id, reused, seconds, waited.get(step)))
+    return timing
+
+
+# --- measurements -------------------------------------------------------------------------
+def import_seconds(env: dict[str, str], repeats: int = 3) -> dict[str, float]:
+    """Best of ``repeats`` interpreter starts that import mlflow and sklearn (wall and CPU)."""
+    probes = [
+        timed([sys.executable, "-c", IMPORT_PROBE], PROJECT_ROOT, env) for _ in range(repeats)
+    ]
+    return {"wall_s": min(p.wall_s for p in probes), "cpu_s": min(p.cpu_s for p in probes)}
+
+
+def standalone_register(project: Path, env: dict[str, str], client: Any) -> dict[str, float]:
+    """`mlflow run . -e register` (upstream: latest train): wall time vs its run's duration."""
+    run = mlflow_run(project, env, "register", "--experiment-name", config.EXPERIMENT_NAME)
+    experiment = client.get_experiment_by_name(config.EXPERIMENT_NAME)
+    registered = client.search_runs(
+        [experiment.experiment_id],
+        f"tags.`{config.TAG_STEP}` = 'register'",
+        order_by=["attributes.start_time DESC"],
+        max_results=1,
+    )[0]
+    in_run = run_seconds(registered) or 0.0
+    return {"wall_s": run.wall_s, "cpu_s": run.cpu_s, "run_s": in_run}
+
+
+def monolith(root: Path, csv: Path, env: dict[str, str]) -> dict[str, Any]:
+    """Cold `python bench/monolith.py` into a store of its own."""
+    store = root / "monolith"
+    store.mkdir()
+    uri = f"sqlite:///{store / 'mlflow.db'}"
+    script = PROJECT_ROOT / "bench" / "monolith.py"
+    run = timed(
+        [sys.executable, str(script), "--tracking-uri", uri, "--csv", str(csv), "--json"],
+        store,
+        env | {"MLFLOW_TRACKING_URI": uri},
+    )
+    return {"wall_s": run.wall_s, "cpu_s": run.cpu_s, **json.loads(run.stdout)}
+
+
+def benchmark(root: Path, csv: Path, data_url: str) -> dict[str, Any]:
+    from mlflow import MlflowClient
+
+    from tests.conftest import copy_project
+
+    load_at_start = os.getloadavg()[0]
+    project = copy_project(root / "project")
+    uri = f"sqlite:///{root / 'mlflow.db'}"
+    (root / "tmp").mkdir()
+    env = project_env(uri, data_url, root / "tmp")
+    client = MlflowClient(uri)
+
+    mains = []
+    for label, args in (("cold", ()), ("warm", ()), ("random_state=7", ("-P", "random_state=7"))):
+        click.echo(f"… main ({label})", err=True)
+        mains.append(main_timing(label, mlflow_run(project, env, "main", *args), client))
+    click.echo("… overhead probes", err=True)
+    overhead = {
+        "python_import_mlflow_sklearn": import_seconds(env),
+        "standalone_register": standalone_register(project, env, client),
+    }
+    click.echo("… monolith (cold)", err=True)
+    mono = monolith(root, csv, env)
+    warm = next(m for m in mains if m.label == "warm")
+    return {
+        "machine": {
+            "cpus": os.cpu_count(),
+            "loadavg_1m_at_start": load_at_start,
+            "loadavg_1m_at_end": os.getloadavg()[0],
+        },
+        "main": [asdict(m) for m in mains],
+        "overhead": overhead,
+        "monolith": mono,
+        "warm_over_monolith": warm.wall_s / mono["wall_s"],
+        "warm_over_monolith_cpu": warm.cpu_s / mono["cpu_s"],
+        "warm_target_ratio": WARM_TARGET_RATIO,
+        "warm_meets_target": warm.wall_s <= WARM_TARGET_RATIO * mono["wall_s"],
+    }
+
+
+# --- output -------------------------------------------------------------------------------
+def fmt(seconds: float | None) -> str:
+    return "-" if seconds is None else f"{seconds:.1f}"
+
+
+def wall_cpu(timing: dict[str, Any]) -> str:
+    return f"{timing['wall_s']:6.1f} s wall {timing['cpu_s']:6.1f} s cpu"
+
+
+def report(result: dict[str, Any]) -> str:
+    """The human-readable table: per main run, wall/CPU and each step's run/waited seconds."""
+    cell = 20
+    lines = [
+        f"{'main':<16}{'wall s':>8}{'cpu s':>8}  " + "".join(f"{s:>{cell}}" for s in STEPS),
+        f"{'':<32}  " + "".join(f"{'run s / waited s':>{cell}}" for _ in STEPS),
+    ]
+    for m in result["main"]:
+        cells = [
+            "reused" if s["reused"] else f"{fmt(s['run_s'])} / {fmt(s['waited_s'])}"
+            for s in m["steps"]
+        ]
+        lines.append(
+            f"{m['label']:<16}{m['wall_s']:>8.1f}{m['cpu_s']:>8.1f}  "
+            + "".join(f"{c:>{cell}}" for c in cells)
+        )
+    over, mono, machine = result["overhead"], result["monolith"], result["machine"]
+    imp, reg = over["python_import_mlflow_sklearn"], over["standalone_register"]
+    lines += [
+        "",
+        f"{'python -c ' + repr(IMPORT_PROBE):<38}{wall_cpu(imp)}",
+        f"{'mlflow run . -e register (standalone)':<38}{wall_cpu(reg)}"
+        f"  ({reg['run_s']:.1f} s between its run's start and end)",
+        f"{'monolith, cold':<38}{wall_cpu(mono)}  (test RMSE {mono['test_rmse']:,.0f})",
+        "",
+        f"warm main / cold monolith: {result['warm_over_monolith']:.2f} wall, "
+        f"{result['warm_over_monolith_cpu']:.2f} cpu (target <= {result['warm_target_ratio']}: "
+        f"{'met' if result['warm_meets_target'] else 'NOT met'})",
+        f"{machine['cpus']} CPUs; 1-min load average "
+        f"{machine['loadavg_1m_at_start']:.1f} at start, {machine['loadavg_1m_at_end']:.1f} at end",
+    ]
+    return "\n".join(lines)
+
+
+@click.command(help="Time cold/warm/changed `main`, per-step costs and a monolithic baseline.")
+@click.option("--csv", "csv", type=click.Path(path_type=Path), default=SHARED_DATA / "housing.csv")
+@click.option(
+    "--data-url",
+    default=None,
+    help="What load_data downloads (default: $HOUSING_DATA_URL, else the .tgz beside --csv).",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON document.")
+@click.option("--keep", is_flag=True, help="Keep the temp dir (project, stores) and print it.")
+def cli(csv: Path, data_url: str | None, as_json: bool, keep: bool) -> None:
+    url = data_url or os.environ.get(config.DATA_URL_ENV) or csv.with_suffix(".tgz").as_uri()
+    root = Path(tempfile.mkdtemp(prefix="pipeline-bench-"))
+    try:
+        result = benchmark(root, csv, url)
+    finally:
+        if keep:
+            click.echo(f"kept {root}", err=True)
+        else:
+            shutil.rmtree(root, ignore_errors=True)
+    click.echo(json.dumps(result, indent=2) if as_json else report(result))
+
+
+if __name__ == "__main__":
+    cli()

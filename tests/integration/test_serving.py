@@ -1,0 +1,332 @@
+"""Real processes against a real registry: ``python -m steps.serve``, ``mlflow models
+serve`` and ``python -m steps.predict`` on a model logged and registered exactly like the
+train/register steps do, in a temp SQLite store, on free loopback ports.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from bench.api_bench import demo_pipeline, housing_sample, register_demo_model
+from steps import config, predict
+from tests.conftest import PROJECT_ROOT, free_port, housing_csv, stop, wait_http
+
+pytestmark = [pytest.mark.slow, pytest.mark.integration]
+
+MODEL_URI = f"models:/{config.MODEL_NAME}@{config.CHAMPION_ALIAS}"
+
+
+# --- helpers ------------------------------------------------------------------------------
+@contextmanager
+def tracking(uri: str) -> Iterator[None]:
+    """Point this process at ``uri`` and restore the previous store afterwards.
+
+    mlflow.set_tracking_uri also exports MLFLOW_TRACKING_URI, which would leak into every
+    later test of the session.
+    """
+    import mlflow
+
+    previous_env = os.environ.get("MLFLOW_TRACKING_URI")
+    previous = mlflow.get_tracking_uri()
+    mlflow.set_tracking_uri(uri)
+    try:
+        yield
+    finally:
+        mlflow.set_tracking_uri(previous)
+        if previous_env is None:
+            os.environ.pop("MLFLOW_TRACKING_URI", None)
+        else:
+            os.environ["MLFLOW_TRACKING_URI"] = previous_env
+
+
+def child_env(tracking_uri: str, allow_pickle: bool) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
+    env |= {
+        "MLFLOW_TRACKING_URI": tracking_uri,
+        "PYTHONPATH": str(PROJECT_ROOT),
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+        "PYTHONUNBUFFERED": "1",
+        "OMP_NUM_THREADS": "1",
+    }
+    if allow_pickle:  # only mlflow's own loaders need it; our server must not
+        env["MLFLOW_ALLOW_PICKLE_DESERIALIZATION"] = "true"
+    return env
+
+
+def post(url: str, payload: object) -> tuple[int, dict]:
+    request = urllib.request.Request(
+        url, data=json.dumps(payload).encode(), headers={"Content-Type": "application/json"}
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=30) as r:
+            return r.status, json.loads(r.read())
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read())
+
+
+def get(url: str) -> tuple[int, dict]:
+    try:
+        with urllib.request.urlopen(url, timeout=10) as r:
+            return r.status, json.loads(r.read())
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read())
+
+
+def records(X: pd.DataFrame) -> list[dict]:
+    return json.loads(X.to_json(orient="records"))  # NaN -> null
+
+
+@contextmanager
+def server(args: list[str], env: dict[str, str], cwd: Path, probe: str) -> Iterator[str]:
+    """Run a server process in its own session; yield its base URL; kill the whole group."""
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    log = (cwd / f"server-{port}.log").open("w")
+    proc = subprocess.Popen(
+        [*args, "--port", str(port)],
+        cwd=cwd,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    try:
+        try:
+            wait_http(f"{url}{probe}", proc, timeout=180)
+        except Exception:
+            log.flush()
+            raise RuntimeError((cwd / f"server-{port}.log").read_text()[-3000:]) from None
+        yield url
+    finally:
+        stop(proc)
+        with suppress(ProcessLookupError):  # any worker the parent left behind
+            os.killpg(proc.pid, signal.SIGKILL)
+        log.close()
+
+
+# --- fixtures -----------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("serving")
+
+
+@pytest.fixture(scope="module")
+def registry(workdir) -> dict:
+    """A temp SQLite registry holding one champion version of a small real pipeline."""
+    import mlflow
+
+    uri = f"sqlite:///{(workdir / 'mlflow.db').resolve()}"
+    X, y = housing_sample(housing_csv(), n_rows=2_000, seed=3)
+    pipeline = demo_pipeline(X, y, n_estimators=60)
+    with tracking(uri):
+        version = register_demo_model(uri, pipeline, X, artifact_root=workdir / "artifacts")
+        mv = mlflow.MlflowClient().get_model_version(config.MODEL_NAME, version)
+    return {"uri": uri, "version": version, "tags": dict(mv.tags), "run_id": mv.run_id}
+
+
+@pytest.fixture(scope="module")
+def rows() -> pd.DataFrame:
+    """Raw rows the model never saw, a few with total_bedrooms missing."""
+    X, _ = housing_sample(housing_csv(), n_rows=300, seed=99)
+    X.loc[X.index[:10], "total_bedrooms"] = np.nan
+    return X
+
+
+@pytest.fixture(scope="module")
+def pyfunc_predictions(registry, rows) -> np.ndarray:
+    import mlflow.pyfunc
+
+    with tracking(registry["uri"]), pytest.MonkeyPatch.context() as mp:
+        mp.setenv("MLFLOW_ALLOW_PICKLE_DESERIALIZATION", "true")
+        return np.asarray(mlflow.pyfunc.load_model(MODEL_URI).predict(rows), dtype=float)
+
+
+@pytest.fixture(scope="module")
+def api(registry, workdir) -> Iterator[str]:
+    args = [sys.executable, "-m", "steps.serve", "--model-uri", MODEL_URI, "--workers", "1"]
+    env = child_env(registry["uri"], allow_pickle=False)
+    with server(args, env, workdir, "/ready") as url:
+        yield url
+
+
+# --- steps.serve --------------------------------------------------------------------------
+def test_ready_and_version_describe_the_registered_version(api, registry):
+    assert get(f"{api}/health") == (200, {"status": "ok"})
+    assert get(f"{api}/ready")[0] == 200
+    status, info = get(f"{api}/version")
+    assert status == 200
+    assert info == {
+        "model_name": config.MODEL_NAME,
+        "model_version": registry["version"],
+        "model_uri": MODEL_URI,
+        "run_id": registry["tags"]["train_run_id"],
+        "dataset_dvc_md5": registry["tags"][config.TAG_DVC_MD5],
+        "git_commit": registry["tags"]["git_commit"],
+        "test_rmse": registry["tags"]["test_rmse"],
+    }
+    assert info["run_id"] == registry["run_id"]
+
+
+def test_api_predictions_equal_pyfunc(api, registry, rows, pyfunc_predictions):
+    status, body = post(f"{api}/predict", {"data": records(rows)})
+    assert status == 200
+    assert body["model_version"] == registry["version"]
+    np.testing.assert_array_equal(np.asarray(body["predictions"]), pyfunc_predictions)
+
+
+def test_api_single_rows_equal_pyfunc(api, rows, pyfunc_predictions):
+    for i in range(3):
+        status, body = post(f"{api}/predict", {"data": records(rows.iloc[[i]])})
+        assert status == 200
+        assert body["predictions"] == [pyfunc_predictions[i]]
+
+
+def test_api_rejects_bad_rows_with_422(api, rows):
+    row = records(rows.head(1))[0] | {"ocean_proximity": "MARS"}
+    status, body = post(f"{api}/predict", {"data": [row]})
+    assert status == 422
+    assert body["detail"][0]["loc"] == ["body", "data", 0, "ocean_proximity"]
+
+
+def test_two_workers_serve_and_exit_together(registry, workdir, rows, pyfunc_predictions):
+    args = [sys.executable, "-m", "steps.serve", "--model-uri", MODEL_URI, "--workers", "2"]
+    env = child_env(registry["uri"], allow_pickle=False)
+    with server(args, env, workdir, "/ready") as url:
+        for _ in range(4):  # reach both workers (the kernel picks one per connection)
+            status, body = post(f"{url}/predict", {"data": records(rows.head(20))})
+            assert status == 200
+            np.testing.assert_array_equal(body["predictions"], pyfunc_predictions[:20])
+
+
+def test_unknown_model_fails_fast_with_one_line(registry, workdir):
+    result = subprocess.run(
+        [sys.executable, "-m", "steps.serve", "--model-uri", "models:/Nope@champion"],
+        cwd=workdir,
+        env=child_env(registry["uri"], allow_pickle=False),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines()[-1].startswith("error: serve: cannot resolve")
+    assert "Traceback" not in result.stderr
+
+
+# --- mlflow models serve ------------------------------------------------------------------
+def test_mlflow_models_serve_takes_raw_rows_and_agrees(registry, workdir, rows, api):
+    args = [
+        sys.executable, "-m", "mlflow", "models", "serve", "-m", MODEL_URI,
+        "--env-manager", "local", "--host", "127.0.0.1",
+    ]  # fmt: skip
+    env = child_env(registry["uri"], allow_pickle=True)
+    with server(args, env, workdir, "/ping") as url:
+        status, body = post(f"{url}/invocations", {"dataframe_records": records(rows)})
+    assert status == 200, body
+    _, ours = post(f"{api}/predict", {"data": records(rows)})
+    np.testing.assert_array_equal(body["predictions"], ours["predictions"])
+
+
+# --- steps.predict ------------------------------------------------------------------------
+def run_predict(registry, workdir: Path, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "steps.predict", "--model-uri", MODEL_URI, *args],
+        cwd=workdir,
+        env=child_env(registry["uri"], allow_pickle=False),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+def last_run(registry) -> object:
+    import mlflow
+
+    with tracking(registry["uri"]):
+        client = mlflow.MlflowClient()
+        exp = client.get_experiment_by_name(config.EXPERIMENT_NAME)
+        (run,) = client.search_runs(
+            [exp.experiment_id],
+            filter_string=f"tags.`{config.TAG_STEP}` = 'predict'",
+            order_by=["attributes.start_time DESC"],
+            max_results=1,
+        )
+        artifacts = [a.path for a in client.list_artifacts(run.info.run_id, predict.STEP)]
+    return run, artifacts
+
+
+@pytest.mark.parametrize("out_name", ["preds.parquet", "preds.csv"])
+def test_batch_predict_writes_logs_and_reports_rejects(
+    registry, workdir, rows, pyfunc_predictions, out_name
+):
+    data = rows.astype({"latitude": object})
+    data.loc[data.index[20], "latitude"] = "north"
+    data.loc[data.index[21], "ocean_proximity"] = "MARS"
+    source = workdir / "batch_in.csv"
+    data.to_csv(source, index=False)
+    out = workdir / "out" / out_name
+
+    result = run_predict(registry, workdir, "--input", str(source), "--output", str(out))
+    assert result.returncode == 0, result.stderr
+
+    written = pd.read_parquet(out) if out.suffix == ".parquet" else pd.read_csv(out)
+    assert len(written) == len(rows) - 2
+    keep = np.setdiff1d(np.arange(len(rows)), [20, 21])
+    assert written[predict.ROW_COLUMN].tolist() == keep.tolist()
+    np.testing.assert_allclose(
+        written[predict.PREDICTION_COLUMN], pyfunc_predictions[keep], rtol=1e-12
+    )
+    rejected = pd.read_csv(predict.rejected_path(out))
+    assert rejected[predict.ROW_COLUMN].tolist() == [20, 21]
+    assert rejected[predict.REASON_COLUMN].tolist() == [
+        "latitude: not a number",
+        "ocean_proximity: unknown value",
+    ]
+    assert "2 rejected" in result.stderr
+
+    run, artifacts = last_run(registry)
+    assert run.info.status == "FINISHED"
+    assert run.data.tags[predict.TAG_MODEL_NAME] == config.MODEL_NAME
+    assert run.data.tags[predict.TAG_MODEL_VERSION] == registry["version"]
+    assert run.data.params["model_uri"] == MODEL_URI
+    assert sorted(artifacts) == sorted(
+        [f"predict/{out.name}", f"predict/{predict.rejected_path(out).name}"]
+    )
+    assert run.data.metrics["rows_rejected"] == 2
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        (None, "no such file"),
+        ("longitude,latitude\n1,2\n", "missing column(s): housing_median_age"),
+        ("\x00\x01garbage", "cannot read as parquet"),
+    ],
+    ids=["missing", "columns", "unreadable"],
+)
+def test_batch_predict_bad_input_fails_the_run_with_one_line(registry, workdir, content, message):
+    source = workdir / ("bad.parquet" if message.startswith("cannot") else "bad.csv")
+    source.unlink(missing_ok=True)
+    if content is not None:
+        source.write_text(content)
+    result = run_predict(
+        registry, workdir, "--input", str(source), "--output", str(workdir / "x.csv")
+    )
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr
+    error_lines = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(error_lines) == 1 and message in error_lines[0]
+    run, _ = last_run(registry)
+    assert run.info.status == "FAILED"

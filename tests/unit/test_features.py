@@ -1,0 +1,105 @@
+"""Unit tests of steps.features on small synthetic frames (``raw_frame``: tests/conftest.py)."""
+
+from __future__ import annotations
+
+import pickle
+
+import numpy as np
+import pandas as pd
+import pytest
+from sklearn.base import clone
+from sklearn.exceptions import NotFittedError
+
+from steps import config, features
+
+
+def _xy(frame: pd.DataFrame) -> tuple[pd.DataFrame, pd.Series]:
+    return frame.loc[:, list(config.FEATURES)], frame[config.TARGET]
+
+
+def _neighbour_columns(pre: features.HousingFeatures) -> np.ndarray:
+    names = pre.get_feature_names_out()
+    return np.flatnonzero([name.startswith("nbr") for name in names])
+
+
+@pytest.fixture
+def fitted(raw_frame: pd.DataFrame) -> tuple[features.HousingFeatures, np.ndarray]:
+    X, y = _xy(raw_frame)
+    pre = features.build_preprocessor()
+    return pre, pre.fit_transform(X, y)
+
+
+def test_output_is_finite_numeric_and_named(fitted, raw_frame):
+    pre, Z_train = fitted
+    Z = pre.transform(_xy(raw_frame)[0])
+    assert Z_train.dtype == np.float64 and Z.dtype == np.float64
+    assert Z.shape == Z_train.shape == (len(raw_frame), len(pre.get_feature_names_out()))
+    assert np.isfinite(Z_train).all() and np.isfinite(Z).all()
+
+
+def test_single_row_with_missing_bedrooms_and_unknown_category(fitted, raw_frame):
+    pre, _ = fitted
+    row = _xy(raw_frame)[0].iloc[[0]].copy()
+    row["total_bedrooms"] = np.nan
+    row["ocean_proximity"] = "ON THE MOON"
+    Z = pre.transform(row)
+    assert Z.shape == (1, len(pre.get_feature_names_out()))
+    assert np.isfinite(Z).all()
+    onehot = [name.startswith("ocean_") for name in pre.get_feature_names_out()]
+    assert (Z[0, onehot] == 0).all()
+
+
+def test_missing_category_and_column_order_do_not_matter(fitted, raw_frame):
+    pre, _ = fitted
+    X = _xy(raw_frame)[0].iloc[:5].copy()
+    expected = pre.transform(X)
+    shuffled = X[list(reversed(X.columns))]
+    np.testing.assert_array_equal(pre.transform(shuffled), expected)
+    X.loc[X.index[0], "ocean_proximity"] = None
+    assert np.isfinite(pre.transform(X)).all()
+
+
+def test_neighbour_features_are_out_of_fold_on_training_rows(fitted, raw_frame):
+    pre, Z_train = fitted
+    Z_again = pre.transform(_xy(raw_frame)[0])
+    nbr = _neighbour_columns(pre)
+    other = np.setdiff1d(np.arange(Z_train.shape[1]), nbr)
+    # Everything but the neighbour statistics is identical ...
+    np.testing.assert_array_equal(Z_train[:, other], Z_again[:, other])
+    # ... those differ, because transform() lets a training row see its own price.
+    assert not np.allclose(Z_train[:, nbr], Z_again[:, nbr])
+
+
+def test_a_rows_own_price_never_reaches_its_training_features(raw_frame):
+    X, y = _xy(raw_frame)
+    bumped = y.copy()
+    bumped.iloc[0] *= 10
+    pre = features.build_preprocessor()
+    Z = pre.fit_transform(X, y)
+    Z_bumped = clone(pre).fit_transform(X, bumped)
+    np.testing.assert_array_equal(Z[0], Z_bumped[0])
+    assert not np.array_equal(Z, Z_bumped)  # other rows do see it
+
+
+def test_fit_needs_the_target_and_transform_needs_a_fit(raw_frame):
+    X, _ = _xy(raw_frame)
+    with pytest.raises(ValueError, match="target"):
+        features.build_preprocessor().fit(X)
+    with pytest.raises(NotFittedError):
+        features.build_preprocessor().transform(X)
+
+
+def test_missing_feature_column_is_named(fitted, raw_frame):
+    pre, _ = fitted
+    with pytest.raises(ValueError, match="median_income"):
+        pre.transform(_xy(raw_frame)[0].drop(columns="median_income"))
+
+
+def test_serialised_state_omits_the_tree_and_rebuilds_it(fitted, raw_frame):
+    pre, _ = fitted
+    X = _xy(raw_frame)[0]
+    state = pre.__getstate__()
+    assert "_tree_cache" not in state
+    assert "_tree_cache" in pre.__dict__  # saving must not strip the live object
+    restored = pickle.loads(pickle.dumps(pre))
+    np.testing.assert_array_equal(restored.transform(X), pre.transform(X))
