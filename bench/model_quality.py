@@ -31,8 +31,6 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from sklearn.metrics import mean_absolute_error, mean_squared_error, r2_score
-from sklearn.model_selection import train_test_split
 from sklearn.pipeline import Pipeline
 from threadpoolctl import threadpool_limits
 
@@ -40,8 +38,9 @@ PROJECT_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(PROJECT_ROOT))  # run as a script without installing the project
 
 from steps import config, features, models  # noqa: E402
+from steps.preprocess import split_data  # noqa: E402
+from steps.train import build_pipeline, fit_and_score  # noqa: E402
 
-INCOME_BINS: tuple[float, ...] = (0.0, 1.5, 3.0, 4.5, 6.0, np.inf)
 TABR_RANDOM_STATE = 0
 ANCHORS_RMSE: dict[str, float] = {  # test RMSE in dollars, for the printed comparison
     "plain HistGradientBoosting (default split)": 45_700,
@@ -56,33 +55,11 @@ def default_csv_path() -> Path:
     return Path(env) if env else PROJECT_ROOT.parent / "shared" / "data" / "housing.csv"
 
 
-def split_data(
-    df: pd.DataFrame, test_size: float, random_state: int, strategy: str
-) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Pure split of the raw frame into (train, test) frames; rows keep file order input.
-
-    ``income_stratified`` stratifies on the median-income category; ``random`` is a plain
-    shuffled split (the TabR protocol with random_state 0).
-    """
-    if strategy == "income_stratified":
-        stratify = pd.cut(df["median_income"], bins=list(INCOME_BINS), labels=False)
-    elif strategy == "random":
-        stratify = None
-    else:
-        raise ValueError(f"unknown split strategy {strategy!r}; expected {config.SPLIT_STRATEGIES}")
-    train, test = train_test_split(
-        df, test_size=test_size, random_state=random_state, stratify=stratify
-    )
-    return train, test
-
-
-def build_pipeline(kind: str, random_state: int) -> Pipeline:
+def pipeline_for(kind: str, random_state: int) -> Pipeline:
     """Unfitted preprocessor + estimator of ``kind`` with default hyperparameters."""
-    return Pipeline(
-        [
-            ("preprocess", features.build_preprocessor(random_state=random_state)),
-            ("model", models.build_estimator(kind, random_state=random_state)),
-        ]
+    return build_pipeline(
+        features.build_preprocessor(random_state=random_state),
+        models.build_estimator(kind, random_state=random_state),
     )
 
 
@@ -103,23 +80,11 @@ def evaluate(
     """Fit on train, score on test, with at most ``threads`` OpenMP/BLAS threads.
 
     Returns (rmse, mae, r2, fit_seconds)."""
-    pipe = build_pipeline(kind, model_seed)
-    x_cols = list(config.FEATURES)
     # OpenMP pools (HGB) capped: on a shared 2-core box, 2 spinning threads run several
     # times slower than 1 whenever the other core is busy. LightGBM is 1-thread anyway.
     with threadpool_limits(limits=threads):
-        start = time.perf_counter()
-        pipe.fit(train[x_cols], train[config.TARGET].to_numpy())
-        fit_seconds = time.perf_counter() - start
-        y_pred = pipe.predict(test[x_cols])
-    y_true = test[config.TARGET].to_numpy()
-    rmse = float(np.sqrt(mean_squared_error(y_true, y_pred)))
-    return (
-        rmse,
-        float(mean_absolute_error(y_true, y_pred)),
-        float(r2_score(y_true, y_pred)),
-        (fit_seconds),
-    )
+        _, metrics = fit_and_score(pipeline_for(kind, model_seed), train, test)
+    return metrics["test_rmse"], metrics["test_mae"], metrics["test_r2"], metrics["fit_seconds"]
 
 
 def protocol_runs(
@@ -147,7 +112,7 @@ def single_row_latency_ms(df: pd.DataFrame, calls: int = 2000) -> dict[str, floa
         df, config.DEFAULT_TEST_SIZE, config.DEFAULT_SPLIT_SEED, "income_stratified"
     )
     x_cols = list(config.FEATURES)
-    pipe = build_pipeline(models.DEFAULT_MODEL_KIND, models.DEFAULT_HYPERPARAMS["random_state"])
+    pipe = pipeline_for(models.DEFAULT_MODEL_KIND, models.DEFAULT_HYPERPARAMS["random_state"])
     pipe.fit(train[x_cols], train[config.TARGET].to_numpy())
     rows = [test[x_cols].iloc[[i]] for i in range(50)]  # realistic: a fresh 1-row frame
     wall, cpu = [], []
