@@ -23,6 +23,8 @@ class SchemaError(ValueError):
 class NumericColumn:
     name: str
     nullable: bool = False
+    # For a whole table: a nullable column may still not be mostly empty.
+    max_missing_fraction: float = 0.0
     minimum: float | None = None
     maximum: float | None = None
 
@@ -34,7 +36,8 @@ NUMERIC_COLUMNS: tuple[NumericColumn, ...] = (
     NumericColumn("latitude", minimum=32.5, maximum=42.1),
     NumericColumn("housing_median_age", minimum=0),
     NumericColumn("total_rooms", minimum=0),
-    NumericColumn("total_bedrooms", nullable=True, minimum=0),
+    # 1% missing in the versioned file; far more means a broken export, not a new version.
+    NumericColumn("total_bedrooms", nullable=True, max_missing_fraction=0.05, minimum=0),
     NumericColumn("population", minimum=0),
     NumericColumn("households", minimum=0),
     NumericColumn("median_income", minimum=0),
@@ -67,8 +70,14 @@ def validate_raw(df: pd.DataFrame) -> pd.DataFrame:
                 f"column {col.name!r} is not numeric ({int(bad.sum())} bad values, e.g. {first!r})"
             )
         values = values.astype("float64")
-        if not col.nullable and values.isna().any():
-            raise SchemaError(f"column {col.name!r} has {int(values.isna().sum())} missing values")
+        missing = int(values.isna().sum())
+        if not col.nullable and missing:
+            raise SchemaError(f"column {col.name!r} has {missing} missing values")
+        if missing > col.max_missing_fraction * len(values) and col.nullable:
+            raise SchemaError(
+                f"column {col.name!r} has {missing} missing values "
+                f"(more than {col.max_missing_fraction:.0%} of rows)"
+            )
         finite = values.dropna()
         if not np.isfinite(finite).all():
             raise SchemaError(f"column {col.name!r} has infinite values")
