@@ -13,10 +13,15 @@ export MLFLOW_HTTP_REQUEST_MAX_RETRIES ?= 4
 export MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR ?= 1
 export MLFLOW_HTTP_REQUEST_TIMEOUT ?= 30
 MLFLOW_PORT ?= 5000
+SERVE_PORT ?= 8000
+PIPELINE_EXPERIMENT ?= california_housing_price
+GIT_URL ?= $(shell git remote get-url origin 2>/dev/null)
+GIT_VERSION ?= $(shell git rev-parse HEAD 2>/dev/null)
 PYTEST_ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help setup run test test-unit test-integration lint format server server-postgres ui clean
+.PHONY: help setup run steps run-from-git serve test test-unit test-integration test-git-url \
+	test-envmanagers bench lint format server server-postgres ui clean
 
 help: ## list targets
 	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN{FS=":.*?## "}{printf "  %-18s %s\n", $$1, $$2}'
@@ -29,8 +34,20 @@ $(BIN)/.installed: requirements.txt requirements-dev.txt
 
 setup: $(BIN)/.installed ## create .venv with the pinned dependencies
 
-run: setup ## run the whole pipeline: mlflow run . -e main (data: $$HOUSING_DATA_URL or DVC)
+run: setup ## run the whole pipeline: mlflow run . -e main (data: HOUSING_DATA_URL or DVC)
 	$(BIN)/mlflow run . -e main --env-manager local
+
+steps: setup ## run the entry points one by one; each takes the latest finished upstream run
+	$(BIN)/mlflow run . -e load_data --env-manager local --experiment-name $(PIPELINE_EXPERIMENT)
+	$(BIN)/mlflow run . -e preprocess --env-manager local --experiment-name $(PIPELINE_EXPERIMENT)
+	$(BIN)/mlflow run . -e train --env-manager local --experiment-name $(PIPELINE_EXPERIMENT)
+	$(BIN)/mlflow run . -e register --env-manager local --experiment-name $(PIPELINE_EXPERIMENT)
+
+run-from-git: setup ## main from GIT_URL (default origin; subfolder: URL#dir) at GIT_VERSION (default HEAD)
+	$(BIN)/mlflow run '$(GIT_URL)' -e main --version $(GIT_VERSION) --env-manager local
+
+serve: setup ## online API for models:/CaliforniaHousingRegressor@champion on 127.0.0.1:$(SERVE_PORT)
+	$(BIN)/mlflow run . -e serve --env-manager local -P port=$(SERVE_PORT)
 
 test: setup lint ## lint, then every test (unit + integration)
 	$(BIN)/pytest $(PYTEST_ARGS); rc=$$?; [ $$rc -eq 5 ] && echo "no tests collected" && exit 1; exit $$rc
@@ -40,6 +57,17 @@ test-unit: setup ## fast unit tests only
 
 test-integration: setup ## integration tests (real mlflow run, servers, DVC)
 	$(BIN)/pytest tests/integration $(PYTEST_ARGS)
+
+test-git-url: setup ## mlflow run against git:// URLs served by git daemon (incl. repo#subdir)
+	$(BIN)/pytest tests/integration/test_git_url.py $(PYTEST_ARGS)
+
+test-envmanagers: setup ## main under --env-manager uv and virtualenv (slow: builds envs from PyPI)
+	$(BIN)/pytest tests/integration -m envmanager $(PYTEST_ARGS)
+
+bench: setup ## benchmarks (pipeline, model quality, API; the API bench needs `wrk`): prints numbers
+	$(BIN)/python bench/pipeline_bench.py
+	$(BIN)/python bench/model_quality.py
+	$(BIN)/python bench/api_bench.py
 
 lint: setup ## ruff lint + format check
 	$(BIN)/ruff check .

@@ -275,6 +275,9 @@ def run_pipeline(env_manager: str, use_cache: bool, opts: dict[str, Any]) -> Non
     parent = open_parent_run()
     experiment_id = parent.info.experiment_id
     client = mlflow.MlflowClient()
+    # Under `mlflow run <git URL>` children are launched from the temp clone, so MLflow names
+    # their source file:///tmp/…; give them the parent's (the URL the user ran, #subdir kept).
+    source_name = client.get_run(parent.info.run_id).data.tags.get("mlflow.source.name")
     git = runtime.git_state()
     data_md5 = expected_md5(config.PROJECT_ROOT)
     mlflow.set_tags({config.TAG_STEP: STEP, config.TAG_GIT_DIRTY: str(git.dirty).lower()})
@@ -297,6 +300,8 @@ def run_pipeline(env_manager: str, use_cache: bool, opts: dict[str, Any]) -> Non
             else:
                 runtime.echo(STEP, f"{step}: running")
                 run_id = launch(step, params, env_manager, experiment_id)
+                if source_name:
+                    client.set_tag(run_id, "mlflow.source.name", source_name)
             run = client.get_run(run_id)
             results.append(
                 StepResult(

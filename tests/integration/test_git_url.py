@@ -230,11 +230,6 @@ def test_champion_alias_points_at_the_git_run(git_pipeline):
     assert git_pipeline.parent.data.tags["registry.alias"] == config.CHAMPION_ALIAS
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="children are launched from MLflow's temp clone, so their mlflow.source.name is "
-    "file:///tmp/…; fixed when steps/main.py copies the parent's source name to each child",
-)
 def test_children_name_the_git_url_as_their_source(git_pipeline):
     for run in git_pipeline.children.values():
         assert run.data.tags["mlflow.source.name"] == git_pipeline.served.url
