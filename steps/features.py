@@ -258,13 +258,16 @@ class HousingFeatures(TransformerMixin, BaseEstimator, auto_wrap_output_keys=Non
         """Concatenate raw, ratio, rotated-coordinate, one-hot and neighbour columns."""
         households = np.maximum(numeric[:, _COL["households"]], 1.0)
         rooms = np.maximum(numeric[:, _COL["total_rooms"]], 1.0)
-        rooms_per_household = rooms / households
-        ratios = [
-            rooms_per_household,
-            numeric[:, _COL["total_bedrooms"]] / rooms,
-            numeric[:, _COL["population"]] / households,
-            numeric[:, _COL["median_income"]] / rooms_per_household,
-        ]
+        # Absurd but schema-valid counts (1e300 households) may overflow to inf: the trees
+        # treat that as "very large", which is the right reading, so no warning is due.
+        with np.errstate(over="ignore"):
+            rooms_per_household = rooms / households
+            ratios = [
+                rooms_per_household,
+                numeric[:, _COL["total_bedrooms"]] / rooms,
+                numeric[:, _COL["population"]] / households,
+                numeric[:, _COL["median_income"]] / rooms_per_household,
+            ]
         lon, lat = numeric[:, _COL["longitude"]], numeric[:, _COL["latitude"]]
         rotated = []
         for deg in _ROTATION_DEGREES:

@@ -68,7 +68,7 @@ def choose_champion(current: Candidate | None, newer: list[Candidate]) -> Candid
 
 # --- I/O + MLflow -------------------------------------------------------------------------
 def as_candidate(version) -> Candidate | None:
-    rmse = version.tags.get("test_rmse")
+    rmse = version.tags.get(config.VERSION_TAG_TEST_RMSE)
     return Candidate(int(version.version), float(rmse)) if rmse is not None else None
 
 
@@ -122,10 +122,12 @@ def cli(upstream_run_id: str, model_name: str) -> None:
     before = current_champion(client, model_name)
     decision = decide_alias(new_rmse, before.test_rmse if before else None)
     tags = {
-        "train_run_id": upstream.info.run_id,
-        "git_commit": upstream.data.tags.get("mlflow.source.git.commit", "unknown"),
+        config.VERSION_TAG_TRAIN_RUN: upstream.info.run_id,
+        config.VERSION_TAG_GIT_COMMIT: upstream.data.tags.get(
+            "mlflow.source.git.commit", "unknown"
+        ),
         config.TAG_DVC_MD5: upstream.data.tags.get(config.TAG_DVC_MD5, "unknown"),
-        "test_rmse": repr(new_rmse),
+        config.VERSION_TAG_TEST_RMSE: repr(new_rmse),
         "model.kind": upstream.data.tags.get("model.kind", "unknown"),
     }
     version = mlflow.register_model(

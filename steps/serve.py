@@ -57,8 +57,6 @@ DEFAULT_MAX_ROWS = 10_000
 DEFAULT_MAX_BODY_BYTES = 4 * 1024 * 1024
 
 # Version tags written by the register step that /version reports.
-TAG_TRAIN_RUN_ID = "train_run_id"
-TAG_GIT_COMMIT = "git_commit"
 SKOPS_FORMAT = "skops"
 WORKER_SETTINGS_ENV = "STEPS_SERVE_WORKER_SETTINGS"
 
@@ -151,10 +149,10 @@ class ModelRef:
             model_name=self.name,
             model_version=self.version,
             model_uri=self.uri,
-            run_id=self.tags.get(TAG_TRAIN_RUN_ID) or self.run_id,
+            run_id=self.tags.get(config.VERSION_TAG_TRAIN_RUN) or self.run_id,
             dataset_dvc_md5=self.tags.get(config.TAG_DVC_MD5),
-            git_commit=self.tags.get(TAG_GIT_COMMIT),
-            test_rmse=self.tags.get("test_rmse"),
+            git_commit=self.tags.get(config.VERSION_TAG_GIT_COMMIT),
+            test_rmse=self.tags.get(config.VERSION_TAG_TEST_RMSE),
         )
 
 
