@@ -63,18 +63,11 @@ def housing_sample(csv: Path = DEFAULT_CSV, n_rows: int | None = 2_000, seed: in
 
 def demo_pipeline(X: pd.DataFrame, y: np.ndarray, **hyperparams: Any):
     """Pipeline(preprocess, model) fitted like the train step, default model kind."""
-    from sklearn.pipeline import Pipeline
-
     from steps import features
+    from steps.train import build_pipeline
 
-    params = {**models.DEFAULT_HYPERPARAMS, **hyperparams}
-    pipeline = Pipeline(
-        [
-            ("preprocess", features.build_preprocessor()),
-            ("model", models.build_estimator(models.DEFAULT_MODEL_KIND, **params)),
-        ]
-    )
-    return pipeline.fit(X, y)
+    estimator = models.build_estimator(models.DEFAULT_MODEL_KIND, **hyperparams)
+    return build_pipeline(features.build_preprocessor(), estimator).fit(X, y)
 
 
 def register_demo_model(

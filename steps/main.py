@@ -329,6 +329,10 @@ def run_pipeline(env_manager: str, use_cache: bool, opts: dict[str, Any]) -> Non
         end_orphaned_launcher_run(launcher_id, launcher_pid)
         click.echo(f"error: {STEP}: interrupted", err=True)
         raise SystemExit(130) from None
+    except Exception:
+        # The parent may be our own run (not the launcher's): nobody else would end it.
+        runtime.end_run_safely(RunStatus.to_string(RunStatus.FAILED))
+        raise
 
     train_run = client.get_run(results[2].run_id)
     register_run = client.get_run(results[3].run_id)
