@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import pandas as pd
 
-from steps import config
+from steps import config, runtime
 from steps.runtime import StepError
 
 
@@ -53,13 +53,20 @@ def link(upstream) -> None:
     mlflow.set_tags(tags)
 
 
+def split_dataset(part: pd.DataFrame, context: str):
+    """A split as an MLflow dataset, named after the raw dataset and the split."""
+    import mlflow
+
+    return mlflow.data.from_pandas(
+        part.reset_index(drop=True),
+        targets=config.TARGET,
+        name=f"{config.RAW_DATASET_NAME}_{context}",
+    )
+
+
 def log_split_inputs(train: pd.DataFrame, test: pd.DataFrame) -> None:
     import mlflow
 
     for context, part in (("train", train), ("test", test)):
-        dataset = mlflow.data.from_pandas(
-            part.reset_index(drop=True),
-            targets=config.TARGET,
-            name=f"{config.RAW_DATASET_NAME}_{context}",
-        )
-        mlflow.log_input(dataset, context=context)
+        dataset = split_dataset(part, context)
+        runtime.with_dataset_race_retry(lambda d=dataset, c=context: mlflow.log_input(d, context=c))

@@ -14,6 +14,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -63,6 +64,31 @@ def dataset_source(uri: str) -> Any:
         return HTTPDatasetSource(uri)
     local = next(s for s in get_registered_sources() if s.__name__ == "LocalArtifactDatasetSource")
     return local(uri)
+
+
+DATASET_RACE_MARKERS = ("UniqueViolation", "UNIQUE constraint failed", "duplicate key")
+DATASET_RACE_ATTEMPTS = 4
+
+
+def with_dataset_race_retry(log: Callable[[], Any]) -> Any:
+    """Call ``log`` (something that logs an MLflow dataset input), retrying a known race.
+
+    The tracking store gets-or-creates a dataset by (experiment, name, digest) without a
+    lock: two runs logging the same split at the same moment make one insert fail on the
+    unique key. The retry finds the row the other run created.
+    """
+    from mlflow.exceptions import MlflowException
+
+    for attempt in range(1, DATASET_RACE_ATTEMPTS + 1):
+        try:
+            return log()
+        except MlflowException as exc:
+            if attempt == DATASET_RACE_ATTEMPTS or not any(
+                marker in str(exc) for marker in DATASET_RACE_MARKERS
+            ):
+                raise
+            time.sleep(0.2 * attempt)
+    return None
 
 
 def echo(step: str, message: str) -> None:

@@ -136,12 +136,14 @@ def log_evaluation(pipeline: Pipeline, test: pd.DataFrame, metrics: dict[str, fl
         mlflow.log_table(table, f"{EVALUATION_DIR}/{name}.json")
     mlflow.log_text(evaluation.summary, f"{EVALUATION_DIR}/summary.md")
     # MLflow's own regressor metrics (MAPE, max error, …) on the same test rows.
-    mlflow.models.evaluate(
-        model=pipeline.predict,
-        data=test.reset_index(drop=True),
-        targets=config.TARGET,
-        model_type="regressor",
-        evaluator_config={"metric_prefix": "eval_test_", "log_model_explainability": False},
+    runtime.with_dataset_race_retry(
+        lambda: mlflow.models.evaluate(
+            model=pipeline.predict,
+            # the same named dataset as the logged test split, so no anonymous duplicate
+            data=lineage.split_dataset(test, "test"),
+            model_type="regressor",
+            evaluator_config={"metric_prefix": "eval_test_", "log_model_explainability": False},
+        )
     )
 
 
