@@ -231,13 +231,23 @@ def load_test(urls: dict[str, str], X: pd.DataFrame, workdir: Path, opts: dict) 
     """wrk both servers, alternating, single-row then 1,000-row requests."""
     paths = {"api": "/predict", "mlflow": "/invocations"}
     results: dict[str, dict] = {"api": {}, "mlflow": {}}
-    for label, n_rows in (("single_row", 1), ("rows_1000", 1_000)):
+    for label, n_rows, connections in scenarios(opts["connections"]):
         bodies = request_bodies(X, workdir, n_rows)
         for api, base in urls.items():
             url = base + paths[api]
-            wrk(url, bodies[api], opts["connections"], 2)  # warm-up: caches, lazy imports
-            results[api][label] = wrk(url, bodies[api], opts["connections"], opts["seconds"])
+            wrk(url, bodies[api], connections, 2)  # warm-up: caches, lazy imports
+            results[api][label] = wrk(url, bodies[api], connections, opts["seconds"])
     return results
+
+
+def scenarios(connections: int) -> list[tuple[str, int, int]]:
+    """(label, rows per request, connections): the loaded cases, plus a lone 1,000-row client
+    (the latency of one big request without 7 others queued beside it on 2 cores)."""
+    return [
+        ("single_row", 1, connections),
+        ("rows_1000", 1_000, connections),
+        ("rows_1000_1conn", 1_000, 1),
+    ]
 
 
 def time_batch(tracking_uri: str, model_uri: str, X: pd.DataFrame, workdir: Path, n: int) -> dict:
@@ -280,14 +290,14 @@ def summary_lines(report: dict) -> list[str]:
     lines.append(
         f"load average before/after: {report['loadavg_before']} / {report['loadavg_after']}"
     )
-    for label in ("single_row", "rows_1000"):
+    for label, _, _ in scenarios(report["connections"]):
         for api in ("api", "mlflow"):
             r = report["load"][api][label]
             lines.append(
-                f"{label:10s} {api:6s} {r['req_per_s']:8.1f} req/s  p50 {r['p50_ms']:7.2f} ms  "
+                f"{label:15s} {api:6s} {r['req_per_s']:8.1f} req/s  p50 {r['p50_ms']:7.2f} ms  "
                 f"p99 {r['p99_ms']:7.2f} ms  non-2xx {r['non_2xx']}  errors {r['socket_errors']}"
             )
-        lines.append(f"{label:10s} ratio  {report['ratio'][label]:.2f}x")
+        lines.append(f"{label:15s} ratio  {report['ratio'][label]:.2f}x")
     lines.append(f"max |api - mlflow| on 100 rows: {report['max_abs_diff_dollars']}")
     if report.get("batch"):
         b = report["batch"]
@@ -349,7 +359,7 @@ def main(tracking_uri, model_uri, csv_path, workers, connections, seconds, batch
                 / max(report["load"]["mlflow"][label]["req_per_s"], 1e-9),
                 2,
             )
-            for label in ("single_row", "rows_1000")
+            for label, _, _ in scenarios(connections)
         }
         if batch_rows:
             report["batch"] = time_batch(tracking_uri, model_uri, X, workdir, batch_rows)
