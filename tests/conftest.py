@@ -110,6 +110,25 @@ def project_env(tracking_uri: str, **extra: str) -> dict[str, str]:
     return env | extra
 
 
+MLFLOW_RUN = [sys.executable, "-m", "mlflow", "run"]
+
+
+def mlflow_run_local(entry_point: str, *args: str) -> list[str]:
+    """`mlflow run . -e <entry_point> --env-manager local <args>` as an argv list."""
+    return [*MLFLOW_RUN, ".", "-e", entry_point, "--env-manager", "local", *args]
+
+
+def latest_run(client, step: str):
+    """The most recently started run of a pipeline step in the pipeline's experiment."""
+    experiment = client.get_experiment_by_name(config.EXPERIMENT_NAME)
+    return client.search_runs(
+        [experiment.experiment_id],
+        f"tags.`{config.TAG_STEP}` = '{step}'",
+        order_by=["attributes.start_time DESC"],
+        max_results=1,
+    )[0]
+
+
 def run_cmd(args: list[str], cwd: Path, env: dict[str, str], timeout: float = 900):
     return subprocess.run(
         args, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout, check=False

@@ -38,7 +38,15 @@ from sklearn.dummy import DummyRegressor
 from steps import config
 from steps.load_data import extract_csv, parse_raw
 from steps.runtime import StepError
-from tests.conftest import copy_project, free_port, housing_csv, housing_tgz, project_env, run_cmd
+from tests.conftest import (
+    copy_project,
+    free_port,
+    housing_csv,
+    housing_tgz,
+    mlflow_run_local,
+    project_env,
+    run_cmd,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -273,21 +281,9 @@ def test_mlflow_run_load_data_stops_cleanly(tmp_path, store_with_champion, http_
     project = copy_project(tmp_path / "project")
     url, message = source_url(name, tmp_path, http_root)
     result = run_cmd(
-        [
-            sys.executable,
-            "-m",
-            "mlflow",
-            "run",
-            ".",
-            "-e",
-            "load_data",
-            "--env-manager",
-            "local",
-            "--experiment-name",
-            config.EXPERIMENT_NAME,
-            "-P",
-            f"source_url={url}",
-        ],
+        mlflow_run_local(
+            "load_data", "--experiment-name", config.EXPERIMENT_NAME, "-P", f"source_url={url}"
+        ),
         cwd=project,
         env=project_env(uri),
         timeout=300,
@@ -320,3 +316,17 @@ def test_mlflow_run_load_data_stops_cleanly(tmp_path, store_with_champion, http_
     want = yaml.safe_load((project / "data.dvc").read_text())["outs"][0]["md5"]
     assert dvc_cache_objects(project) <= {want.removesuffix(".dir"), REAL_FILE_MD5}
     assert dvc_cache_objects(project) == set()
+
+
+def test_modified_workspace_data_is_refused(tmp_path, store_with_champion):
+    """data/ edited by hand (not `dvc add`-ed): the step names the fix instead of using it."""
+    uri, client, champion = store_with_champion
+    project = copy_project(tmp_path / "project")
+    (project / "data").mkdir()
+    pd.read_csv(housing_csv()).iloc[5:].to_csv(project / "data" / "housing.csv", index=False)
+    result = run_cmd([sys.executable, "-m", "steps.load_data"], cwd=project, env=project_env(uri))
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines()[-1].startswith("error: load_data: ")
+    assert "dvc add data" in result.stderr
+    alias = client.get_model_version_by_alias(config.MODEL_NAME, config.CHAMPION_ALIAS)
+    assert str(alias.version) == champion

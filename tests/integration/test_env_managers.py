@@ -27,12 +27,11 @@ import pytest
 from mlflow import MlflowClient
 
 from steps import config
-from tests.conftest import copy_project, project_env, run_cmd
+from tests.conftest import MLFLOW_RUN, copy_project, project_env, run_cmd
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.envmanager]
 STEPS = ("load_data", "preprocess", "train", "register")
 ENV_TIMEOUT_S = 1800
-MLFLOW_RUN = [sys.executable, "-m", "mlflow", "run"]
 LOG_TIME = re.compile(r"^(\d{4}/\d\d/\d\d \d\d:\d\d:\d\d) INFO (\S+): (.*)$")
 PYENV_SHIM = """#!/usr/bin/env bash
 # Offline pyenv: "installable" means "already installed" (see test_env_managers.py).

@@ -21,7 +21,14 @@ from mlflow import MlflowClient
 from mlflow.entities import ViewType
 
 from steps import config
-from tests.conftest import copy_project, free_port, project_env, start_mlflow_server, stop
+from tests.conftest import (
+    copy_project,
+    free_port,
+    latest_run,
+    project_env,
+    start_mlflow_server,
+    stop,
+)
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -121,13 +128,7 @@ def all_runs(client: MlflowClient) -> list:
 
 
 def latest_parent(client: MlflowClient):
-    experiment = client.get_experiment_by_name(config.EXPERIMENT_NAME)
-    return client.search_runs(
-        [experiment.experiment_id],
-        f"tags.`{config.TAG_STEP}` = 'main'",
-        order_by=["attributes.start_time DESC"],
-        max_results=1,
-    )[0]
+    return latest_run(client, "main")
 
 
 def run_concurrent_mains(tmp_path: Path, tracking_uri: str, n: int = 4) -> float:

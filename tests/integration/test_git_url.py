@@ -20,7 +20,6 @@ import shutil
 import signal
 import socket
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -30,13 +29,12 @@ import pytest
 from mlflow import MlflowClient
 
 from steps import config
-from tests.conftest import copy_project, free_port, project_env, run_cmd
+from tests.conftest import MLFLOW_RUN, copy_project, free_port, project_env, run_cmd
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 STEPS = ("load_data", "preprocess", "train", "register")
 GIT = ["git", "-c", "user.email=t@localhost", "-c", "user.name=tests"]
 SUBDIR = "proj"
-MLFLOW_RUN = [sys.executable, "-m", "mlflow", "run"]
 
 
 @dataclass(frozen=True)

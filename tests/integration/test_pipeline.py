@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import math
 import subprocess
-import sys
 from pathlib import Path
 
 import mlflow
@@ -18,7 +17,14 @@ import yaml
 from mlflow import MlflowClient
 
 from steps import config
-from tests.conftest import copy_project, housing_csv, project_env, run_cmd
+from tests.conftest import (
+    copy_project,
+    housing_csv,
+    latest_run,
+    mlflow_run_local,
+    project_env,
+    run_cmd,
+)
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 STEPS = ("load_data", "preprocess", "train", "register")
@@ -26,7 +32,7 @@ STEPS = ("load_data", "preprocess", "train", "register")
 
 def run_main(project: Path, tracking_uri: str, *args: str) -> subprocess.CompletedProcess:
     result = run_cmd(
-        [sys.executable, "-m", "mlflow", "run", ".", "-e", "main", "--env-manager", "local", *args],
+        mlflow_run_local("main", *args),
         cwd=project,
         env=project_env(tracking_uri),
     )
@@ -47,13 +53,7 @@ def pipeline_runs(client: MlflowClient, parent_id: str) -> dict[str, object]:
 
 
 def latest_parent(client: MlflowClient):
-    experiment = client.get_experiment_by_name(config.EXPERIMENT_NAME)
-    return client.search_runs(
-        [experiment.experiment_id],
-        f"tags.`{config.TAG_STEP}` = 'main'",
-        order_by=["attributes.start_time DESC"],
-        max_results=1,
-    )[0]
+    return latest_run(client, "main")
 
 
 @pytest.fixture(scope="module")
@@ -205,23 +205,15 @@ def test_pipeline_against_a_real_tracking_server(tmp_path, mlflow_server):
 def test_tune_logs_nested_trials_and_best_params(sqlite_pipeline):
     project, uri, client, _ = sqlite_pipeline
     result = run_cmd(
-        [
-            sys.executable,
-            "-m",
-            "mlflow",
-            "run",
-            ".",
-            "-e",
+        mlflow_run_local(
             "tune",
-            "--env-manager",
-            "local",
             "--experiment-name",
             config.EXPERIMENT_NAME,
             "-P",
             "n_trials=2",
             "-P",
             "cv_folds=2",
-        ],
+        ),
         cwd=project,
         env=project_env(uri),
     )
