@@ -10,7 +10,6 @@ import contextlib
 import os
 import signal
 import subprocess
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +24,7 @@ from tests.conftest import (
     copy_project,
     free_port,
     latest_run,
+    mlflow_run_local,
     project_env,
     start_mlflow_server,
     stop,
@@ -95,25 +95,22 @@ def start_main(project: Path, tracking_uri: str, *args: str, **env: str) -> Pipe
     err = project.parent / f"{project.name}.main.err"
     with out.open("wb") as stdout, err.open("wb") as stderr:
         proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "mlflow",
-                "run",
-                ".",
-                "-e",
-                "main",
-                "--env-manager",
-                "local",
-                *args,
-            ],
+            mlflow_run_local("main", *args),
             cwd=project,
             env=project_env(tracking_uri, **env),
             stdout=stdout,
             stderr=stderr,
             start_new_session=True,
+            # A test runner started in the background (`cmd &`) inherits SIGINT ignored, and
+            # Python then never turns SIGINT into KeyboardInterrupt: give the pipeline the
+            # default disposition a user's terminal would.
+            preexec_fn=restore_sigint,
         )
     return Pipeline(proc, out, err, time.monotonic())
+
+
+def restore_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def error_lines(text: str) -> list[str]:
