@@ -69,4 +69,4 @@ def log_split_inputs(train: pd.DataFrame, test: pd.DataFrame) -> None:
 
     for context, part in (("train", train), ("test", test)):
         dataset = split_dataset(part, context)
-        runtime.with_dataset_race_retry(lambda d=dataset, c=context: mlflow.log_input(d, context=c))
+        runtime.with_unique_race_retry(lambda d=dataset, c=context: mlflow.log_input(d, context=c))

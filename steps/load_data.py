@@ -200,7 +200,7 @@ def cli(source_url: str) -> None:
         name=config.RAW_DATASET_NAME,
         digest=md5,
     )
-    runtime.with_dataset_race_retry(lambda: mlflow.log_input(dataset, context="raw"))
+    runtime.with_unique_race_retry(lambda: mlflow.log_input(dataset, context="raw"))
     mlflow.log_artifact(str(config.raw_data_path(root)), artifact_path=config.RAW_ARTIFACT_DIR)
 
 

@@ -72,6 +72,13 @@ def as_candidate(version) -> Candidate | None:
     return Candidate(int(version.version), float(rmse)) if rmse is not None else None
 
 
+def set_alias(client, model_name: str, alias: str, version: int | str) -> None:
+    # The store upserts aliases without a lock; concurrent registers can collide on the key.
+    runtime.with_unique_race_retry(
+        lambda: client.set_registered_model_alias(model_name, alias, version)
+    )
+
+
 def current_champion(client, model_name: str) -> Candidate | None:
     from mlflow.exceptions import MlflowException
 
@@ -100,7 +107,7 @@ def settle_champion(client, model_name: str) -> Candidate | None:
         best = choose_champion(current, newer)
         if best is None or best == current:
             return current
-        client.set_registered_model_alias(model_name, config.CHAMPION_ALIAS, best.version)
+        set_alias(client, model_name, config.CHAMPION_ALIAS, best.version)
         time.sleep(SETTLE_PAUSE_S)
     raise StepError(f"champion alias of {model_name} kept changing; rerun register")
 
@@ -144,7 +151,7 @@ def cli(upstream_run_id: str, model_name: str) -> None:
             f"(test_rmse {champion.test_rmse:,.0f})",
         )
     if not won:
-        client.set_registered_model_alias(model_name, config.CHALLENGER_ALIAS, version.version)
+        set_alias(client, model_name, config.CHALLENGER_ALIAS, version.version)
     runtime.echo(STEP, f"{model_name} v{version.version} → @{decision.alias}: {decision.reason}")
 
     mlflow.set_tags(

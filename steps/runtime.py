@@ -66,25 +66,26 @@ def dataset_source(uri: str) -> Any:
     return local(uri)
 
 
-DATASET_RACE_MARKERS = ("UniqueViolation", "UNIQUE constraint failed", "duplicate key")
-DATASET_RACE_ATTEMPTS = 4
+UNIQUE_RACE_MARKERS = ("UniqueViolation", "UNIQUE constraint failed", "duplicate key")
+UNIQUE_RACE_ATTEMPTS = 4
 
 
-def with_dataset_race_retry(log: Callable[[], Any]) -> Any:
-    """Call ``log`` (something that logs an MLflow dataset input), retrying a known race.
+def with_unique_race_retry(write: Callable[[], Any]) -> Any:
+    """Call ``write`` (an MLflow call that creates a row), retrying a known store race.
 
-    The tracking store gets-or-creates a dataset by (experiment, name, digest) without a
-    lock: two runs logging the same split at the same moment make one insert fail on the
-    unique key. The retry finds the row the other run created.
+    The tracking store gets-or-creates some rows without a lock — a logged dataset by
+    (experiment, name, digest), a registry alias by (model, alias) — so two pipelines doing
+    the same write at the same moment make one insert fail on the unique key. The retry
+    finds (or updates) the row the other one created.
     """
     from mlflow.exceptions import MlflowException
 
-    for attempt in range(1, DATASET_RACE_ATTEMPTS + 1):
+    for attempt in range(1, UNIQUE_RACE_ATTEMPTS + 1):
         try:
-            return log()
+            return write()
         except MlflowException as exc:
-            if attempt == DATASET_RACE_ATTEMPTS or not any(
-                marker in str(exc) for marker in DATASET_RACE_MARKERS
+            if attempt == UNIQUE_RACE_ATTEMPTS or not any(
+                marker in str(exc) for marker in UNIQUE_RACE_MARKERS
             ):
                 raise
             time.sleep(0.2 * attempt)

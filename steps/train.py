@@ -136,7 +136,7 @@ def log_evaluation(pipeline: Pipeline, test: pd.DataFrame, metrics: dict[str, fl
         mlflow.log_table(table, f"{EVALUATION_DIR}/{name}.json")
     mlflow.log_text(evaluation.summary, f"{EVALUATION_DIR}/summary.md")
     # MLflow's own regressor metrics (MAPE, max error, …) on the same test rows.
-    runtime.with_dataset_race_retry(
+    runtime.with_unique_race_retry(
         lambda: mlflow.models.evaluate(
             model=pipeline.predict,
             # the same named dataset as the logged test split, so no anonymous duplicate
