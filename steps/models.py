@@ -28,12 +28,12 @@ DEFAULT_MODEL_KIND = "lightgbm"
 
 # One default per hyperparameter, shared by every kind. Serving cost decides the tree count:
 # LightGBM scores ~0.06 µs per tree-row, so 2000 trees cost 122 ms per 1000 rows (the API's
-# 1000-row target is 50 ms) and 2 min per million (target 20 s); 300 trees of 63 leaves at
-# lr 0.08 cost ~18 ms / 1000 rows and score within noise of 2000 x 31 (docs/model.md).
+# 1000-row target is 50 ms) and 2 min per million (target 20 s); 250 trees of 63 leaves at
+# lr 0.09 cost ~15 ms / 1000 rows and score within noise of 2000 x 31 (docs/model.md).
 # Bagging 80% of rows per tree is worth ~$500 of RMSE for LightGBM.
 DEFAULT_HYPERPARAMS: dict[str, Any] = {
-    "n_estimators": 300,
-    "learning_rate": 0.08,
+    "n_estimators": 250,
+    "learning_rate": 0.09,
     "max_leaves": 63,
     "min_samples_leaf": 20,
     "subsample": 0.8,
