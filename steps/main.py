@@ -240,6 +240,7 @@ def cli(env_manager: str, use_cache: bool, **opts: Any) -> None:
         os.environ.setdefault(name, value)
     signal.signal(signal.SIGTERM, runtime.raise_interrupt)
     runtime.die_with_parent()
+    runtime.skip_exit_collection()
     try:
         run_pipeline(env_manager, use_cache, opts)
     except Exception as exc:

@@ -8,8 +8,10 @@ created by ``mlflow run`` (which sets it itself), ``mlflow.source.git.commit``.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import functools
+import gc
 import os
 import signal
 import subprocess
@@ -154,6 +156,17 @@ def end_run_safely(status: str | None = None) -> bool:
     return True
 
 
+def skip_exit_collection() -> None:
+    """Freeze the heap at interpreter exit, so CPython's finalisation skips its collections.
+
+    A step process holds millions of objects from MLflow, SQLAlchemy, pandas and scikit-learn
+    imports; the final garbage collections walk all of them for ~0.6 s per process, only for
+    the OS to reclaim the memory anyway. atexit handlers still run (gc.freeze collects nothing,
+    frees nothing), so MLflow's own exit hooks are unaffected.
+    """
+    atexit.register(gc.freeze)
+
+
 @contextlib.contextmanager
 def step_run(step: str, params: dict[str, Any] | None = None) -> Iterator[Any]:
     """Open (or resume, under ``mlflow run``) the step's MLflow run and end it honestly.
@@ -164,6 +177,7 @@ def step_run(step: str, params: dict[str, Any] | None = None) -> Iterator[Any]:
     import mlflow
     from mlflow.entities import RunStatus
 
+    skip_exit_collection()
     mlflow.set_tracking_uri(config.tracking_uri())
     launched_by_mlflow_run = bool(os.environ.get("MLFLOW_RUN_ID"))
     if not launched_by_mlflow_run and not os.environ.get("MLFLOW_EXPERIMENT_ID"):
