@@ -2,7 +2,9 @@
 
 Nothing here touches the disk, the network or MLflow at import time: values are constants
 or small pure functions. Every default a step exposes (click option, MLproject parameter)
-is defined here exactly once; ``tests/unit/test_config.py`` checks that MLproject agrees.
+is defined once: here, or beside the code it configures (``steps.hyperparams``,
+``steps.features``, a step's ``DEFAULT_*``); ``tests/unit/test_project_files.py`` checks that
+MLproject agrees with every click default.
 """
 
 from __future__ import annotations

@@ -24,9 +24,9 @@ from typing import Any
 import click
 
 from steps import config, runtime
+from steps.hyperparams import DEFAULT_HYPERPARAMS, hyperparameter_options
 from steps.load_data import expected_md5
 from steps.runtime import StepError
-from steps.train import hyperparameter_options
 
 STEP = "main"
 DEFAULT_EXPERIMENT_ID = "0"
@@ -268,11 +268,9 @@ def run_pipeline(env_manager: str, use_cache: bool, opts: dict[str, Any]) -> Non
     import mlflow
     from mlflow.entities import RunStatus
 
-    from steps import models
-
     mlflow.set_tracking_uri(config.tracking_uri())
     launcher_id, launcher_pid = os.environ.get("MLFLOW_RUN_ID"), os.getppid()
-    opts["hyperparam_names"] = list(models.DEFAULT_HYPERPARAMS)
+    opts["hyperparam_names"] = list(DEFAULT_HYPERPARAMS)
     parent = open_parent_run()
     experiment_id = parent.info.experiment_id
     client = mlflow.MlflowClient()

@@ -1,6 +1,7 @@
 """Estimator factory: a model kind and hyperparameters in, an unfitted sklearn regressor out.
 
-Every kind takes the same small set of hyperparameters (``DEFAULT_HYPERPARAMS``) and maps
+Every kind takes the same small set of hyperparameters (``DEFAULT_HYPERPARAMS``, defined in
+``steps.hyperparams`` with ``MODEL_KINDS`` and re-exported here) and maps
 them onto its own parameters; a hyperparameter a kind has no use for is ignored (documented
 in ``build_estimator``). All kinds predict dollars.
 
@@ -23,22 +24,7 @@ from sklearn.linear_model import Ridge
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
 
-MODEL_KINDS: tuple[str, ...] = ("lightgbm", "hgb", "random_forest", "linear")
-DEFAULT_MODEL_KIND = "lightgbm"
-
-# One default per hyperparameter, shared by every kind. Serving cost decides the tree count:
-# LightGBM scores ~0.06 µs per tree-row, so 2000 trees cost 122 ms per 1000 rows (the API's
-# 1000-row target is 50 ms) and 2 min per million (target 20 s); 250 trees of 63 leaves at
-# lr 0.09 cost ~15 ms / 1000 rows and score within noise of 2000 x 31 (docs/model.md).
-# Bagging 80% of rows per tree is worth ~$500 of RMSE for LightGBM.
-DEFAULT_HYPERPARAMS: dict[str, Any] = {
-    "n_estimators": 250,
-    "learning_rate": 0.09,
-    "max_leaves": 63,
-    "min_samples_leaf": 20,
-    "subsample": 0.8,
-    "random_state": 42,
-}
+from steps.hyperparams import DEFAULT_HYPERPARAMS, DEFAULT_MODEL_KIND, MODEL_KINDS
 
 # Fixed per-kind settings (not tuned per run).
 FEATURE_FRACTION = 0.7  # columns sampled per tree (LightGBM) / per split (HGB)

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import tempfile
 import time
-from collections.abc import Callable
 from typing import Any
 
 import click
@@ -27,6 +26,7 @@ from sklearn.metrics import mean_absolute_error, mean_squared_error, r2_score
 from sklearn.pipeline import Pipeline
 
 from steps import config, lineage, models, report, runtime
+from steps.hyperparams import hyperparameter_options
 from steps.preprocess import features_and_target
 
 STEP = "train"
@@ -73,24 +73,6 @@ def input_example(X: pd.DataFrame) -> pd.DataFrame:
 
 
 # --- click glue ---------------------------------------------------------------------------
-def hyperparameter_options(func: Callable[..., Any]) -> Callable[..., Any]:
-    """One click option per hyperparameter, typed and defaulted from models.DEFAULT_HYPERPARAMS."""
-    for name, default in reversed(models.DEFAULT_HYPERPARAMS.items()):
-        func = click.option(
-            f"--{name.replace('_', '-')}",
-            name,
-            type=type(default),
-            default=default,
-            show_default=True,
-        )(func)
-    return click.option(
-        "--model-kind",
-        type=click.Choice(models.MODEL_KINDS),
-        default=models.DEFAULT_MODEL_KIND,
-        show_default=True,
-    )(func)
-
-
 def read_preprocess_outputs(run_id: str) -> tuple[pd.DataFrame, pd.DataFrame, Any]:
     import mlflow
     import skops.io

@@ -27,10 +27,10 @@ DEFAULT_N_TRIALS = 8
 DEFAULT_CV_FOLDS = 3
 DEFAULT_TUNE_SEED = 0
 
-# Ranges around the defaults in steps/models.py; learning rate sampled on a log scale.
+# Ranges around the defaults in steps/hyperparams.py; learning rate sampled on a log scale.
 SEARCH_SPACE: dict[str, tuple[str, Any]] = {
     "learning_rate": ("log_uniform", (0.03, 0.15)),
-    # capped by serving cost: ~0.06 ms per 1000 rows per tree (see steps/models.py)
+    # capped by serving cost: ~0.06 ms per 1000 rows per tree (see steps/hyperparams.py)
     "n_estimators": ("choice", (200, 300, 400, 600)),
     "max_leaves": ("choice", (31, 63, 127)),
     "min_samples_leaf": ("choice", (5, 10, 20, 40)),
