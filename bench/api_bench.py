@@ -20,7 +20,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -36,11 +35,12 @@ import numpy as np
 import pandas as pd
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
-if str(PROJECT_ROOT) not in sys.path:  # run as a script: make `steps` importable
+if str(PROJECT_ROOT) not in sys.path:  # run as a script: make `steps` and `tests` importable
     sys.path.insert(0, str(PROJECT_ROOT))
 
 from steps import config, models  # noqa: E402
 from steps.serve import DEFAULT_MODEL_URI, DEFAULT_WORKERS  # noqa: E402
+from tests.conftest import free_port, wait_http  # noqa: E402
 
 DEFAULT_CSV = PROJECT_ROOT.parent / "shared" / "data" / "housing.csv"
 LOOPBACK = "127.0.0.1"
@@ -110,12 +110,6 @@ def register_demo_model(
 
 
 # --- servers ------------------------------------------------------------------------------
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind((LOOPBACK, 0))
-        return s.getsockname()[1]
-
-
 def child_env(tracking_uri: str, allow_pickle: bool) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
     env |= {
@@ -127,19 +121,6 @@ def child_env(tracking_uri: str, allow_pickle: bool) -> dict[str, str]:
     if allow_pickle:  # mlflow's own sklearn loader insists; steps.serve does not need it
         env["MLFLOW_ALLOW_PICKLE_DESERIALIZATION"] = "true"
     return env
-
-
-def wait_ready(url: str, proc: subprocess.Popen, timeout: float = 300) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"{proc.args[:4]} exited with {proc.returncode}")
-        try:
-            with urllib.request.urlopen(url, timeout=2):
-                return
-        except OSError:
-            time.sleep(0.5)
-    raise TimeoutError(url)
 
 
 @contextmanager
@@ -156,7 +137,7 @@ def server(args: list[str], env: dict[str, str], probe: str, log: Path) -> Itera
             start_new_session=True,
         )
         try:
-            wait_ready(f"http://{LOOPBACK}:{port}{probe}", proc)
+            wait_http(f"http://{LOOPBACK}:{port}{probe}", proc, timeout=300)
             yield f"http://{LOOPBACK}:{port}"
         finally:
             if proc.poll() is None:

@@ -39,6 +39,7 @@ if str(PROJECT_ROOT) not in sys.path:  # run as a script: make `steps` and `test
     sys.path.insert(0, str(PROJECT_ROOT))
 
 from steps import config  # noqa: E402
+from tests.conftest import copy_project, latest_run  # noqa: E402
 
 SHARED_DATA = PROJECT_ROOT.parent / "shared" / "data"
 STEPS = ("load_data", "preprocess", "train", "register")
@@ -122,19 +123,9 @@ def run_seconds(run: Any) -> float | None:
     return (info.end_time - info.start_time) / 1000 if info.end_time else None
 
 
-def latest_main(client: Any) -> Any:
-    experiment = client.get_experiment_by_name(config.EXPERIMENT_NAME)
-    return client.search_runs(
-        [experiment.experiment_id],
-        f"tags.`{config.TAG_STEP}` = 'main'",
-        order_by=["attributes.start_time DESC"],
-        max_results=1,
-    )[0]
-
-
 def main_timing(label: str, run: Timed, client: Any) -> MainTiming:
     """Per-step timings of the latest main run: its tags, its summary table, the step runs."""
-    parent = latest_main(client)
+    parent = latest_run(client, "main")
     waited = {m.group(1): float(m.group(4)) for m in SUMMARY_ROW.finditer(run.stdout)}
     timing = MainTiming(label, run.wall_s, run.cpu_s)
     for step in STEPS:
@@ -184,8 +175,6 @@ def monolith(root: Path, csv: Path, env: dict[str, str]) -> dict[str, Any]:
 
 def benchmark(root: Path, csv: Path, data_url: str) -> dict[str, Any]:
     from mlflow import MlflowClient
-
-    from tests.conftest import copy_project
 
     load_at_start = os.getloadavg()[0]
     project = copy_project(root / "project")

@@ -109,6 +109,17 @@ def start_main(project: Path, tracking_uri: str, *args: str, **env: str) -> Pipe
     return Pipeline(proc, out, err, time.monotonic())
 
 
+def run_main(project: Path, tracking_uri: str, *args: str) -> Pipeline:
+    """`start_main` to the end (15 min at most); asserts it succeeded."""
+    pipeline = start_main(project, tracking_uri, *args)
+    try:
+        pipeline.proc.wait(timeout=900)
+    finally:
+        pipeline.kill()
+    assert pipeline.proc.returncode == 0, pipeline.stderr[-4000:]
+    return pipeline
+
+
 def restore_sigint() -> None:
     signal.signal(signal.SIGINT, signal.SIG_DFL)
 
@@ -210,12 +221,7 @@ def test_server_killed_mid_run_fails_fast_and_rerun_reuses_finished_steps(tmp_pa
         print(
             f"runs left RUNNING by the crash: {[r.data.tags.get(config.TAG_STEP) for r in stuck]}"
         )
-        rerun = start_main(project, url, "-P", "n_estimators=60")
-        try:
-            rerun.proc.wait(timeout=900)
-        finally:
-            rerun.kill()
-        assert rerun.proc.returncode == 0, rerun.stderr[-4000:]
+        run_main(project, url, "-P", "n_estimators=60")
         parent = latest_parent(client)
         assert parent.info.status == "FINISHED"
         assert parent.data.tags["pipeline.load_data.reused"] == "true"

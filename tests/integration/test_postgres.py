@@ -24,7 +24,7 @@ from tests.integration.test_faults import (
     all_runs,
     latest_parent,
     run_concurrent_mains,
-    start_main,
+    run_main,
 )
 
 pytestmark = [
@@ -88,12 +88,7 @@ def pg_server(pg_database, tmp_path_factory) -> Iterator[tuple[str, Path]]:
 def test_pipeline_on_postgres_with_proxied_artifacts(tmp_path, pg_server):
     url, artifacts = pg_server
     project = copy_project(tmp_path / "project")
-    pipeline = start_main(project, url, "-P", "n_estimators=60")
-    try:
-        pipeline.proc.wait(timeout=900)
-    finally:
-        pipeline.kill()
-    assert pipeline.proc.returncode == 0, pipeline.stderr[-4000:]
+    pipeline = run_main(project, url, "-P", "n_estimators=60")
     assert f"{url}/#/experiments/" in pipeline.stdout
 
     client = MlflowClient(url)
@@ -112,12 +107,7 @@ def test_pipeline_on_postgres_with_proxied_artifacts(tmp_path, pg_server):
     assert not (project / "mlruns").exists()
 
     # the warm rerun reuses every step but register, as on SQLite
-    rerun = start_main(project, url, "-P", "n_estimators=60")
-    try:
-        rerun.proc.wait(timeout=900)
-    finally:
-        rerun.kill()
-    assert rerun.proc.returncode == 0, rerun.stderr[-4000:]
+    run_main(project, url, "-P", "n_estimators=60")
     second = latest_parent(client)
     for step in ("load_data", "preprocess", "train"):
         assert second.data.tags[f"pipeline.{step}.reused"] == "true"
