@@ -135,6 +135,17 @@ def run_cmd(args: list[str], cwd: Path, env: dict[str, str], timeout: float = 90
     )
 
 
+def run_main(project: Path, tracking_uri: str, *args: str) -> subprocess.CompletedProcess:
+    """`mlflow run . -e main` in ``project`` to the end; asserts it succeeded."""
+    result = run_cmd(
+        mlflow_run_local("main", *args),
+        cwd=project,
+        env=project_env(tracking_uri),
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
+    return result
+
+
 @pytest.fixture
 def project_copy(tmp_path: Path) -> Path:
     return copy_project(tmp_path / "project")

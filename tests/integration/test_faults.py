@@ -26,6 +26,7 @@ from tests.conftest import (
     latest_run,
     mlflow_run_local,
     project_env,
+    run_main,
     start_mlflow_server,
     stop,
 )
@@ -107,17 +108,6 @@ def start_main(project: Path, tracking_uri: str, *args: str, **env: str) -> Pipe
             preexec_fn=restore_sigint,
         )
     return Pipeline(proc, out, err, time.monotonic())
-
-
-def run_main(project: Path, tracking_uri: str, *args: str) -> Pipeline:
-    """`start_main` to the end (15 min at most); asserts it succeeded."""
-    pipeline = start_main(project, tracking_uri, *args)
-    try:
-        pipeline.proc.wait(timeout=900)
-    finally:
-        pipeline.kill()
-    assert pipeline.proc.returncode == 0, pipeline.stderr[-4000:]
-    return pipeline
 
 
 def restore_sigint() -> None:

@@ -7,7 +7,6 @@ load_data's acquisition path (HOUSING_DATA_URL → the shared .tgz via file://).
 from __future__ import annotations
 
 import math
-import subprocess
 from pathlib import Path
 
 import mlflow
@@ -24,20 +23,11 @@ from tests.conftest import (
     mlflow_run_local,
     project_env,
     run_cmd,
+    run_main,
 )
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 STEPS = ("load_data", "preprocess", "train", "register")
-
-
-def run_main(project: Path, tracking_uri: str, *args: str) -> subprocess.CompletedProcess:
-    result = run_cmd(
-        mlflow_run_local("main", *args),
-        cwd=project,
-        env=project_env(tracking_uri),
-    )
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
-    return result
 
 
 def dvc_md5(project: Path) -> str:

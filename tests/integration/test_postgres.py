@@ -18,13 +18,12 @@ import pytest
 from mlflow import MlflowClient
 
 from steps import config
-from tests.conftest import copy_project, start_mlflow_server, stop
+from tests.conftest import copy_project, run_main, start_mlflow_server, stop
 from tests.integration.test_faults import (
     STEPS,
     all_runs,
     latest_parent,
     run_concurrent_mains,
-    run_main,
 )
 
 pytestmark = [
