@@ -8,9 +8,7 @@ housing.csv. Prints req/s, p50 and p99 for each, the throughput ratio and the ba
     python bench/api_bench.py                       # temp tracking store + demo model
     python bench/api_bench.py --tracking-uri sqlite:////abs/mlflow.db --json
 
-Needs ``wrk`` (``apt-get install -y wrk``). Also the home of the demo-model helpers the tests
-use: a pipeline fitted on a sample of the real CSV, logged and registered exactly like the
-train and register steps do.
+Needs ``wrk`` (``apt-get install -y wrk``). The demo model comes from ``tests/support.py``.
 """
 
 from __future__ import annotations
@@ -38,75 +36,17 @@ PROJECT_ROOT = Path(__file__).resolve().parents[1]
 if str(PROJECT_ROOT) not in sys.path:  # run as a script: make `steps` and `tests` importable
     sys.path.insert(0, str(PROJECT_ROOT))
 
-from steps import config, models  # noqa: E402
 from steps.serve import DEFAULT_MODEL_URI, DEFAULT_WORKERS  # noqa: E402
-from tests.conftest import free_port, wait_http  # noqa: E402
+from tests.support import (  # noqa: E402
+    demo_pipeline,
+    free_port,
+    housing_sample,
+    register_demo_model,
+    wait_http,
+)
 
 DEFAULT_CSV = PROJECT_ROOT.parent / "shared" / "data" / "housing.csv"
 LOOPBACK = "127.0.0.1"
-DEMO_TAGS = {
-    "train_run_id": "",  # filled with the logging run's id
-    "git_commit": "0000000000000000000000000000000000000000",
-    config.TAG_DVC_MD5: "demo-md5",
-    "test_rmse": "0.0",
-}
-
-
-# --- demo model (shared with tests) --------------------------------------------------------
-def housing_sample(csv: Path = DEFAULT_CSV, n_rows: int | None = 2_000, seed: int = 0):
-    """(X, y) from the real CSV: raw feature columns and dollars, ``n_rows`` sampled."""
-    df = pd.read_csv(csv)
-    if n_rows is not None and n_rows < len(df):
-        df = df.sample(n_rows, random_state=seed)
-    return df.loc[:, list(config.FEATURES)].reset_index(drop=True), df[config.TARGET].to_numpy()
-
-
-def demo_pipeline(X: pd.DataFrame, y: np.ndarray, **hyperparams: Any):
-    """Pipeline(preprocess, model) fitted like the train step, default model kind."""
-    from steps import features
-    from steps.train import build_pipeline
-
-    estimator = models.build_estimator(models.DEFAULT_MODEL_KIND, **hyperparams)
-    return build_pipeline(features.build_preprocessor(), estimator).fit(X, y)
-
-
-def register_demo_model(
-    tracking_uri: str, pipeline: Any, X: pd.DataFrame, artifact_root: Path | None = None
-) -> str:
-    """Log ``pipeline`` like the train step and register it like the register step.
-
-    Sets the process's tracking URI to ``tracking_uri``. ``artifact_root``: where a newly
-    created experiment keeps artifacts (default: mlflow's ./mlruns of the working dir).
-    Returns the new version number; alias ``champion`` points at it.
-    """
-    import mlflow
-    from mlflow.models import infer_signature
-
-    mlflow.set_tracking_uri(tracking_uri)
-    if mlflow.get_experiment_by_name(config.EXPERIMENT_NAME) is None:
-        mlflow.create_experiment(
-            config.EXPERIMENT_NAME,
-            artifact_location=artifact_root.resolve().as_uri() if artifact_root else None,
-        )
-    mlflow.set_experiment(config.EXPERIMENT_NAME)
-    example = X.head(5).copy()
-    example.iloc[0, example.columns.get_loc("total_bedrooms")] = np.nan
-    with mlflow.start_run() as run:
-        info = mlflow.sklearn.log_model(
-            pipeline,
-            name=config.MODEL_ARTIFACT,
-            serialization_format="skops",
-            skops_trusted_types=list(models.SKOPS_TRUSTED_TYPES),
-            code_paths=[str(PROJECT_ROOT / "steps")],
-            signature=infer_signature(X, pipeline.predict(X)),
-            input_example=example,
-        )
-    tags = {**DEMO_TAGS, "train_run_id": run.info.run_id}
-    version = mlflow.register_model(info.model_uri, config.MODEL_NAME, tags=tags)
-    mlflow.MlflowClient().set_registered_model_alias(
-        config.MODEL_NAME, config.CHAMPION_ALIAS, version.version
-    )
-    return str(version.version)
 
 
 # --- servers ------------------------------------------------------------------------------

@@ -39,7 +39,7 @@ if str(PROJECT_ROOT) not in sys.path:  # run as a script: make `steps` and `test
     sys.path.insert(0, str(PROJECT_ROOT))
 
 from steps import config  # noqa: E402
-from tests.conftest import copy_project, latest_run  # noqa: E402
+from tests.support import copy_project, latest_run  # noqa: E402
 
 SHARED_DATA = PROJECT_ROOT.parent / "shared" / "data"
 STEPS = ("load_data", "preprocess", "train", "register")

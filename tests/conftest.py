@@ -1,149 +1,19 @@
-"""Shared fixtures: synthetic frames for unit tests; real project copies, tracking stores and
-servers for integration tests. Everything lives in temp dirs and loopback ports."""
+"""Fixtures only; the helpers behind them live in ``tests/support.py`` (shared with bench/)."""
 
 from __future__ import annotations
 
-import os
-import shutil
-import socket
-import subprocess
-import sys
-import time
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 import pytest
 
-from steps import config
-
-PROJECT_ROOT = config.PROJECT_ROOT
-SHARED_DATA = PROJECT_ROOT.parent / "shared" / "data"
-
-
-# --- unit fixtures ----------------------------------------------------------------------------
-def synthetic_housing(n: int = 300, seed: int = 0) -> pd.DataFrame:
-    """A small raw table with the real columns and plausible, target-correlated values."""
-    rng = np.random.default_rng(seed)
-    households = rng.integers(50, 2000, n).astype(float)
-    rooms = households * rng.uniform(3, 8, n)
-    income = rng.uniform(0.5, 15, n)
-    lon = rng.uniform(-124, -114.5, n)
-    lat = rng.uniform(32.6, 41.9, n)
-    df = pd.DataFrame(
-        {
-            "longitude": lon,
-            "latitude": lat,
-            "housing_median_age": rng.integers(1, 52, n).astype(float),
-            "total_rooms": rooms,
-            "total_bedrooms": rooms * rng.uniform(0.15, 0.3, n),
-            "population": households * rng.uniform(1.5, 4, n),
-            "households": households,
-            "median_income": income,
-            config.TARGET: 40_000 * income + 5_000 * (lat - 32) + rng.normal(0, 20_000, n),
-            "ocean_proximity": rng.choice(config.OCEAN_PROXIMITY_VALUES, n),
-        }
-    )
-    df[config.TARGET] = df[config.TARGET].clip(15_000, 500_001)
-    df.loc[df.sample(frac=0.05, random_state=seed).index, "total_bedrooms"] = np.nan
-    return df.loc[:, list(config.RAW_COLUMNS)]
+from tests.support import copy_project, start_mlflow_server, stop, synthetic_housing
 
 
 @pytest.fixture
 def raw_frame() -> pd.DataFrame:
     return synthetic_housing()
-
-
-# --- integration fixtures ---------------------------------------------------------------------
-def housing_csv() -> Path:
-    path = Path(os.environ.get("HOUSING_CSV", SHARED_DATA / "housing.csv"))
-    if not path.exists():
-        pytest.skip(f"real dataset not found at {path} (set HOUSING_CSV)")
-    return path
-
-
-def housing_tgz() -> Path:
-    return housing_csv().with_suffix(".tgz")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def copy_project(dest: Path) -> Path:
-    """The current work tree (tracked + untracked, minus ignored) as a fresh, clean git repo.
-
-    Tests must see the code as it is now, not as last committed, yet run from a clean tree
-    (a dirty tree disables step reuse and marks runs dirty).
-    """
-    files = subprocess.run(
-        ["git", "ls-files", "-co", "--exclude-standard", "-z"],
-        cwd=PROJECT_ROOT,
-        capture_output=True,
-        check=True,
-    ).stdout.split(b"\0")
-    for rel in filter(None, (f.decode() for f in files)):
-        src = PROJECT_ROOT / rel
-        if src.is_file():
-            (dest / rel).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(src, dest / rel)
-    git = ["git", "-c", "user.email=t@localhost", "-c", "user.name=tests"]
-    subprocess.run(["git", "init", "-q", "-b", "main"], cwd=dest, check=True)
-    subprocess.run([*git, "add", "-A"], cwd=dest, check=True)
-    subprocess.run([*git, "commit", "-qm", "snapshot"], cwd=dest, check=True)
-    return dest
-
-
-def project_env(tracking_uri: str, **extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
-    env |= {
-        "MLFLOW_TRACKING_URI": tracking_uri,
-        "MLFLOW_ALLOW_PICKLE_DESERIALIZATION": "true",
-        "HOUSING_DATA_URL": housing_tgz().as_uri(),
-        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
-        "PYTHONUNBUFFERED": "1",
-    }
-    return env | extra
-
-
-MLFLOW_RUN = [sys.executable, "-m", "mlflow", "run"]
-
-
-def mlflow_run_local(entry_point: str, *args: str) -> list[str]:
-    """`mlflow run . -e <entry_point> --env-manager local <args>` as an argv list."""
-    return [*MLFLOW_RUN, ".", "-e", entry_point, "--env-manager", "local", *args]
-
-
-def latest_run(client, step: str):
-    """The most recently started run of a pipeline step in the pipeline's experiment."""
-    experiment = client.get_experiment_by_name(config.EXPERIMENT_NAME)
-    return client.search_runs(
-        [experiment.experiment_id],
-        f"tags.`{config.TAG_STEP}` = '{step}'",
-        order_by=["attributes.start_time DESC"],
-        max_results=1,
-    )[0]
-
-
-def run_cmd(args: list[str], cwd: Path, env: dict[str, str], timeout: float = 900):
-    return subprocess.run(
-        args, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout, check=False
-    )
-
-
-def run_main(project: Path, tracking_uri: str, *args: str) -> subprocess.CompletedProcess:
-    """`mlflow run . -e main` in ``project`` to the end; asserts it succeeded."""
-    result = run_cmd(
-        mlflow_run_local("main", *args),
-        cwd=project,
-        env=project_env(tracking_uri),
-    )
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
-    return result
 
 
 @pytest.fixture
@@ -154,64 +24,6 @@ def project_copy(tmp_path: Path) -> Path:
 @pytest.fixture
 def sqlite_uri(tmp_path: Path) -> str:
     return f"sqlite:///{tmp_path / 'mlflow.db'}"
-
-
-def wait_http(url: str, proc: subprocess.Popen, timeout: float = 90) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"{proc.args} exited with {proc.returncode}")
-        try:
-            with urllib.request.urlopen(url, timeout=2):
-                return
-        except OSError:
-            time.sleep(0.5)
-    raise TimeoutError(url)
-
-
-def stop(proc: subprocess.Popen) -> None:
-    if proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-
-
-def start_mlflow_server(
-    backend_uri: str, artifacts: Path, port: int | None = None
-) -> tuple[subprocess.Popen, str]:
-    port = port or free_port()
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "mlflow",
-            "server",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--backend-store-uri",
-            backend_uri,
-            "--artifacts-destination",
-            str(artifacts),
-            "--serve-artifacts",
-            "--workers",
-            "2",
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        wait_http(f"{url}/health", proc)
-    except Exception:
-        stop(proc)
-        raise
-    return proc, url
 
 
 @pytest.fixture

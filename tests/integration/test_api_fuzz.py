@@ -12,9 +12,8 @@ from hypothesis.errors import Unsatisfiable
 from schemathesis import GenerationMode
 from schemathesis.checks import not_a_server_error
 
-from bench.api_bench import demo_pipeline, housing_sample
 from steps import config, serve
-from tests.conftest import housing_csv
+from tests.support import demo_pipeline, housing_csv, housing_sample
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 MIN_CASES = 500

@@ -38,7 +38,7 @@ from sklearn.dummy import DummyRegressor
 from steps import config
 from steps.load_data import extract_csv, parse_raw
 from steps.runtime import StepError
-from tests.conftest import (
+from tests.support import (
     copy_project,
     free_port,
     housing_csv,

@@ -27,7 +27,7 @@ import pytest
 from mlflow import MlflowClient
 
 from steps import config
-from tests.conftest import MLFLOW_RUN, copy_project, project_env, run_cmd
+from tests.support import MLFLOW_RUN, copy_project, project_env, run_cmd
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.envmanager]
 STEPS = ("load_data", "preprocess", "train", "register")

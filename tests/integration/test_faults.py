@@ -20,7 +20,7 @@ from mlflow import MlflowClient
 from mlflow.entities import ViewType
 
 from steps import config
-from tests.conftest import (
+from tests.support import (
     copy_project,
     free_port,
     latest_run,

@@ -29,7 +29,7 @@ import pytest
 from mlflow import MlflowClient
 
 from steps import config
-from tests.conftest import MLFLOW_RUN, copy_project, free_port, project_env, run_cmd
+from tests.support import MLFLOW_RUN, copy_project, free_port, project_env, run_cmd
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 STEPS = ("load_data", "preprocess", "train", "register")

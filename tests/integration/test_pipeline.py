@@ -16,7 +16,7 @@ import yaml
 from mlflow import MlflowClient
 
 from steps import config
-from tests.conftest import (
+from tests.support import (
     copy_project,
     housing_csv,
     latest_run,

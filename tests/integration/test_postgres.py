@@ -18,13 +18,13 @@ import pytest
 from mlflow import MlflowClient
 
 from steps import config
-from tests.conftest import copy_project, run_main, start_mlflow_server, stop
 from tests.integration.test_faults import (
     STEPS,
     all_runs,
     latest_parent,
     run_concurrent_mains,
 )
+from tests.support import copy_project, run_main, start_mlflow_server, stop
 
 pytestmark = [
     pytest.mark.integration,

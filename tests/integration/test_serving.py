@@ -20,9 +20,17 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from bench.api_bench import demo_pipeline, housing_sample, register_demo_model
 from steps import config, predict
-from tests.conftest import PROJECT_ROOT, free_port, housing_csv, stop, wait_http
+from tests.support import (
+    PROJECT_ROOT,
+    demo_pipeline,
+    free_port,
+    housing_csv,
+    housing_sample,
+    register_demo_model,
+    stop,
+    wait_http,
+)
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration]
 

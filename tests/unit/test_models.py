@@ -15,7 +15,7 @@ from sklearn.pipeline import Pipeline
 from threadpoolctl import threadpool_limits
 
 from steps import config, features, models
-from tests.conftest import synthetic_housing
+from tests.support import synthetic_housing
 
 SMALL = {"n_estimators": 30}  # unit-test speed; the defaults are exercised by the bench
 

@@ -7,7 +7,7 @@ import pytest
 from steps import config
 from steps.preprocess import income_category, split_data
 from steps.runtime import StepError
-from tests.conftest import synthetic_housing
+from tests.support import synthetic_housing
 
 
 def test_split_sizes_are_disjoint_and_reproducible(raw_frame):

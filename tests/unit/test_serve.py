@@ -16,10 +16,9 @@ import pandas as pd
 import pytest
 from fastapi.testclient import TestClient
 
-from bench.api_bench import demo_pipeline, housing_sample
 from steps import config, predict, schema, serve
 from steps.runtime import StepError
-from tests.conftest import housing_csv
+from tests.support import demo_pipeline, housing_csv, housing_sample
 
 MAX_ROWS = 50
 MAX_BODY = 40_000

@@ -11,7 +11,7 @@ from steps import config, features, models
 from steps.preprocess import split_data
 from steps.report import build_report, error_by, price_band
 from steps.train import build_pipeline, fit_and_score, input_example
-from tests.conftest import synthetic_housing
+from tests.support import synthetic_housing
 
 
 @pytest.fixture(scope="module")

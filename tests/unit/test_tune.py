@@ -6,7 +6,7 @@ import math
 
 from steps import features
 from steps.tune import SEARCH_SPACE, cv_rmse, sample_trials
-from tests.conftest import synthetic_housing
+from tests.support import synthetic_housing
 
 
 def test_trials_are_reproducible_and_inside_the_space():
