@@ -35,6 +35,7 @@ TAG_FILE_MD5 = "dataset.file_md5"
 TAG_DATA_SOURCE = "dataset.acquired_from"
 TAG_GIT_DIRTY = "git.dirty"
 TAG_STEP = "pipeline.step"
+TAG_CODE_HASH = "pipeline.code_hash"
 # Registry version tags written by register and read by serve.
 VERSION_TAG_TRAIN_RUN = "train_run_id"
 VERSION_TAG_GIT_COMMIT = "git_commit"

@@ -2,12 +2,18 @@
 
 In: every step's parameters (defaults shared with the steps), ``env_manager`` for the
 children and ``use_cache``.
-Out: a parent run in experiment ``california_housing_price`` whose children are the step
-runs (``mlflow.parentRunId``), each fed its upstream run id. A step is reused instead of
-rerun when a FINISHED run of it exists with the same parameters (as MLflow stores them), the
-same git commit from a clean tree, the same upstream run and the same data md5; register is
-never reused. Parent tags: ``pipeline.<step>.run_id``, ``pipeline.<step>.reused``,
-``registry.version``, ``registry.alias``, ``dataset.dvc_md5``; parent metric ``test_rmse``.
+Out: a parent run in experiment ``california_housing_price`` (tagged
+``mlflow.experimentKind=custom_model_development`` so the UI opens its classic ML view)
+whose children are the step runs (``mlflow.parentRunId``), each fed its upstream run id. A
+step is reused instead of rerun when a FINISHED run of it exists with the same parameters
+(as MLflow stores them), the same code hash (``steps.fingerprint``: the step's modules,
+MLproject, the lock file — read from the work tree, so a dirty tree still reuses), the same
+upstream run and the same data md5; register is never reused. Parent tags:
+``pipeline.<step>.run_id``, ``pipeline.<step>.reused``, ``registry.version``,
+``registry.alias``, ``dataset.dvc_md5``; parent metric ``test_rmse``; the parent is named
+``main · <kind> · v<N>@<alias>`` and its description (``mlflow.note.content``) is the step
+table. Each step's output goes to the artifact ``logs/<step>.log`` of its run; the terminal
+gets one line per step (``PIPELINE_VERBOSE=1``: everything, as it happens).
 """
 
 from __future__ import annotations
@@ -16,14 +22,17 @@ import contextlib
 import os
 import shlex
 import signal
+import sys
+import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import click
 
-from steps import config, runtime
+from steps import config, fingerprint, runtime
 from steps.hyperparams import DEFAULT_HYPERPARAMS, hyperparameter_options
 from steps.load_data import expected_md5
 from steps.runtime import StepError
@@ -39,6 +48,16 @@ HTTP_DEFAULTS = {
     "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
     "MLFLOW_HTTP_REQUEST_TIMEOUT": "30",
 }
+VERBOSE_ENV = "PIPELINE_VERBOSE"
+# What the children print unless the user asks for detail: no INFO chatter from MLflow, no
+# per-file progress bars (the run's log artifact keeps whatever they print anyway).
+QUIET_DEFAULTS = {
+    "MLFLOW_LOGGING_LEVEL": "WARNING",
+    "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
+}
+LOG_ARTIFACT_DIR = "logs"
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+EXPERIMENT_KIND = "custom_model_development"
 
 
 @dataclass
@@ -56,8 +75,7 @@ class CacheKey:
 
     step: str
     params: dict[str, str]
-    git_commit: str | None
-    clean_tree: bool
+    code_hash: str
     data_md5: str | None = field(default=None)
 
 
@@ -82,15 +100,12 @@ def step_params(step: str, upstream_run_id: str | None, opts: dict[str, Any]) ->
 
 
 def reusable(run: Any, key: CacheKey) -> bool:
-    """Does a FINISHED run match the key exactly? A dirty tree never matches."""
+    """Does a FINISHED run match the key exactly (code, data, parameters, upstream)?"""
     tags = run.data.tags
     return (
-        key.clean_tree
-        and key.git_commit is not None
-        and run.info.status == "FINISHED"
+        run.info.status == "FINISHED"
         and tags.get(config.TAG_STEP) == key.step
-        and tags.get("mlflow.source.git.commit") == key.git_commit
-        and tags.get(config.TAG_GIT_DIRTY) == "false"
+        and tags.get(config.TAG_CODE_HASH) == key.code_hash
         and (key.data_md5 is None or tags.get(config.TAG_DVC_MD5) == key.data_md5)
         and all(stored_as(v) == run.data.params.get(k) for k, v in key.params.items())
     )
@@ -101,15 +116,51 @@ def stored_as(value: str) -> str:
     return shlex.quote(value)
 
 
-def summary_table(results: list[StepResult]) -> str:
-    rows = [("step", "run id", "status", "seconds", "key metric")]
-    rows += [
+TABLE_HEADER = ("step", "run id", "status", "seconds", "key metric")
+# Fixed widths, so rows can be printed one by one as the steps finish and still line up.
+TABLE_WIDTHS = (10, 32, 6, 7)
+
+
+def table_row(cells: tuple[str, ...]) -> str:
+    padded = [c.ljust(w) for c, w in zip(cells, TABLE_WIDTHS, strict=False)]
+    return "  ".join([*padded, *cells[len(TABLE_WIDTHS) :]]).rstrip()
+
+
+def result_row(r: StepResult) -> str:
+    return table_row(
         (r.step, r.run_id, "reused" if r.reused else "ran", f"{r.seconds:.1f}", r.metric)
+    )
+
+
+def summary_table(results: list[StepResult]) -> str:
+    return "\n".join([table_row(TABLE_HEADER), *(result_row(r) for r in results)])
+
+
+def run_description(results: list[StepResult], model: str) -> str:
+    """The parent run's markdown description: what ran, what was reused, what it produced."""
+    lines = [
+        f"Pipeline run: **{model}**.",
+        "",
+        "| step | run | status | seconds | key figure |",
+        "|---|---|---|---|---|",
+    ]
+    lines += [
+        f"| {r.step} | `{r.run_id}` | {'reused' if r.reused else 'ran'} "
+        f"| {r.seconds:.1f} | {r.metric} |"
         for r in results
     ]
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    lines = ("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)) for row in rows)
-    return "\n".join(line.rstrip() for line in lines)
+    return "\n".join(lines) + "\n"
+
+
+def parent_run_name(model_kind: str, version: str | None, alias: str | None) -> str:
+    return f"{STEP} · {model_kind} · v{version}@{alias}"
+
+
+def error_lines(log: str, tail: int = 15) -> list[str]:
+    """What to show of a failed step's output: its one-line errors, else the last lines."""
+    lines = log.rstrip().splitlines()
+    errors = [line for line in lines if line.startswith("error: ")]
+    return errors or lines[-tail:]
 
 
 # --- MLflow -------------------------------------------------------------------------------
@@ -125,10 +176,21 @@ def ensure_experiment() -> str:
     if uri.startswith("sqlite:///"):
         location = (Path(uri.removeprefix("sqlite:///")).parent / "mlruns").as_uri()
     try:
-        return mlflow.create_experiment(config.EXPERIMENT_NAME, artifact_location=location)
+        return mlflow.create_experiment(
+            config.EXPERIMENT_NAME,
+            artifact_location=location,
+            tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND},
+        )
     except mlflow.exceptions.MlflowException:
         # Another pipeline created it between our lookup and our create.
         return mlflow.get_experiment_by_name(config.EXPERIMENT_NAME).experiment_id
+
+
+def tag_experiment_kind(client: Any, experiment_id: str) -> None:
+    """Without this tag the MLflow 3 UI opens the experiment on its GenAI overview page."""
+    experiment = client.get_experiment(experiment_id)
+    if experiment.tags.get(EXPERIMENT_KIND_TAG) != EXPERIMENT_KIND:
+        client.set_experiment_tag(experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
 
 
 def open_parent_run() -> Any:
@@ -164,18 +226,90 @@ def open_parent_run() -> Any:
 
 
 def find_reusable(experiment_id: str, key: CacheKey) -> Any | None:
+    """The newest run matching the key. The store narrows by step, status and code hash;
+    parameters (stored shell-quoted) are compared here, page by page, so no match is missed
+    however many runs the experiment holds."""
     import mlflow
 
-    candidates = mlflow.MlflowClient().search_runs(
-        [experiment_id],
-        filter_string=(
-            f"tags.`{config.TAG_STEP}` = '{key.step}' and attributes.status = 'FINISHED' "
-            f"and tags.`{config.TAG_GIT_DIRTY}` = 'false'"
-        ),
-        order_by=["attributes.start_time DESC"],
-        max_results=200,
+    client = mlflow.MlflowClient()
+    query = (
+        f"tags.`{config.TAG_STEP}` = '{key.step}' and attributes.status = 'FINISHED' "
+        f"and tags.`{config.TAG_CODE_HASH}` = '{key.code_hash}'"
     )
-    return next((run for run in candidates if reusable(run, key)), None)
+    if key.data_md5:
+        query += f" and tags.`{config.TAG_DVC_MD5}` = '{key.data_md5}'"
+    token = None
+    while True:
+        page = client.search_runs(
+            [experiment_id],
+            filter_string=query,
+            order_by=["attributes.start_time DESC"],
+            max_results=200,
+            page_token=token,
+        )
+        hit = next((run for run in page if reusable(run, key)), None)
+        if hit is not None or not page.token:
+            return hit
+        token = page.token
+
+
+@contextlib.contextmanager
+def captured_output(verbose: bool) -> Iterator[Path | None]:
+    """Send this process's stdout/stderr — and so the child step's — to a log file.
+
+    ``mlflow.projects.run`` runs the entry point with our file descriptors, so redirecting
+    them at the OS level is what catches the child's output too. Verbose: no capture.
+    """
+    if verbose:
+        yield None
+        return
+    with tempfile.NamedTemporaryFile("w+b", prefix="step-", suffix=".log", delete=False) as log:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        saved = os.dup(1), os.dup(2)
+        os.dup2(log.fileno(), 1)
+        os.dup2(log.fileno(), 2)
+        try:
+            yield Path(log.name)
+        finally:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os.dup2(saved[0], 1)
+            os.dup2(saved[1], 2)
+            os.close(saved[0])
+            os.close(saved[1])
+
+
+def attach_log(client: Any, run_id: str | None, step: str, log: Path | None) -> None:
+    """Keep a step's full output with its run; the terminal only got one line of it."""
+    if log is None:
+        return
+    try:
+        if run_id is not None:
+            named = log.with_name(f"{step}.log")
+            log.replace(named)
+            log = named
+            with contextlib.suppress(Exception):
+                client.log_artifact(run_id, str(log), LOG_ARTIFACT_DIR)
+    finally:
+        log.unlink(missing_ok=True)
+
+
+def child_environment(env_manager: str, verbose: bool) -> None:
+    """Environment the children inherit: quiet MLflow, and our own interpreter first on PATH.
+
+    With ``--env-manager local`` MLflow runs each step's ``python`` from PATH; a pipeline
+    started as ``.venv/bin/mlflow run …`` from a shell without the venv would otherwise
+    hand its steps the system interpreter.
+    """
+    if not verbose:
+        for name, value in QUIET_DEFAULTS.items():
+            os.environ.setdefault(name, value)
+    if env_manager == "local":
+        bin_dir = str(Path(sys.executable).parent)
+        path = os.environ.get("PATH", "")
+        if path.split(os.pathsep)[0] != bin_dir:
+            os.environ["PATH"] = os.pathsep.join([bin_dir, path]) if path else bin_dir
 
 
 def launch(step: str, params: dict[str, str], env_manager: str, experiment_id: str) -> str:
@@ -209,14 +343,67 @@ def launch(step: str, params: dict[str, str], env_manager: str, experiment_id: s
     return submitted.run_id
 
 
+def latest_child(client: Any, parent_id: str, step: str) -> str | None:
+    """The run a failed launch left behind (MLflow's exception does not carry its id)."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        runs = client.search_runs(
+            [client.get_run(parent_id).info.experiment_id],
+            filter_string=(
+                f"tags.`mlflow.parentRunId` = '{parent_id}' and attributes.run_name = '{step}'"
+            ),
+            order_by=["attributes.start_time DESC"],
+            max_results=1,
+        )
+    except MlflowException:
+        return None
+    return runs[0].info.run_id if runs else None
+
+
+def run_step(
+    step: str, params: dict[str, str], env_manager: str, parent: Any, verbose: bool
+) -> str:
+    """Launch one step with its output captured (unless verbose); keep the log on its run."""
+    import mlflow
+
+    client = mlflow.MlflowClient()
+    failure: StepError | None = None
+    run_id: str | None = None
+    with captured_output(verbose) as log:
+        try:
+            run_id = launch(step, params, env_manager, parent.info.experiment_id)
+        except StepError as exc:
+            failure = exc
+        except BaseException:
+            if log is not None:  # interrupted: the run ends KILLED, its log is dropped
+                log.unlink(missing_ok=True)
+            raise
+    if failure is not None:
+        text = log.read_text(errors="replace") if log else ""
+        for line in error_lines(text):
+            click.echo(f"  {line}", err=True)
+        run_id = latest_child(client, parent.info.run_id, step)
+        attach_log(client, run_id, step, log)
+        where = f" (full output: artifact {LOG_ARTIFACT_DIR}/{step}.log of run {run_id})"
+        raise StepError(f"{failure}{where if log and run_id else ''}") from failure
+    attach_log(client, run_id, step, log)
+    assert run_id is not None
+    return run_id
+
+
+def verbose() -> bool:
+    return os.environ.get(VERBOSE_ENV, "").lower() in {"1", "true", "yes"}
+
+
 def key_metric(step: str, run: Any) -> str:
     metrics, tags = run.data.metrics, run.data.tags
     if step == "load_data":
-        return f"rows={metrics.get('n_rows', 0):.0f}"
+        return f"rows={metrics.get('n_rows', 0):,.0f}"
     if step == "preprocess":
-        return f"train/test={metrics.get('n_train', 0):.0f}/{metrics.get('n_test', 0):.0f}"
+        return f"train/test={metrics.get('n_train', 0):,.0f}/{metrics.get('n_test', 0):,.0f}"
     if step == "train":
-        return f"test_rmse={metrics.get('test_rmse', float('nan')):,.0f}"
+        return f"test_rmse=${metrics.get('test_rmse', float('nan')):,.0f}"
     return f"v{tags.get('registry.version')} @{tags.get('registry.alias')}"
 
 
@@ -264,6 +451,15 @@ def end_orphaned_launcher_run(launcher_id: str | None, launcher_pid: int) -> Non
             client.set_terminated(launcher_id, "KILLED")
 
 
+def where_to_look(tracking: str, experiment_id: str, run_id: str) -> str:
+    if tracking.startswith(("http://", "https://")):
+        return f"{tracking.rstrip('/')}/#/experiments/{experiment_id}/runs/{run_id}"
+    return (
+        f"make ui, then http://127.0.0.1:5000/#/experiments/{experiment_id}/runs/{run_id} "
+        f"(store: {tracking})"
+    )
+
+
 def run_pipeline(env_manager: str, use_cache: bool, opts: dict[str, Any]) -> None:
     import mlflow
     from mlflow.entities import RunStatus
@@ -271,46 +467,52 @@ def run_pipeline(env_manager: str, use_cache: bool, opts: dict[str, Any]) -> Non
     mlflow.set_tracking_uri(config.tracking_uri())
     launcher_id, launcher_pid = os.environ.get("MLFLOW_RUN_ID"), os.getppid()
     opts["hyperparam_names"] = list(DEFAULT_HYPERPARAMS)
+    is_verbose = verbose()
+    child_environment(env_manager, is_verbose)
     parent = open_parent_run()
     experiment_id = parent.info.experiment_id
     client = mlflow.MlflowClient()
+    tag_experiment_kind(client, experiment_id)
     # Under `mlflow run <git URL>` children are launched from the temp clone, so MLflow names
     # their source file:///tmp/…; give them the parent's (the URL the user ran, #subdir kept).
     source_name = client.get_run(parent.info.run_id).data.tags.get("mlflow.source.name")
     git = runtime.git_state()
     data_md5 = expected_md5(config.PROJECT_ROOT)
-    mlflow.set_tags({config.TAG_STEP: STEP, config.TAG_GIT_DIRTY: str(git.dirty).lower()})
-    if git.dirty and use_cache:
-        runtime.echo(STEP, "work tree is dirty: every step runs (no reuse)")
+    mlflow.set_tags(
+        {
+            config.TAG_STEP: STEP,
+            config.TAG_GIT_DIRTY: str(git.dirty).lower(),
+            "mlflow.runName": f"{STEP} · {opts['model_kind']} · running",
+        }
+    )
+    if git.dirty:
+        runtime.echo(STEP, "uncommitted changes: runs are keyed on the code as it is on disk")
 
     results: list[StepResult] = []
     upstream: str | None = None
+    click.echo(table_row(TABLE_HEADER))
     try:
         for step in ("load_data", "preprocess", "train", "register"):
             started = time.perf_counter()
             params = step_params(step, upstream, opts)
-            key = CacheKey(step, params, git.commit, not git.dirty, data_md5)
+            key = CacheKey(step, params, fingerprint.code_hash(step), data_md5)
             hit = None
             if use_cache and step not in NEVER_REUSED:
                 hit = find_reusable(experiment_id, key)
             if hit is not None:
                 run_id = hit.info.run_id
-                runtime.echo(STEP, f"{step}: reusing run {run_id}")
             else:
-                runtime.echo(STEP, f"{step}: running")
-                run_id = launch(step, params, env_manager, experiment_id)
+                if is_verbose:
+                    runtime.echo(STEP, f"{step}: running")
+                run_id = run_step(step, params, env_manager, parent, is_verbose)
                 if source_name:
                     client.set_tag(run_id, "mlflow.source.name", source_name)
             run = client.get_run(run_id)
-            results.append(
-                StepResult(
-                    step,
-                    run_id,
-                    hit is not None,
-                    time.perf_counter() - started,
-                    key_metric(step, run),
-                )
+            result = StepResult(
+                step, run_id, hit is not None, time.perf_counter() - started, key_metric(step, run)
             )
+            results.append(result)
+            click.echo(result_row(result))
             mlflow.set_tags(
                 {
                     f"pipeline.{step}.run_id": run_id,
@@ -334,21 +536,23 @@ def run_pipeline(env_manager: str, use_cache: bool, opts: dict[str, Any]) -> Non
         raise
 
     train_run = client.get_run(results[2].run_id)
-    register_run = client.get_run(results[3].run_id)
+    register_tags = client.get_run(results[3].run_id).data.tags
+    version, alias = register_tags["registry.version"], register_tags["registry.alias"]
+    model = f"{config.MODEL_NAME} v{version} @{alias}"
     mlflow.log_metric("test_rmse", train_run.data.metrics["test_rmse"])
     mlflow.set_tags(
         {
             config.TAG_DVC_MD5: data_md5,
-            "registry.version": register_run.data.tags["registry.version"],
-            "registry.alias": register_run.data.tags["registry.alias"],
+            "registry.version": version,
+            "registry.alias": alias,
+            "mlflow.runName": parent_run_name(opts["model_kind"], version, alias),
+            "mlflow.note.content": run_description(results, model),
         }
     )
-    click.echo(summary_table(results))
-    tracking = mlflow.get_tracking_uri()
-    if tracking.startswith(("http://", "https://")):
-        click.echo(
-            f"{tracking.rstrip('/')}/#/experiments/{experiment_id}/runs/{parent.info.run_id}"
-        )
+    click.echo(f"model: {model} ({register_tags.get('registry.reason', '')})")
+    click.echo(
+        f"runs:  {where_to_look(mlflow.get_tracking_uri(), experiment_id, parent.info.run_id)}"
+    )
     mlflow.end_run()
 
 

@@ -2,8 +2,9 @@
 the rule that a failure is one line on stderr, a non-zero exit and a run that is not left
 RUNNING.
 
-Tags written on every step run: ``pipeline.step``, ``git.dirty`` and, when the run was not
-created by ``mlflow run`` (which sets it itself), ``mlflow.source.git.commit``.
+Tags written on every step run: ``pipeline.step``, ``pipeline.code_hash``
+(steps.fingerprint), ``git.dirty``, ``mlflow.runName`` (the step's name) and, when the run
+was not created by ``mlflow run`` (which sets it itself), ``mlflow.source.git.commit``.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from typing import Any
 
 import click
 
-from steps import config
+from steps import config, fingerprint
 
 
 class StepError(Exception):
@@ -195,7 +196,13 @@ def step_run(step: str, params: dict[str, Any] | None = None) -> Iterator[Any]:
         sys.exit(1)
     try:
         git = git_state()
-        tags = {config.TAG_STEP: step, config.TAG_GIT_DIRTY: str(git.dirty).lower()}
+        tags = {
+            config.TAG_STEP: step,
+            config.TAG_CODE_HASH: fingerprint.code_hash(step),
+            config.TAG_GIT_DIRTY: str(git.dirty).lower(),
+            # `mlflow run` names a standalone run at random; the step's name reads better.
+            "mlflow.runName": step,
+        }
         if not launched_by_mlflow_run:
             if git.commit:
                 tags["mlflow.source.git.commit"] = git.commit
