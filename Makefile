@@ -7,6 +7,8 @@ BIN := $(VENV)/bin
 # children do the same: the venv must come first on PATH, not only in the command we call.
 export PATH := $(BIN):$(PATH)
 export VIRTUAL_ENV := $(VENV)
+# uv trusts the OS certificate store (as pip does), so TLS-inspecting proxies keep working.
+export UV_SYSTEM_CERTS ?= 1
 export MLFLOW_TRACKING_URI ?= sqlite:///$(CURDIR)/mlflow.db
 # mlflow refuses to deserialise any sklearn model (skops included) without this opt-in;
 # our own server loads with explicit skops trusted types instead.
