@@ -32,9 +32,11 @@ PIPELINE_EXPERIMENT ?= california_housing_price
 GIT_URL ?= $(shell git remote get-url origin 2>/dev/null)
 GIT_VERSION ?= $(shell git rev-parse HEAD 2>/dev/null)
 PYTEST_ARGS ?=
+INPUT ?=
+OUTPUT ?= predictions.parquet
 
 .DEFAULT_GOAL := help
-.PHONY: help setup lock run steps run-from-git serve test test-unit test-integration test-git-url \
+.PHONY: help setup lock run steps run-from-git serve predict test test-unit test-integration test-git-url \
 	test-envmanagers bench lint format server server-postgres ui clean
 
 help: ## list targets
@@ -75,7 +77,13 @@ run-from-git: setup ## main from GIT_URL (default origin; subfolder: URL#dir) at
 	  --experiment-name $(PIPELINE_EXPERIMENT)
 
 serve: setup ## online API for models:/CaliforniaHousingRegressor@champion on 127.0.0.1:$(SERVE_PORT)
-	mlflow run . -e serve --env-manager local -P port=$(SERVE_PORT)
+	mlflow run . -e serve --env-manager local --experiment-name $(PIPELINE_EXPERIMENT) \
+	  -P port=$(SERVE_PORT)
+
+predict: setup ## batch predictions with the champion: make predict INPUT=rows.csv [OUTPUT=…]
+	@test -n "$(INPUT)" || { echo "error: predict: give the rows to score: make predict INPUT=file.csv" >&2; exit 2; }
+	mlflow run . -e predict --env-manager local --experiment-name $(PIPELINE_EXPERIMENT) \
+	  -P input=$(abspath $(INPUT)) -P output=$(abspath $(OUTPUT))
 
 test: setup lint ## lint, then every test (unit + integration)
 	pytest $(PYTEST_ARGS); rc=$$?; [ $$rc -eq 5 ] && echo "no tests collected" && exit 1; exit $$rc
@@ -89,7 +97,7 @@ test-integration: setup ## integration tests (real mlflow run, servers, DVC)
 test-git-url: setup ## mlflow run against git:// URLs served by git daemon (incl. repo#subdir)
 	pytest tests/integration/test_git_url.py $(PYTEST_ARGS)
 
-test-envmanagers: setup ## main under --env-manager uv and virtualenv (slow: builds envs from PyPI)
+test-envmanagers: setup ## the README from a clean shell + main under --env-manager uv (slow: builds envs)
 	pytest tests/integration -m envmanager $(PYTEST_ARGS)
 
 bench: setup ## benchmarks (pipeline, model quality, API; the API bench needs `wrk`): prints numbers

@@ -8,6 +8,7 @@ these as fixtures; ``bench/`` imports them directly.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import socket
@@ -270,3 +271,73 @@ def register_demo_model(
         config.MODEL_NAME, config.CHAMPION_ALIAS, version.version
     )
     return str(version.version)
+
+
+# --- a new user's shell ---------------------------------------------------------------------
+# What a plain login shell on a fresh machine has: no virtualenv, no project tools on PATH.
+PLAIN_PATH = "/usr/local/bin:/usr/bin:/bin"
+
+
+def clean_shell_env(home: Path, **extra: str) -> dict[str, str]:
+    """`env -i` plus a HOME of its own and the one variable the README asks offline users to
+    set (HOUSING_DATA_URL). Everything else a command needs, it must find by itself."""
+    return {
+        "HOME": str(home),
+        "PATH": PLAIN_PATH,
+        "LANG": "C.UTF-8",
+        "HOUSING_DATA_URL": housing_tgz().as_uri(),
+        **extra,
+    }
+
+
+def session_processes(sid: int) -> list[Any]:
+    """Every live process of a session (a command started with ``start_new_session``)."""
+    import psutil
+
+    found = []
+    for proc in psutil.process_iter(["pid"]):
+        try:
+            if os.getsid(proc.pid) == sid and proc.status() != psutil.STATUS_ZOMBIE:
+                found.append(proc)
+        except (ProcessLookupError, psutil.Error, OSError):
+            continue
+    return found
+
+
+def kill_session(sid: int) -> None:
+    """SIGTERM, then SIGKILL, whatever a session left running (servers sent to background)."""
+    import psutil
+
+    procs = session_processes(sid)
+    for proc in procs:
+        with contextlib.suppress(psutil.Error):
+            proc.terminate()
+    _, alive = psutil.wait_procs(procs, timeout=15)
+    for proc in alive:
+        with contextlib.suppress(psutil.Error):
+            proc.kill()
+
+
+def wait_for_run(tracking_uri: str, step: str, proc: subprocess.Popen, timeout: float = 900):
+    """Block until a run of ``step`` is RUNNING in the store (the step has opened its run and
+    tagged it), or fail if ``proc`` exits first. Returns that run."""
+    from mlflow import MlflowClient
+    from mlflow.entities import ViewType
+
+    client = MlflowClient(tracking_uri)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise AssertionError(f"{proc.args} exited {proc.returncode} before {step} ran")
+        experiment = client.get_experiment_by_name(config.EXPERIMENT_NAME)
+        if experiment is not None:
+            found = client.search_runs(
+                [experiment.experiment_id],
+                f"tags.`{config.TAG_STEP}` = '{step}' and attributes.status = 'RUNNING'",
+                run_view_type=ViewType.ACTIVE_ONLY,
+                max_results=1,
+            )
+            if found:
+                return found[0]
+        time.sleep(0.2)
+    raise TimeoutError(f"no RUNNING {step} run after {timeout} s")

@@ -1,15 +1,11 @@
-"""`mlflow run . -e main --env-manager {uv,virtualenv} -P env_manager=…` from an empty env root.
+"""`mlflow run . -e main --env-manager uv -P env_manager=uv` from an empty env root.
 
-MLflow builds one environment from python_env.yaml (installing the pinned packages from PyPI,
-so each case takes minutes), runs main in it, and main hands the same manager to its
-children: they must find that environment already built and run in it, so exactly ONE env
-dir appears under MLFLOW_ENV_ROOT and every run carries ``mlflow.project.env``.
-
-``virtualenv`` means MLflow's manager, which is pyenv + ``python -m venv`` + pip (it never
-calls the ``virtualenv`` package). MLflow turns ``python: "3.11"`` into the newest 3.11.x of
-``pyenv install --list`` and installs it, which needs python.org (offline: fails; online:
-compiles CPython for minutes). The test puts a ``pyenv`` shim first on PATH whose install
-list holds only the versions pyenv already has, so the newest installed 3.11.x is used.
+MLflow builds one environment from python_env.yaml (Python 3.11.7 and every package from the
+hashed requirements.lock), runs main in it, and main hands the same manager to its children:
+they must find that environment already built and run in it, so exactly ONE env dir appears
+under MLFLOW_ENV_ROOT and every run carries ``mlflow.project.env``. MLflow's `virtualenv`
+manager (pyenv + venv + pip) is exercised by the README test's bare `mlflow run . -e main`
+(tests/integration/test_readme.py), from an empty HOME.
 """
 
 from __future__ import annotations
@@ -17,7 +13,6 @@ from __future__ import annotations
 import os
 import re
 import shutil
-import subprocess
 import sys
 import time
 from datetime import datetime
@@ -33,59 +28,13 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.envmanager]
 STEPS = ("load_data", "preprocess", "train", "register")
 ENV_TIMEOUT_S = 1800
 LOG_TIME = re.compile(r"^(\d{4}/\d\d/\d\d \d\d:\d\d:\d\d) INFO (\S+): (.*)$")
-PYENV_SHIM = """#!/usr/bin/env bash
-# Offline pyenv: "installable" means "already installed" (see test_env_managers.py).
-if [ "$1" = install ] && [ "$2" = --list ]; then
-  echo "Available versions:"
-  "{real}" versions --bare --skip-aliases | sed 's/^/  /'
-  exit 0
-fi
-exec "{real}" "$@"
-"""
 
 
-def real_pyenv() -> Path | None:
-    """The pyenv binary: on PATH, else under $PYENV_ROOT or ~/.pyenv."""
-    found = shutil.which("pyenv")
-    if found:
-        return Path(found)
-    root = Path(os.environ.get("PYENV_ROOT", Path.home() / ".pyenv"))
-    candidate = root / "bin" / "pyenv"
-    return candidate if candidate.exists() else None
-
-
-def installed_pythons(pyenv: Path, prefix: str) -> list[str]:
-    out = subprocess.run(
-        [str(pyenv), "versions", "--bare", "--skip-aliases"],
-        capture_output=True,
-        text=True,
-        check=False,
-    ).stdout.split()
-    return [v for v in out if v.startswith(prefix + ".")]
-
-
-def write_pyenv_shim(bin_dir: Path, pyenv: Path) -> None:
-    bin_dir.mkdir(parents=True, exist_ok=True)
-    shim = bin_dir / "pyenv"
-    shim.write_text(PYENV_SHIM.replace("{real}", str(pyenv)))
-    shim.chmod(0o755)
-
-
-def manager_path(manager: str, tmp_path: Path) -> str:
-    """PATH for one manager: uv and mlflow from this venv; for virtualenv, the pyenv shim."""
+def manager_path() -> str:
+    """uv and mlflow from this venv first on PATH."""
     path = os.pathsep.join([str(Path(sys.executable).parent), os.environ["PATH"]])
-    if manager == "uv":
-        if shutil.which("uv", path=path) is None:
-            pytest.skip("uv is not installed (pip install uv)")
-        return path
-    pyenv = real_pyenv()
-    if pyenv is None:
-        pytest.skip("pyenv is not installed (https://github.com/pyenv/pyenv#installation)")
-    if not installed_pythons(pyenv, "3.11"):
-        pytest.skip("pyenv has no Python 3.11.x installed (pyenv install 3.11)")
-    shims = tmp_path / "shim-bin"
-    write_pyenv_shim(shims, pyenv)
-    return os.pathsep.join([str(shims), path])
+    assert shutil.which("uv", path=path), "uv is not installed (it is in requirements-dev.lock)"
+    return path
 
 
 def log_times(stderr: str) -> list[tuple[datetime, str, str]]:
@@ -111,12 +60,12 @@ def env_dirs(env_root: Path) -> list[Path]:
     return sorted(p for p in env_root.iterdir() if p.is_dir()) if env_root.exists() else []
 
 
-@pytest.mark.parametrize("manager", ["uv", "virtualenv"])
-def test_main_runs_in_one_managed_environment(manager, tmp_path):
+def test_main_runs_in_one_managed_environment(tmp_path):
+    manager = "uv"
     project = copy_project(tmp_path / "project")
     env_root = tmp_path / "envs"
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    env = project_env(uri, MLFLOW_ENV_ROOT=str(env_root), PATH=manager_path(manager, tmp_path))
+    env = project_env(uri, MLFLOW_ENV_ROOT=str(env_root), PATH=manager_path(), PIPELINE_VERBOSE="1")
     env.pop("VIRTUAL_ENV", None)  # the pipeline must not lean on the test's own venv
 
     started = time.perf_counter()

@@ -27,8 +27,10 @@ from tests.support import (
     mlflow_run_local,
     project_env,
     run_main,
+    session_processes,
     start_mlflow_server,
     stop,
+    wait_for_run,
 )
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -61,25 +63,9 @@ class Pipeline:
     def stdout(self) -> str:
         return self.out.read_text(errors="replace")
 
-    def wait_for(self, text: str, timeout: float = 600) -> None:
-        deadline = time.monotonic() + timeout
-        while text not in self.stderr:
-            if self.proc.poll() is not None:
-                raise AssertionError(f"main exited {self.proc.returncode} before {text!r}")
-            if time.monotonic() > deadline:
-                raise TimeoutError(text)
-            time.sleep(0.2)
-
     def session_processes(self) -> list[psutil.Process]:
         """Every live process of this pipeline's session (launcher, main, step children)."""
-        found = []
-        for proc in psutil.process_iter(["pid"]):
-            try:
-                if os.getsid(proc.pid) == self.proc.pid and proc.status() != "zombie":
-                    found.append(proc)
-            except (ProcessLookupError, psutil.Error, OSError):
-                continue
-        return found
+        return session_processes(self.proc.pid)
 
     def kill(self) -> None:
         """Best-effort cleanup: SIGKILL the whole session."""
@@ -185,8 +171,7 @@ def test_server_killed_mid_run_fails_fast_and_rerun_reuses_finished_steps(tmp_pa
     project = copy_project(tmp_path / "project")
     pipeline = start_main(project, url, "-P", "n_estimators=60", **FAST_FAIL_ENV)
     try:
-        pipeline.wait_for("[main] train: running")
-        time.sleep(3)  # train has opened its run and is loading its inputs
+        wait_for_run(url, "train", pipeline.proc)  # train has opened its run
         os.killpg(server.pid, signal.SIGKILL)  # a crash, not a shutdown
         server.wait()
         killed = time.monotonic()
@@ -198,8 +183,8 @@ def test_server_killed_mid_run_fails_fast_and_rerun_reuses_finished_steps(tmp_pa
     stderr = pipeline.stderr
     assert pipeline.proc.returncode != 0
     assert "error: main: " in stderr, stderr[-4000:]
+    # how fast is for bench/ and docs/reliability.md; here only that it ended on its own
     print(f"\nserver killed → main exited {pipeline.proc.returncode} after {time_to_fail:.1f} s")
-    assert time_to_fail < 180, stderr[-4000:]
     assert not pipeline.session_processes()
 
     # Same backend store, same port: the rerun reuses what finished before the crash.
@@ -249,7 +234,7 @@ def test_signal_while_a_child_runs_stops_everything_and_ends_every_run(tmp_path,
     project = copy_project(tmp_path / "project")
     pipeline = start_main(project, uri)  # default n_estimators: train runs long enough
     try:
-        pipeline.wait_for("[train] fitting")
+        wait_for_run(uri, "train", pipeline.proc)
         children = [
             p for p in pipeline.session_processes() if "steps.train" in " ".join(p.cmdline())
         ]

@@ -9,8 +9,8 @@ run `mlflow.projects.run(<clone dir>)`, so they must record the same commit and 
 `git daemon` ships in Debian's `git` package (/usr/lib/git-core/git-daemon); the
 `git-daemon-run`/`git-daemon-sysvinit` packages only wrap it as a system service.
 
-Known gap (xfail below): the children's ``mlflow.source.name`` is MLflow's temp clone
-(file:///tmp/…), not the URL; commit and repoURL are right on every run.
+MLflow names the children's source after its temp clone (file:///tmp/…); main re-tags
+them with the URL the user ran, which the tests check along with commit and repoURL.
 """
 
 from __future__ import annotations

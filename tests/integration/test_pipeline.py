@@ -221,3 +221,45 @@ def test_tune_logs_nested_trials_and_best_params(sqlite_pipeline):
     assert "best_learning_rate" in tune.data.params
     preprocess = latest_parent(client).data.tags["pipeline.preprocess.run_id"]
     assert tune.data.tags[config.TAG_UPSTREAM] == preprocess
+
+
+def test_reuse_follows_the_code_on_disk_not_the_commit(sqlite_pipeline):
+    project, uri, client, _ = sqlite_pipeline
+    first = latest_parent(client)
+    readme = project / "README.md"
+    readme.write_text(readme.read_text() + "\nA typo, fixed and not committed.\n")
+    run_main(project, uri)
+    docs_only = latest_parent(client)
+    assert docs_only.data.tags[config.TAG_GIT_DIRTY] == "true"
+    for step in ("load_data", "preprocess", "train"):
+        assert docs_only.data.tags[f"pipeline.{step}.reused"] == "true", step
+
+    train = project / "steps" / "train.py"
+    train.write_text(train.read_text() + "\n# a change to the training code\n")
+    run_main(project, uri)
+    code_change = latest_parent(client)
+    assert code_change.data.tags["pipeline.load_data.reused"] == "true"
+    assert code_change.data.tags["pipeline.preprocess.reused"] == "true"
+    assert code_change.data.tags["pipeline.train.reused"] == "false"
+    new_train = client.get_run(code_change.data.tags["pipeline.train.run_id"])
+    old_train = client.get_run(first.data.tags["pipeline.train.run_id"])
+    assert new_train.data.tags[config.TAG_CODE_HASH] != old_train.data.tags[config.TAG_CODE_HASH]
+
+
+def test_runs_read_well_in_the_ui(sqlite_pipeline):
+    _, _, client, result = sqlite_pipeline
+    experiment = client.get_experiment_by_name(config.EXPERIMENT_NAME)
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
+    parent = latest_parent(client)
+    version, alias = parent.data.tags["registry.version"], parent.data.tags["registry.alias"]
+    assert parent.info.run_name == f"main · lightgbm · v{version}@{alias}"
+    description = parent.data.tags["mlflow.note.content"]
+    assert all(f"| {step} | `" in description for step in STEPS)
+    for step, run in pipeline_runs(client, parent.info.run_id).items():
+        assert run.info.run_name == step
+        logs = [a.path for a in client.list_artifacts(run.info.run_id, "logs")]
+        assert logs == [f"logs/{step}.log"], step
+    # quiet: a row per step and where to look; the steps' own output went to their logs
+    assert len(result.stdout.splitlines()) <= 8, result.stdout
+    assert "Downloading artifacts" not in result.stderr
+    assert len(result.stderr.splitlines()) <= 5, result.stderr[-2000:]

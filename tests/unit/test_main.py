@@ -5,7 +5,20 @@ from __future__ import annotations
 from types import SimpleNamespace
 
 from steps import config
-from steps.main import CacheKey, StepResult, as_mlflow_params, reusable, step_params, summary_table
+from steps.main import (
+    TABLE_HEADER,
+    CacheKey,
+    StepResult,
+    as_mlflow_params,
+    error_lines,
+    parent_run_name,
+    result_row,
+    reusable,
+    run_description,
+    step_params,
+    summary_table,
+    table_row,
+)
 
 OPTS = {
     "source_url": "",
@@ -19,13 +32,11 @@ OPTS = {
 }
 
 
-def fake_run(
-    step="train", params=None, commit="abc", dirty="false", md5="m.dir", status="FINISHED"
-):
+def fake_run(step="train", params=None, code="c1", md5="m.dir", status="FINISHED", dirty="false"):
     """A stored-run record as MLflow returns it (all params are strings)."""
     tags = {
         config.TAG_STEP: step,
-        "mlflow.source.git.commit": commit,
+        config.TAG_CODE_HASH: code,
         config.TAG_GIT_DIRTY: dirty,
         config.TAG_DVC_MD5: md5,
     }
@@ -57,19 +68,44 @@ def test_step_params_carry_upstream_and_only_the_step_options():
 
 def test_reuse_requires_every_part_of_the_key():
     params = step_params("train", "up1", OPTS)
-    key = CacheKey("train", params, "abc", True, "m.dir")
+    key = CacheKey("train", params, "c1", "m.dir")
     assert reusable(fake_run(params=params), key)
-    empty = CacheKey("load_data", {"source_url": ""}, "abc", True, "m.dir")
+    empty = CacheKey("load_data", {"source_url": ""}, "c1", "m.dir")
     assert reusable(fake_run("load_data", {"source_url": "''"}), empty)  # as `mlflow run` logs it
     assert not reusable(fake_run(params=params | {"learning_rate": "0.1"}), key)
     assert not reusable(fake_run(params=params | {"upstream_run_id": "up2"}), key)
-    assert not reusable(fake_run(params=params, commit="def"), key)
-    assert not reusable(fake_run(params=params, dirty="true"), key)
+    assert not reusable(fake_run(params=params, code="c2"), key)
     assert not reusable(fake_run(params=params, md5="other.dir"), key)
     assert not reusable(fake_run(params=params, status="FAILED"), key)
     assert not reusable(fake_run(step="preprocess", params=params), key)
-    dirty_now = CacheKey("train", params, "abc", False, "m.dir")
-    assert not reusable(fake_run(params=params), dirty_now)
+    # the code hash is read from the files, so a run from a dirty tree is as good as any
+    assert reusable(fake_run(params=params, dirty="true"), key)
+
+
+def test_rows_line_up_when_printed_one_by_one():
+    rows = [
+        table_row(TABLE_HEADER),
+        result_row(StepResult("load_data", "a" * 32, True, 0.1, "rows=10")),
+        result_row(StepResult("register", "b" * 32, False, 12.3, "v2 @challenger")),
+    ]
+    starts = {
+        row.index(word) for row, word in zip(rows, ("key metric", "rows=", "v2"), strict=True)
+    }
+    assert len(starts) == 1
+
+
+def test_failed_step_shows_its_error_lines_else_its_tail():
+    log = "INFO noise\nerror: train: upstream run x not found\nmore\n"
+    assert error_lines(log) == ["error: train: upstream run x not found"]
+    tail = "\n".join(f"line {i}" for i in range(40))
+    assert error_lines(tail, tail=3) == ["line 37", "line 38", "line 39"]
+
+
+def test_parent_run_is_named_and_described():
+    results = [StepResult("train", "r2", False, 12.3, "test_rmse=$1")]
+    assert parent_run_name("lightgbm", "5", "champion") == "main · lightgbm · v5@champion"
+    description = run_description(results, "CaliforniaHousingRegressor v5 @champion")
+    assert "| train | `r2` | ran | 12.3 | test_rmse=$1 |" in description
 
 
 def test_summary_table_lists_each_step():

@@ -49,6 +49,9 @@ def test_command_passes_every_parameter(project, entry_point):
         assert f"--{name.replace('_', '-')} {{{name}}}" in mlproject.command
 
 
+LOCK_ENTRY = re.compile(r"^([A-Za-z0-9_.\-]+)==([^\s;\\]+)(?:\s*;\s*([^\\\n]+?))?\s*\\?$", re.M)
+
+
 def pins(lines) -> dict[str, str]:
     found = {}
     for line in lines:
@@ -59,11 +62,34 @@ def pins(lines) -> dict[str, str]:
     return found
 
 
-def test_env_files_name_the_same_pins():
-    requirements = pins((config.PROJECT_ROOT / "requirements.txt").read_text().splitlines())
+def lock_entries(path) -> dict[tuple[str, str], str]:
+    """(package, environment marker) → version, for every package a lock file pins."""
+    text = (config.PROJECT_ROOT / path).read_text()
+    return {(m[1].lower(), m[3] or ""): m[2] for m in LOCK_ENTRY.finditer(text)}
+
+
+def test_every_installer_reads_the_one_lock_file():
     python_env = _PythonEnv.from_yaml(str(config.PROJECT_ROOT / "python_env.yaml"))
     conda = _PythonEnv.from_conda_yaml(str(config.PROJECT_ROOT / "conda.yaml"))
-    assert requirements["mlflow"] == "3.17.2"
-    assert pins(python_env.dependencies) == requirements
-    assert pins(conda.dependencies) == requirements
-    assert python_env.python == conda.python == "3.11"
+    assert python_env.dependencies == conda.dependencies == ["-r requirements.lock"]
+    # an exact patch, so an installed interpreter is reused instead of the newest 3.11.x
+    assert python_env.python == conda.python == "3.11.7"
+    makefile = (config.PROJECT_ROOT / "Makefile").read_text()
+    assert "--require-hashes --python $(BIN)/python -r requirements-dev.lock" in makefile
+
+
+def test_lock_pins_the_top_level_requirements_with_hashes():
+    top = pins((config.PROJECT_ROOT / "requirements.in").read_text().splitlines())
+    assert top["mlflow"] == "3.17.2"
+    locked = lock_entries("requirements.lock")
+    for name, version in top.items():
+        assert {v for (n, _), v in locked.items() if n == name} == {version}, name
+    text = (config.PROJECT_ROOT / "requirements.lock").read_text()
+    blocks = re.split(r"\n(?=[A-Za-z0-9])", text.split("\n", 2)[2])
+    assert all("--hash=sha256:" in block for block in blocks if "==" in block)
+
+
+def test_dev_lock_agrees_with_the_runtime_lock():
+    runtime = lock_entries("requirements.lock")
+    dev = lock_entries("requirements-dev.lock")
+    assert {k: dev.get(k) for k in runtime} == runtime

@@ -1,0 +1,178 @@
+"""The README's commands, verbatim, the way a new user runs them.
+
+A fresh ``git clone`` of the project; a scrubbed environment (``env -i``: HOME an empty temp
+dir, PATH without any virtualenv, only HOUSING_DATA_URL set, as the README's offline note
+says). Each code block marked ``<!-- clean-shell-test: NAME -->`` in README.md is run as one
+bash script with job control (so the README's ``make serve &`` … ``kill %1`` works as typed),
+in its own session; whatever it leaves running is killed afterwards. Change a command in
+the README and this test runs the new one.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from mlflow import MlflowClient
+
+from steps import config
+from tests.support import (
+    PROJECT_ROOT,
+    clean_shell_env,
+    copy_project,
+    housing_csv,
+    kill_session,
+)
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.envmanager]
+BLOCK = re.compile(
+    r"<!-- clean-shell-test: (?P<name>[\w-]+) -->\n```bash\n(?P<body>.*?)```", re.DOTALL
+)
+ROW = re.compile(r"^(load_data|preprocess|train|register)\s+[0-9a-f]{32}\s+(ran|reused)\b", re.M)
+STEPS = ("load_data", "preprocess", "train", "register")
+TIMEOUT_S = 2400
+
+
+def readme_blocks(readme: Path = PROJECT_ROOT / "README.md") -> dict[str, str]:
+    return {m["name"]: m["body"] for m in BLOCK.finditer(readme.read_text())}
+
+
+def commands(block: str) -> list[str]:
+    return [line.split("#")[0].strip() for line in block.splitlines() if line.split("#")[0].strip()]
+
+
+def statuses(output: str) -> list[dict[str, str]]:
+    """Each summary table in the output, as {step: ran|reused}."""
+    tables, current = [], {}
+    for step, status in ROW.findall(output):
+        if step == "load_data" and current:
+            tables.append(current)
+            current = {}
+        current[step] = status
+    return [*tables, current] if current else tables
+
+
+def pyenv_root() -> Path:
+    """A user of the bare `mlflow run` has pyenv: this machine's, with its Pythons."""
+    found = shutil.which("pyenv")
+    assert found, "pyenv is not installed: the README's bare `mlflow run . -e main` needs it"
+    return Path(found).resolve().parents[1]
+
+
+class Shell:
+    """A fresh clone and an empty HOME; runs README blocks as a new user's shell would."""
+
+    def __init__(self, root: Path) -> None:
+        origin = copy_project(root / "origin")
+        self.home = root / "home"
+        self.home.mkdir()
+        self.clone = root / "clone"
+        subprocess.run(["git", "clone", "-q", str(origin), str(self.clone)], check=True)
+
+    def run(self, block: str, **extra: str) -> subprocess.CompletedProcess:
+        proc = subprocess.Popen(
+            ["bash", "-e", "-m", "-c", block],
+            cwd=self.clone,
+            env=clean_shell_env(self.home, **extra),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            start_new_session=True,
+        )
+        try:
+            out, err = proc.communicate(timeout=TIMEOUT_S)
+        finally:
+            kill_session(proc.pid)
+        return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+
+    def client(self) -> MlflowClient:
+        return MlflowClient(f"sqlite:///{self.clone / 'mlflow.db'}")
+
+
+def ok(result: subprocess.CompletedProcess) -> None:
+    assert result.returncode == 0, result.stdout[-4000:] + "\n---\n" + result.stderr[-6000:]
+    assert "Traceback" not in result.stderr, result.stderr[-6000:]
+
+
+@pytest.fixture(scope="module")
+def shell(tmp_path_factory) -> Shell:
+    return Shell(tmp_path_factory.mktemp("readme"))
+
+
+@pytest.fixture(scope="module")
+def first_run(shell: Shell) -> subprocess.CompletedProcess:
+    """The first of the README's two commands (the second, `make test`, is what CI runs)."""
+    two = commands(readme_blocks()["two-commands"])
+    assert two == ["make run", "make test"]
+    result = shell.run(two[0])
+    ok(result)
+    return result
+
+
+def test_ci_runs_the_readme_test_command():
+    ci = (PROJECT_ROOT / ".ci" / "run").read_text().strip().splitlines()
+    assert ci[-1] == commands(readme_blocks()["two-commands"])[1]
+
+
+def test_make_run_works_from_a_plain_shell(shell, first_run):
+    assert statuses(first_run.stdout) == [dict.fromkeys(STEPS, "ran")]
+    assert (shell.clone / ".venv" / "bin" / "python").exists()
+    version = shell.client().get_model_version_by_alias(config.MODEL_NAME, config.CHAMPION_ALIAS)
+    assert version.version == "1"
+    # the launcher run is the parent: nothing stray in Default
+    assert not shell.client().search_runs(["0"])
+    # quiet: a table, the model line and where to look, plus make's own echo
+    assert len(first_run.stdout.splitlines()) <= 10, first_run.stdout
+
+
+def test_first_hour_block(shell, first_run):
+    result = shell.run(readme_blocks()["first-hour"])
+    ok(result)
+    tables = statuses(result.stdout)
+    # `make run` again: everything but register reused
+    assert tables[0] == {**dict.fromkeys(STEPS[:3], "reused"), "register": "ran"}
+    # `curl … /predict`: the champion's price for the README's row
+    answer = re.search(r'\{"predictions":\s*\[([\d.]+)\]', result.stdout)
+    assert answer, result.stdout[-3000:]
+    assert 100_000 < float(answer[1]) < 1_000_000
+    # `make steps`: four standalone runs in the pipeline's experiment
+    client = shell.client()
+    experiment = client.get_experiment_by_name(config.EXPERIMENT_NAME)
+    standalone = client.search_runs(
+        [experiment.experiment_id],
+        "tags.`mlflow.parentRunId` IS NULL",
+        order_by=["attributes.start_time DESC"],
+    )
+    assert {r.data.tags.get(config.TAG_STEP) for r in standalone} >= set(STEPS)
+    # `make predict`: one prediction per valid row of the real file
+    predictions = pd.read_parquet(shell.clone / "predictions.parquet")
+    rows = len(pd.read_csv(housing_csv()))
+    assert len(predictions) == rows
+    assert predictions["predicted_median_house_value"].between(10_000, 1_000_000).all()
+
+
+def test_activated_venv_block(shell, first_run):
+    root = pyenv_root()
+    result = shell.run(
+        readme_blocks()["activated-venv"],
+        PATH=f"{root / 'bin'}:{clean_shell_env(shell.home)['PATH']}",
+        PYENV_ROOT=str(root),
+    )
+    ok(result)
+    tables = statuses(result.stdout)
+    assert len(tables) == 2
+    # code, data and parameters are unchanged: the env manager is not part of the key
+    assert all(t == {**dict.fromkeys(STEPS[:3], "reused"), "register": "ran"} for t in tables)
+    # the bare run built MLflow's own env under the (empty) HOME, from python_env.yaml
+    envs = list((shell.home / ".mlflow" / "envs").iterdir())
+    assert len(envs) == 1
+    assert (envs[0] / "bin" / "python").exists()
+    client = shell.client()
+    bare = client.search_runs(["0"])
+    assert len(bare) == 1  # the launcher of the bare run, pointing at the real parent
+    parent = client.get_run(bare[0].data.tags["pipeline.moved_to_run_id"])
+    assert parent.data.tags["mlflow.project.env"] == "virtualenv"
