@@ -107,8 +107,17 @@ def reusable(run: Any, key: CacheKey) -> bool:
         and tags.get(config.TAG_STEP) == key.step
         and tags.get(config.TAG_CODE_HASH) == key.code_hash
         and (key.data_md5 is None or tags.get(config.TAG_DVC_MD5) == key.data_md5)
-        and all(stored_as(v) == run.data.params.get(k) for k, v in key.params.items())
+        and all(param_matches(run, name, value) for name, value in key.params.items())
     )
+
+
+def param_matches(run: Any, name: str, value: str) -> bool:
+    """A parameter as the run recorded it. The upstream run is compared with the run that
+    was actually consumed (tag ``lineage.upstream_run_id``), so a step run alone with an
+    empty ``upstream_run_id`` ("the latest one") is reusable once it is known which it took."""
+    if name == "upstream_run_id":
+        return run.data.tags.get(config.TAG_UPSTREAM) == value
+    return stored_as(value) == run.data.params.get(name)
 
 
 def stored_as(value: str) -> str:

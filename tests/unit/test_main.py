@@ -34,14 +34,16 @@ OPTS = {
 
 def fake_run(step="train", params=None, code="c1", md5="m.dir", status="FINISHED", dirty="false"):
     """A stored-run record as MLflow returns it (all params are strings)."""
+    params = params or {}
     tags = {
+        config.TAG_UPSTREAM: params.get("upstream_run_id"),
         config.TAG_STEP: step,
         config.TAG_CODE_HASH: code,
         config.TAG_GIT_DIRTY: dirty,
         config.TAG_DVC_MD5: md5,
     }
     return SimpleNamespace(
-        info=SimpleNamespace(status=status), data=SimpleNamespace(tags=tags, params=params or {})
+        info=SimpleNamespace(status=status), data=SimpleNamespace(tags=tags, params=params)
     )
 
 
@@ -80,6 +82,12 @@ def test_reuse_requires_every_part_of_the_key():
     assert not reusable(fake_run(step="preprocess", params=params), key)
     # the code hash is read from the files, so a run from a dirty tree is as good as any
     assert reusable(fake_run(params=params, dirty="true"), key)
+    # a step run alone ("latest upstream": param '') counts with the upstream it consumed
+    alone = fake_run(params=params | {"upstream_run_id": "''"})
+    alone.data.tags[config.TAG_UPSTREAM] = "up1"
+    assert reusable(alone, key)
+    alone.data.tags[config.TAG_UPSTREAM] = "up0"
+    assert not reusable(alone, key)
 
 
 def test_rows_line_up_when_printed_one_by_one():
