@@ -179,6 +179,8 @@ def decide(scores: Scores, limits: Thresholds, champion_version: int | None) -> 
     )
     if beats(scores.candidate, scores.champion, limits.min_abs, limits.min_rel):
         return Verdict(PROMOTE, f"{versus}: ${gain:,.0f} better")
+    if gain <= 0:
+        return Verdict(KEEP, f"{versus}: the champion is ${-gain:,.0f} better")
     return Verdict(
         KEEP,
         f"{versus}: improvement ${gain:,.0f} is below the required "

@@ -51,6 +51,12 @@ class GateResult:
 
 
 # --- pure core ----------------------------------------------------------------------------
+def for_version(result: GateResult, version: int) -> GateResult:
+    """The result with the version number filled into its reason (decided before it existed)."""
+    reason = result.verdict.reason.replace("<this version>", str(version))
+    return GateResult(result.champion, result.scores, Verdict(result.verdict.outcome, reason))
+
+
 def summary_tags(result: GateResult, limits: Thresholds) -> dict[str, str]:
     """The gate's summary as version tags (``gate.*``)."""
     s = result.scores
@@ -333,6 +339,7 @@ def cli(
         }
         created = mlflow.register_model(f"models:/{model_id}", model_name, tags=tags)
         version = int(created.version)
+        result = for_version(result, version)
         ensure_description(client, model_name)
         write_gate(client, model_name, version, result, limits, "pending")
 
@@ -344,7 +351,7 @@ def cli(
         if not gate.is_stale(record, state.champion, state.records):
             break
         runtime.echo(STEP, f"champion moved to v{state.champion} while gating: gating again")
-        result = run_gate(client, model_name, candidate, train_run_id, limits)
+        result = for_version(run_gate(client, model_name, candidate, train_run_id, limits), version)
         write_gate(client, model_name, version, result, limits, "pending")
         state = registry.settle_champion(client, model_name)
 
@@ -355,6 +362,8 @@ def cli(
         aliases = client.get_model_version(model_name, str(version)).aliases or []
         alias = config.CHALLENGER_ALIAS if config.CHALLENGER_ALIAS in aliases else "none"
     reason = result.verdict.reason
+    if reused:
+        reason = f"already registered; its gate said: {reason}"
     if won != result.verdict.promote:
         # Another registration or a manual promotion decided meanwhile; the settled alias wins.
         reason += f" (settled: champion is v{state.champion})"
