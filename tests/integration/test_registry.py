@@ -96,7 +96,7 @@ def first(store):
 
 
 def test_first_model_registers_the_logged_model_with_metrics_attached(store, first):
-    parent, register, train = first
+    _, register, train = first
     (version,) = store.versions()
     model_id = train.data.tags[config.TAG_LOGGED_MODEL]
     assert version.source == f"models:/{model_id}"
