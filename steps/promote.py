@@ -81,6 +81,7 @@ def cli(version_arg: str, reason: str, model_name: str) -> None:
     import mlflow
     from mlflow.exceptions import MlflowException
 
+    registry.quiet_downloads()
     if not reason.strip():
         raise StepError('a reason is required: -P reason="why this version should serve"')
     wanted = parse_version(version_arg, model_name)

@@ -293,6 +293,7 @@ def cli(
 ) -> None:
     import mlflow
 
+    registry.quiet_downloads()
     if min_improvement_abs < 0 or not 0 <= min_improvement_rel < 1:
         raise StepError("min_improvement_abs must be >= 0 and min_improvement_rel in [0, 1)")
     if not 0 <= baseline_min_improvement_rel < 1 or min_gate_rows < 1:

@@ -14,6 +14,7 @@ Imports nothing heavy at module level: serve imports it on its start-up path.
 
 from __future__ import annotations
 
+import os
 import tempfile
 import time
 from collections.abc import Sequence
@@ -34,6 +35,11 @@ class ModelLoadError(RuntimeError):
 
 
 # --- loading --------------------------------------------------------------------------------
+def quiet_downloads() -> None:
+    """No per-file progress bars: they bury the step's one-line verdict on stderr."""
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+
+
 def load_skops_pipeline(model_dir: Path, trusted_types: Sequence[str] | None = None) -> Any:
     """Deserialise the sklearn flavour of a downloaded MLflow model with skops only.
 

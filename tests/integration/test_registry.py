@@ -82,7 +82,7 @@ class Store:
 
     def aliases(self) -> dict[str, str]:
         model = self.client.get_registered_model(NAME)
-        return dict(model.aliases)
+        return {alias: str(version) for alias, version in model.aliases.items()}
 
 
 @pytest.fixture(scope="module")
@@ -103,7 +103,7 @@ def test_first_model_registers_the_logged_model_with_metrics_attached(store, fir
     assert version.run_id == train.info.run_id
     assert version.tags[config.VERSION_TAG_TRAIN_RUN] == train.info.run_id
     assert version.tags["gate.verdict"] == gate.FIRST
-    assert store.champion().version == version.version
+    assert str(store.champion().version) == str(version.version)
     assert register.data.tags["registry.reused_version"] == "false"
     assert "@champion" in register.data.tags["mlflow.note.content"]
     assert store.client.get_registered_model(NAME).description.startswith("Median house value")
@@ -129,17 +129,17 @@ def test_better_model_on_the_same_split_is_promoted(store, first):
     old = store.champion()
     _, register, train = store.main(*B)
     champion = store.champion()
-    assert champion.version != old.version
+    assert str(champion.version) != str(old.version)
     assert champion.tags[config.VERSION_TAG_TRAIN_RUN] == train.info.run_id
     assert champion.tags["gate.verdict"] == gate.PROMOTE
-    assert champion.tags["gate.champion_version"] == old.version
+    assert champion.tags["gate.champion_version"] == str(old.version)
     metrics = register.data.metrics
     # same split: every test row is comparable, and the gate's scores are the test RMSEs
     assert metrics["gate_rows"] == 4128
     assert metrics["gate_candidate_rmse"] == pytest.approx(train.data.metrics["test_rmse"])
     assert metrics["gate_champion_rmse"] == pytest.approx(float(old.tags["test_rmse"]))
-    assert register.data.tags[config.TAG_CHAMPION_FROM] == old.version
-    assert register.data.tags[config.TAG_CHAMPION_TO] == champion.version
+    assert register.data.tags[config.TAG_CHAMPION_FROM] == str(old.version)
+    assert register.data.tags[config.TAG_CHAMPION_TO] == str(champion.version)
 
 
 def test_weaker_model_with_a_lucky_split_is_not_promoted(store):
@@ -149,11 +149,11 @@ def test_weaker_model_with_a_lucky_split_is_not_promoted(store):
     # The construction: on its own test split the candidate looks better than the champion
     # on the champion's own split, which is all the old rule compared.
     assert own_rmse < float(champion.tags["test_rmse"])
-    assert store.champion().version == champion.version
+    assert str(store.champion().version) == str(champion.version)
     version = store.client.get_model_version(NAME, register.data.tags["registry.version"])
     assert version.tags["gate.verdict"] == gate.KEEP
     assert register.data.tags["registry.alias"] == config.CHALLENGER_ALIAS
-    assert store.aliases()[config.CHALLENGER_ALIAS] == version.version
+    assert store.aliases()[config.CHALLENGER_ALIAS] == str(version.version)
     metrics = register.data.metrics
     assert metrics["gate_rows"] >= config.DEFAULT_GATE_MIN_ROWS
     assert metrics["gate_champion_rmse"] < metrics["gate_candidate_rmse"]
@@ -169,7 +169,7 @@ def test_weaker_model_with_a_lucky_split_is_not_promoted(store):
 def test_too_few_comparable_rows_is_a_challenger_with_a_reason(store):
     champion = store.champion()
     _, register, _ = store.main(*D)
-    assert store.champion().version == champion.version
+    assert str(store.champion().version) == str(champion.version)
     assert register.data.tags["registry.verdict"] == gate.TOO_FEW_ROWS
     assert register.data.tags["registry.alias"] == config.CHALLENGER_ALIAS
     reason = register.data.tags["registry.reason"]
@@ -179,11 +179,11 @@ def test_too_few_comparable_rows_is_a_challenger_with_a_reason(store):
 
 
 def test_promote_by_hand_and_roll_back(store):
-    before = store.champion().version
+    before = str(store.champion().version)
     challenger = store.aliases()[config.CHALLENGER_ALIAS]
     result = store.promote(f"version={challenger}", "reason=canary looked fine")
     assert result.returncode == 0, result.stderr[-3000:]
-    assert store.champion().version == challenger
+    assert str(store.champion().version) == challenger
     run = store.latest_promote_run()
     assert run.info.status == "FINISHED"
     tags = run.data.tags
@@ -193,7 +193,7 @@ def test_promote_by_hand_and_roll_back(store):
 
     result = store.promote("version=previous", "reason=canary regressed")
     assert result.returncode == 0, result.stderr[-3000:]
-    assert store.champion().version == before
+    assert str(store.champion().version) == before
     tags = store.latest_promote_run().data.tags
     assert (tags[config.TAG_CHAMPION_FROM], tags[config.TAG_CHAMPION_TO]) == (challenger, before)
 
@@ -226,7 +226,9 @@ def remove_model_files(store: Store, version: str) -> None:
 def test_a_version_whose_artifacts_are_gone_cannot_be_promoted(store):
     before = store.aliases()
     target = next(
-        v.version for v in store.versions() if v.version not in before.values() and v.version != "1"
+        str(v.version)
+        for v in store.versions()
+        if str(v.version) not in before.values() and str(v.version) != "1"
     )
     remove_model_files(store, target)
     result = store.promote(f"version={target}", "reason=try it")
