@@ -76,12 +76,12 @@ def log_run(raw: Any, csv: Path, fitted: tuple[Any, Any, Any, dict[str, float]],
 
 
 def register(run_id: str, test_rmse: float) -> tuple[str, str]:
-    """Register the run's model; champion only if it beats the current one (as register)."""
+    """Register the run's model; champion only if it beats the current one by register's
+    margins (on the run's own test RMSE: the monolith keeps no split lineage to compare on)."""
     import mlflow
     from mlflow.exceptions import MlflowException
 
-    from steps import config
-    from steps.register import decide_alias
+    from steps import config, gate
 
     client = mlflow.MlflowClient()
     try:
@@ -94,7 +94,13 @@ def register(run_id: str, test_rmse: float) -> tuple[str, str]:
         config.MODEL_NAME,
         tags={"train_run_id": run_id, "test_rmse": repr(test_rmse)},
     )
-    alias = decide_alias(test_rmse, champion_rmse).alias
+    wins = champion_rmse is None or gate.beats(
+        test_rmse,
+        champion_rmse,
+        config.DEFAULT_GATE_MIN_ABS_IMPROVEMENT,
+        config.DEFAULT_GATE_MIN_REL_IMPROVEMENT,
+    )
+    alias = config.CHAMPION_ALIAS if wins else config.CHALLENGER_ALIAS
     client.set_registered_model_alias(config.MODEL_NAME, alias, version.version)
     return str(version.version), alias
 

@@ -1,169 +1,412 @@
-"""Step ``register``: put the train run's model in the Model Registry and decide its alias.
+"""Step ``register``: register the train run's logged model and decide, fairly, its alias.
 
-In: the ``train`` run (``--upstream-run-id``; empty = the latest finished one).
-Out (registry): a new version of ``CaliforniaHousingRegressor`` tagged ``train_run_id``,
-``git_commit``, ``dataset.dvc_md5``, ``test_rmse``, ``model.kind``; alias ``champion`` moves
-to it only if its test_rmse beats the current champion's (or there is none), otherwise it
-gets ``challenger``. Aliases only, never stages.
-Out (MLflow run): tags ``lineage.upstream_run_id``, ``dataset.dvc_md5``,
-``registry.version``, ``registry.alias``, ``registry.reason``; metric ``test_rmse`` and, when
-there was one, ``champion_test_rmse_before``.
+In: the ``train`` run (``--upstream-run-id``; empty = the latest finished one) and the gate
+thresholds (defaults in ``steps.config``, justified in docs/pipeline.md).
+Out (registry): a version of ``CaliforniaHousingRegressor`` whose source is the logged model
+(``models:/<model_id>``), tagged ``train_run_id``, ``git_commit``, ``dataset.dvc_md5``,
+``test_rmse``, ``model.kind``, ``logged_model_id`` and the gate's summary ``gate.*`` (also its
+description). A train run already registered reuses its version (no duplicate). The gate
+(``steps.gate``) scores candidate, champion and a linear baseline on the same rows neither
+model trained on; ``@champion`` moves only when the candidate clears it, else the version
+gets ``@challenger``. Aliases only, never stages. The registered model gets a description
+if it has none.
+Out (MLflow run): tags ``lineage.upstream_run_id``, ``dataset.dvc_md5``, ``registry.version``,
+``registry.alias``, ``registry.verdict``, ``registry.reason``, ``registry.reused_version``,
+``registry.model_name`` and, when the champion moved, ``registry.champion_from``/``_to``;
+metrics ``test_rmse``, ``gate_rows``, ``gate_{candidate,champion,baseline}_rmse`` (and the
+``gate_*_`` metrics of ``mlflow.models.evaluate``); a markdown description with the verdict.
 """
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
+from typing import Any
 
 import click
+import pandas as pd
 
-from steps import config, lineage, runtime
+from steps import config, gate, lineage, registry, runtime
+from steps.gate import Scores, Thresholds, Verdict
+from steps.preprocess import features_and_target
 from steps.runtime import StepError
 
 STEP = "register"
-MAX_SETTLE_ROUNDS = 20
-SETTLE_PAUSE_S = 0.2
+# A fresh version re-gates when the champion moved to an unrelated version while it was
+# being gated (a manual promotion, a concurrent contest); bounded so a storm cannot loop.
+MAX_REGATES = 3
+MODEL_DESCRIPTION = (
+    "Median house value of a California census block group (1990 census), in US dollars. "
+    "Input: one row per block group with the raw columns "
+    + ", ".join(f"`{c}`" for c in config.FEATURES)
+    + " (`total_bedrooms` may be missing). A scikit-learn Pipeline (feature engineering + "
+    "regressor) trained by this project's `main`; `@champion` is the version to serve."
+)
 
 
 @dataclass(frozen=True)
-class Candidate:
-    version: int
-    test_rmse: float
-
-
-@dataclass(frozen=True)
-class Decision:
-    alias: str
-    reason: str
+class GateResult:
+    champion: int | None
+    scores: Scores
+    verdict: Verdict
 
 
 # --- pure core ----------------------------------------------------------------------------
-def decide_alias(new_rmse: float, champion_rmse: float | None) -> Decision:
-    """Champion only when strictly better than the current champion (or there is none)."""
-    if champion_rmse is None:
-        return Decision(config.CHAMPION_ALIAS, "no champion yet")
-    if new_rmse < champion_rmse:
-        return Decision(
-            config.CHAMPION_ALIAS,
-            f"test_rmse {new_rmse:,.0f} beats champion's {champion_rmse:,.0f}",
-        )
-    return Decision(
-        config.CHALLENGER_ALIAS,
-        f"test_rmse {new_rmse:,.0f} does not beat champion's {champion_rmse:,.0f}",
+def for_version(result: GateResult, version: int) -> GateResult:
+    """The result with the version number filled into its reason (decided before it existed)."""
+    reason = result.verdict.reason.replace("<this version>", str(version))
+    return GateResult(result.champion, result.scores, Verdict(result.verdict.outcome, reason))
+
+
+def summary_tags(result: GateResult, limits: Thresholds) -> dict[str, str]:
+    """The gate's summary as version tags (``gate.*``)."""
+    s = result.scores
+    p = config.VERSION_TAG_GATE_PREFIX
+
+    def money(value: float | None) -> str:
+        return "" if value is None else f"{value:.2f}"
+
+    return {
+        f"{p}verdict": result.verdict.outcome,
+        f"{p}reason": result.verdict.reason,
+        f"{p}champion_version": "" if result.champion is None else str(result.champion),
+        f"{p}rows": str(s.rows),
+        f"{p}candidate_rmse": money(s.candidate),
+        f"{p}champion_rmse": money(s.champion),
+        f"{p}baseline_rmse": money(s.baseline),
+        f"{p}thresholds": (
+            f"min_abs={limits.min_abs:g} min_rel={limits.min_rel:g} "
+            f"baseline_min_rel={limits.baseline_min_rel:g} min_rows={limits.min_rows}"
+        ),
+    }
+
+
+def summary_markdown(
+    model_name: str, version: int, result: GateResult, limits: Thresholds, alias: str
+) -> str:
+    s = result.scores
+
+    def money(value: float | None) -> str:
+        return "—" if value is None else f"${value:,.0f}"
+
+    champion = "none" if result.champion is None else f"v{result.champion}"
+    return "\n".join(
+        [
+            f"**{model_name} v{version} → @{alias}** ({result.verdict.outcome})",
+            "",
+            result.verdict.reason,
+            "",
+            f"Scored on {s.rows} rows that neither this version nor the champion "
+            f"({champion}) was trained on:",
+            "",
+            "| model | RMSE |",
+            "|---|---|",
+            f"| candidate v{version} | {money(s.candidate)} |",
+            f"| champion {champion} | {money(s.champion)} |",
+            f"| linear baseline | {money(s.baseline)} |",
+            "",
+            f"Thresholds: beat the champion by ≥ ${limits.min_abs:,.0f} and ≥ "
+            f"{limits.min_rel:.1%}; beat the baseline by ≥ {limits.baseline_min_rel:.0%}; "
+            f"≥ {limits.min_rows} comparable rows.",
+        ]
     )
-
-
-def choose_champion(current: Candidate | None, newer: list[Candidate]) -> Candidate | None:
-    """The best of the current champion and the versions registered after it.
-
-    Ties keep the current champion, then the older version, so concurrent registrations
-    all converge on the same answer whatever order they run in.
-    """
-    best = current
-    for candidate in sorted(newer, key=lambda c: c.version):
-        if best is None or candidate.test_rmse < best.test_rmse:
-            best = candidate
-    return best
 
 
 # --- I/O + MLflow -------------------------------------------------------------------------
-def as_candidate(version) -> Candidate | None:
-    rmse = version.tags.get(config.VERSION_TAG_TEST_RMSE)
-    return Candidate(int(version.version), float(rmse)) if rmse is not None else None
+def rmse_by_evaluate(predict: Any, rows: pd.DataFrame, prefix: str) -> float:
+    """RMSE through ``mlflow.models.evaluate`` (its metrics land on the register run)."""
+    import mlflow
 
-
-def set_alias(client, model_name: str, alias: str, version: int | str) -> None:
-    # The store upserts aliases without a lock; concurrent registers can collide on the key.
-    runtime.with_unique_race_retry(
-        lambda: client.set_registered_model_alias(model_name, alias, version)
+    # One dataset for all three models: the same rows, so the same digest.
+    data = mlflow.data.from_pandas(
+        rows.reset_index(drop=True), targets=config.TARGET, name="gate_comparable_rows"
     )
+    result = runtime.with_unique_race_retry(
+        lambda: mlflow.models.evaluate(
+            model=predict,
+            data=data,
+            model_type="regressor",
+            evaluator_config={
+                "metric_prefix": f"gate_{prefix}_",
+                "log_model_explainability": False,
+            },
+        )
+    )
+    return float(result.metrics[f"gate_{prefix}_root_mean_squared_error"])
 
 
-def current_champion(client, model_name: str) -> Candidate | None:
+def score(predict: Any, rows: pd.DataFrame, prefix: str, who: str) -> float:
+    """RMSE of ``predict`` on ``rows``; a model that cannot score them is a clear error."""
     from mlflow.exceptions import MlflowException
 
     try:
-        version = client.get_model_version_by_alias(model_name, config.CHAMPION_ALIAS)
+        return rmse_by_evaluate(predict, rows, prefix)
+    except (MlflowException, ValueError, KeyError, TypeError) as exc:
+        message = f"{who} cannot score the comparison rows: {runtime.one_line(exc, 200)}"
+        raise StepError(message) from exc
+
+
+def run_gate(
+    client, model_name: str, candidate: Any, candidate_run_id: str, limits: Thresholds
+) -> GateResult:
+    """Score candidate, champion and baseline on the rows neither model trained on."""
+    cand_train, cand_test = registry.read_splits(
+        candidate_run_id, config.TRAIN_SPLIT_FILE, config.TEST_SPLIT_FILE
+    )
+    champion = registry.champion_version(client, model_name)
+    champion_pipeline = None
+    if champion is None:
+        rows = cand_test
+    else:
+        label = f"champion v{champion.version}"
+        champion_run = champion.tags.get(config.VERSION_TAG_TRAIN_RUN)
+        if not champion_run:
+            raise StepError(f"{label} has no {config.VERSION_TAG_TRAIN_RUN} tag; promote by hand")
+        try:
+            (champion_train,) = registry.read_splits(champion_run, config.TRAIN_SPLIT_FILE)
+        except StepError as exc:
+            raise StepError(f"{label}: training rows unavailable: {exc}") from exc
+        try:
+            champion_pipeline = registry.load_model_uri(f"models:/{model_name}/{champion.version}")
+        except registry.ModelLoadError as exc:
+            raise StepError(f"{label} cannot be loaded: {exc}") from exc
+        rows = gate.comparable_rows(cand_test, champion_train)
+    champion_number = int(champion.version) if champion is not None else None
+    if len(rows) == 0:
+        scores = Scores(0, None, None, None)
+        return GateResult(champion_number, scores, gate.decide(scores, limits, champion_number))
+
+    baseline = gate.baseline_model().fit(*features_and_target(cand_train))
+    cand_rmse = score(candidate.predict, rows, "candidate", "the candidate")
+    champ_rmse = None
+    if champion_pipeline is not None:
+        champ_rmse = score(
+            champion_pipeline.predict, rows, "champion", f"champion v{champion_number}"
+        )
+    base_rmse = score(baseline.predict, rows, "baseline", "the linear baseline")
+    scores = Scores(len(rows), cand_rmse, champ_rmse, base_rmse)
+    return GateResult(champion_number, scores, gate.decide(scores, limits, champion_number))
+
+
+def find_existing(client, model_name: str, model_id: str, train_run_id: str) -> Any | None:
+    """The version already registered for this logged model or train run (oldest first)."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        versions = registry.all_versions(client, model_name)
     except MlflowException:
         return None
-    return as_candidate(version) or Candidate(int(version.version), float("inf"))
+    same = [
+        v
+        for v in versions
+        if v.source == f"models:/{model_id}"
+        or getattr(v, "model_id", None) == model_id
+        or v.tags.get(config.VERSION_TAG_TRAIN_RUN) == train_run_id
+    ]
+    return min(same, key=lambda v: int(v.version), default=None)
 
 
-def settle_champion(client, model_name: str) -> Candidate | None:
-    """Point ``champion`` at the best candidate, re-checking until no one else moved it.
-
-    The registry has no compare-and-set, so two pipelines registering at once could each
-    overwrite the other's decision; every register re-reads after writing, and all of them
-    compute the same target, so the alias converges on the best version.
-    """
-    for _ in range(MAX_SETTLE_ROUNDS):
-        current = current_champion(client, model_name)
-        floor = current.version if current else 0
-        newer = [
-            c
-            for v in client.search_model_versions(f"name = '{model_name}'")
-            if int(v.version) > floor and (c := as_candidate(v)) is not None
-        ]
-        best = choose_champion(current, newer)
-        if best is None or best == current:
-            return current
-        set_alias(client, model_name, config.CHAMPION_ALIAS, best.version)
-        time.sleep(SETTLE_PAUSE_S)
-    raise StepError(f"champion alias of {model_name} kept changing; rerun register")
+def ensure_description(client, model_name: str) -> None:
+    if not (client.get_registered_model(model_name).description or "").strip():
+        client.update_registered_model(model_name, description=MODEL_DESCRIPTION)
 
 
-@click.command(help="Register the train run's model and move the champion alias if it wins.")
+def write_gate(client, model_name: str, version: int, result: GateResult, limits, alias) -> None:
+    """The gate's summary onto the version: one atomic record tag, readable tags, description."""
+    record = gate.record_for(version, result.champion, result.scores, result.verdict)
+    for key, value in summary_tags(result, limits).items():
+        client.set_model_version_tag(model_name, str(version), key, value)
+    client.update_model_version(
+        model_name,
+        str(version),
+        description=summary_markdown(model_name, version, result, limits, alias),
+    )
+    # Last: the settle rule reads this tag, so the readable ones are in place first.
+    client.set_model_version_tag(
+        model_name, str(version), config.VERSION_TAG_GATE_RECORD, record.to_tag()
+    )
+
+
+def stored_result(version: Any) -> GateResult:
+    """The gate result a reused version was registered with (from its tags)."""
+    tags = version.tags
+    p = config.VERSION_TAG_GATE_PREFIX
+
+    def number(key: str) -> float | None:
+        value = tags.get(f"{p}{key}")
+        return float(value) if value else None
+
+    champion = tags.get(f"{p}champion_version")
+    return GateResult(
+        int(champion) if champion else None,
+        Scores(
+            int(tags.get(f"{p}rows") or 0),
+            number("candidate_rmse"),
+            number("champion_rmse"),
+            number("baseline_rmse"),
+        ),
+        Verdict(
+            tags.get(f"{p}verdict", "unknown"),
+            tags.get(f"{p}reason", "registered before the gate existed"),
+        ),
+    )
+
+
+@click.command(help="Register the train run's logged model; it takes @champion only if it wins.")
 @click.option("--upstream-run-id", default="", help="train run (empty: latest finished).")
 @click.option("--model-name", default=config.MODEL_NAME, show_default=True)
+@click.option(
+    "--min-improvement-abs",
+    type=float,
+    default=config.DEFAULT_GATE_MIN_ABS_IMPROVEMENT,
+    show_default=True,
+    help="dollars of RMSE the candidate must gain over the champion",
+)
+@click.option(
+    "--min-improvement-rel",
+    type=float,
+    default=config.DEFAULT_GATE_MIN_REL_IMPROVEMENT,
+    show_default=True,
+    help="fraction of the champion's RMSE the candidate must gain",
+)
+@click.option(
+    "--baseline-min-improvement-rel",
+    type=float,
+    default=config.DEFAULT_GATE_BASELINE_MIN_REL_IMPROVEMENT,
+    show_default=True,
+    help="fraction of the linear baseline's RMSE the candidate must gain",
+)
+@click.option(
+    "--min-gate-rows",
+    type=int,
+    default=config.DEFAULT_GATE_MIN_ROWS,
+    show_default=True,
+    help="fewest rows neither model trained on for an automatic promotion",
+)
 @runtime.as_step(STEP)
-def cli(upstream_run_id: str, model_name: str) -> None:
+def cli(
+    upstream_run_id: str,
+    model_name: str,
+    min_improvement_abs: float,
+    min_improvement_rel: float,
+    baseline_min_improvement_rel: float,
+    min_gate_rows: int,
+) -> None:
     import mlflow
 
+    registry.quiet_downloads()
+    if min_improvement_abs < 0 or not 0 <= min_improvement_rel < 1:
+        raise StepError("min_improvement_abs must be >= 0 and min_improvement_rel in [0, 1)")
+    if not 0 <= baseline_min_improvement_rel < 1 or min_gate_rows < 1:
+        raise StepError("baseline_min_improvement_rel must be in [0, 1) and min_gate_rows >= 1")
+    limits = Thresholds(
+        min_improvement_abs, min_improvement_rel, baseline_min_improvement_rel, min_gate_rows
+    )
     client = mlflow.MlflowClient()
     upstream = lineage.resolve_upstream(upstream_run_id, "train")
     lineage.link(upstream)
+    train_run_id = upstream.info.run_id
     new_rmse = upstream.data.metrics.get("test_rmse")
     if new_rmse is None:
-        raise StepError(f"train run {upstream.info.run_id} has no test_rmse metric")
+        raise StepError(f"train run {train_run_id} has no test_rmse metric")
+    model_id = registry.logged_model_id(upstream)
+    mlflow.set_tag(config.TAG_REGISTRY_MODEL, model_name)
+    before = registry.champion_version(client, model_name)
+    before_number = int(before.version) if before is not None else None
 
-    before = current_champion(client, model_name)
-    decision = decide_alias(new_rmse, before.test_rmse if before else None)
-    tags = {
-        config.VERSION_TAG_TRAIN_RUN: upstream.info.run_id,
-        config.VERSION_TAG_GIT_COMMIT: upstream.data.tags.get(
-            "mlflow.source.git.commit", "unknown"
-        ),
-        config.TAG_DVC_MD5: upstream.data.tags.get(config.TAG_DVC_MD5, "unknown"),
-        config.VERSION_TAG_TEST_RMSE: repr(new_rmse),
-        "model.kind": upstream.data.tags.get("model.kind", "unknown"),
-    }
-    version = mlflow.register_model(
-        f"runs:/{upstream.info.run_id}/{config.MODEL_ARTIFACT}", model_name, tags=tags
-    )
-    champion = settle_champion(client, model_name)
-    won = champion is not None and champion.version == int(version.version)
-    if won != (decision.alias == config.CHAMPION_ALIAS):
-        # Another pipeline registered (or removed) a version meanwhile; the settled alias wins.
-        assert champion is not None
-        decision = Decision(
-            config.CHAMPION_ALIAS if won else config.CHALLENGER_ALIAS,
-            f"settled among concurrent registrations: champion is v{champion.version} "
-            f"(test_rmse {champion.test_rmse:,.0f})",
+    existing = find_existing(client, model_name, model_id, train_run_id)
+    if existing is not None:
+        version, reused = int(existing.version), True
+        result = stored_result(existing)
+        runtime.echo(
+            STEP, f"train run {train_run_id} is already {model_name} v{version}: reusing it"
         )
-    if not won:
-        set_alias(client, model_name, config.CHALLENGER_ALIAS, version.version)
-    runtime.echo(STEP, f"{model_name} v{version.version} → @{decision.alias}: {decision.reason}")
-
-    mlflow.set_tags(
-        {
-            "registry.version": version.version,
-            "registry.alias": decision.alias,
-            "registry.reason": decision.reason,
+    else:
+        reused = False
+        try:
+            candidate = registry.load_model_uri(f"models:/{model_id}")
+        except registry.ModelLoadError as exc:
+            raise StepError(f"the candidate model cannot be loaded: {exc}") from exc
+        # Gate before registering: a champion that cannot be scored leaves the registry as it was.
+        result = run_gate(client, model_name, candidate, train_run_id, limits)
+        tags = {
+            config.VERSION_TAG_TRAIN_RUN: train_run_id,
+            config.VERSION_TAG_GIT_COMMIT: upstream.data.tags.get(
+                "mlflow.source.git.commit", "unknown"
+            ),
+            config.TAG_DVC_MD5: upstream.data.tags.get(config.TAG_DVC_MD5, "unknown"),
+            config.VERSION_TAG_TEST_RMSE: repr(new_rmse),
+            "model.kind": upstream.data.tags.get("model.kind", "unknown"),
+            config.VERSION_TAG_LOGGED_MODEL: model_id,
         }
-    )
-    mlflow.log_metric("test_rmse", new_rmse)
-    if before is not None:
-        mlflow.log_metric("champion_test_rmse_before", before.test_rmse)
+        created = mlflow.register_model(f"models:/{model_id}", model_name, tags=tags)
+        version = int(created.version)
+        result = for_version(result, version)
+        ensure_description(client, model_name)
+        write_gate(client, model_name, version, result, limits, "pending")
+
+    state = registry.settle_champion(client, model_name)
+    for _ in range(MAX_REGATES):
+        record = state.records.get(version)
+        if reused or record is None or version <= state.floor:
+            break
+        if not gate.is_stale(record, state.champion, state.records):
+            break
+        runtime.echo(STEP, f"champion moved to v{state.champion} while gating: gating again")
+        result = for_version(run_gate(client, model_name, candidate, train_run_id, limits), version)
+        write_gate(client, model_name, version, result, limits, "pending")
+        state = registry.settle_champion(client, model_name)
+
+    won = state.champion == version
+    alias = config.CHAMPION_ALIAS if won else config.CHALLENGER_ALIAS
+    if reused and not won:
+        # A reused version keeps whatever alias it has; @challenger may have moved on.
+        aliases = client.get_model_version(model_name, str(version)).aliases or []
+        alias = config.CHALLENGER_ALIAS if config.CHALLENGER_ALIAS in aliases else "none"
+    reason = result.verdict.reason
+    if reused:
+        reason = f"already registered; its gate said: {reason}"
+    if won != result.verdict.promote:
+        # Another registration or a manual promotion decided meanwhile; the settled alias wins.
+        reason += f" (settled: champion is v{state.champion})"
+    if not won and not reused:
+        registry.set_alias(client, model_name, config.CHALLENGER_ALIAS, version)
+    if not reused:
+        client.update_model_version(
+            model_name,
+            str(version),
+            description=summary_markdown(model_name, version, result, limits, alias),
+        )
+    label = "reused" if reused else "registered"
+    runtime.echo(STEP, f"{model_name} v{version} ({label}) → @{alias}: {reason}")
+
+    run_tags = {
+        "registry.version": str(version),
+        "registry.alias": alias,
+        "registry.verdict": result.verdict.outcome,
+        "registry.reason": reason,
+        "registry.reused_version": str(reused).lower(),
+    }
+    if state.champion is not None and state.champion != before_number:
+        run_tags[config.TAG_CHAMPION_FROM] = "" if before_number is None else str(before_number)
+        run_tags[config.TAG_CHAMPION_TO] = str(state.champion)
+    mlflow.set_tags(run_tags)
+    s = result.scores
+    metrics = {"test_rmse": new_rmse, "gate_rows": s.rows}
+    for key, value in (
+        ("gate_candidate_rmse", s.candidate),
+        ("gate_champion_rmse", s.champion),
+        ("gate_baseline_rmse", s.baseline),
+    ):
+        if value is not None:
+            metrics[key] = value
+    mlflow.log_metrics(metrics)
+    note = summary_markdown(model_name, version, result, limits, alias)
+    if reused:
+        note = (
+            f"Train run `{train_run_id}` was already v{version}: reused, not registered again.\n\n"
+            + note
+        )
+    mlflow.set_tag("mlflow.note.content", note)
 
 
 if __name__ == "__main__":

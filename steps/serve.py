@@ -46,6 +46,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
 
 from steps import config, schema
 
+# The skops-only loader is shared with register and promote (which score registry versions).
+from steps.registry import ModelLoadError, load_skops_pipeline
+
 # --- defaults (the MLproject `serve` entry point and `make serve` mirror these) -------------
 DEFAULT_MODEL_URI = f"models:/{config.MODEL_NAME}@{config.CHAMPION_ALIAS}"
 DEFAULT_HOST = "127.0.0.1"
@@ -57,7 +60,6 @@ DEFAULT_MAX_ROWS = 10_000
 DEFAULT_MAX_BODY_BYTES = 4 * 1024 * 1024
 
 # Version tags written by the register step that /version reports.
-SKOPS_FORMAT = "skops"
 WORKER_SETTINGS_ENV = "STEPS_SERVE_WORKER_SETTINGS"
 
 
@@ -130,10 +132,6 @@ def request_model(max_rows: int) -> type[BaseModel]:
 
 
 # --- model loading ------------------------------------------------------------------------
-class ModelLoadError(RuntimeError):
-    """The model cannot be resolved, downloaded or safely deserialised."""
-
-
 @dataclass(frozen=True)
 class ModelRef:
     """Registry facts about the served version; plain data, so it can go to worker processes."""
@@ -221,35 +219,6 @@ def download_model(ref: ModelRef, dst: Path) -> Path:
     except MlflowException as exc:
         raise ModelLoadError(f"cannot download {ref.name} v{ref.version}: {exc.message}") from exc
     return Path(local)
-
-
-def load_skops_pipeline(model_dir: Path, trusted_types: Sequence[str] | None = None) -> Any:
-    """Deserialise the sklearn flavour of a downloaded MLflow model with skops only.
-
-    ``trusted_types`` defaults to ``models.SKOPS_TRUSTED_TYPES``: the code's explicit list,
-    never the list recorded in the artifact (whoever can write artifacts could extend that).
-    """
-    import skops.io
-    from mlflow.models import Model
-
-    from steps import models
-
-    mlmodel = model_dir / "MLmodel"
-    if not mlmodel.is_file():
-        raise ModelLoadError(f"{model_dir} is not an MLflow model (no MLmodel file)")
-    flavor = Model.load(str(mlmodel)).flavors.get("sklearn")
-    if flavor is None:
-        raise ModelLoadError(f"{model_dir} has no sklearn flavour")
-    if flavor.get("serialization_format") != SKOPS_FORMAT:
-        # Anything but skops means pickle: running arbitrary code from the artifact store.
-        raise ModelLoadError(
-            f"model is serialised as {flavor.get('serialization_format')!r}; only skops is served"
-        )
-    trusted = models.SKOPS_TRUSTED_TYPES if trusted_types is None else trusted_types
-    try:
-        return skops.io.load(model_dir / flavor["pickled_model"], trusted=list(trusted))
-    except Exception as exc:  # skops raises several types; all mean "cannot serve this"
-        raise ModelLoadError(f"cannot load {flavor['pickled_model']}: {exc}") from exc
 
 
 def load_served_model(model_uri: str, trusted_types: Sequence[str] | None = None) -> ServedModel:

@@ -4,10 +4,12 @@ In: the ``preprocess`` run (``--upstream-run-id``; empty = the latest finished o
 ``splits/*.parquet`` and ``preprocessor/preprocessor.skops``; the model kind and
 hyperparameters.
 Out (MLflow): params (kind + hyperparameters); metrics ``{train,test}_{rmse,mae,r2}`` and
-``fit_seconds``; the model ``model`` — Pipeline(preprocess, model) taking the nine raw feature
+``fit_seconds``, also attached to the logged model (``model_id``) and, per split, to the
+train/test dataset; the model ``model`` — Pipeline(preprocess, model) taking the nine raw feature
 columns, in dollars — saved with skops and explicit trusted types, with signature and input
 example; input datasets ``train``/``test``; tags ``lineage.upstream_run_id``,
-``dataset.dvc_md5``, ``model.kind``; the evaluation report under ``evaluation/`` (predicted
+``dataset.dvc_md5``, ``model.kind``, ``model.logged_model_id`` (register registers
+``models:/<that id>``); the evaluation report under ``evaluation/`` (predicted
 vs actual, residual histogram and map, permutation importance, error by ocean_proximity and by
 price band, ``summary.md``) and MLflow's regressor metrics prefixed ``eval_test_``.
 """
@@ -107,6 +109,27 @@ def log_model(pipeline: Pipeline, X: pd.DataFrame):
     )
 
 
+def log_metrics(
+    metrics: dict[str, float], model_id: str, train: pd.DataFrame, test: pd.DataFrame
+) -> None:
+    """Metrics on the run, the logged model and the split they were computed on.
+
+    Linking them to the model makes ``mlflow.search_logged_models(order_by=...)`` rank every
+    trained model across runs; linking them to the dataset says which rows a number is about.
+    """
+    import mlflow
+
+    per_split = {"train": train, "test": test}
+    for split, part in per_split.items():
+        mlflow.log_metrics(
+            {k: v for k, v in metrics.items() if k.startswith(f"{split}_")},
+            model_id=model_id,
+            dataset=lineage.split_dataset(part, split),
+        )
+    rest = {k: v for k, v in metrics.items() if not k.startswith(tuple(per_split))}
+    mlflow.log_metrics(rest, model_id=model_id)
+
+
 def log_evaluation(pipeline: Pipeline, test: pd.DataFrame, metrics: dict[str, float]) -> None:
     """The evaluation report under ``evaluation/`` plus MLflow's regressor evaluation."""
     import mlflow
@@ -148,9 +171,10 @@ def cli(upstream_run_id: str, model_kind: str, **hyperparams: Any) -> None:
         f"({metrics['fit_seconds']:.1f} s)",
     )
     mlflow.set_tag("model.kind", model_kind)
-    mlflow.log_metrics(metrics)
     lineage.log_split_inputs(train, test)
-    log_model(pipeline, features_and_target(train)[0])
+    model_info = log_model(pipeline, features_and_target(train)[0])
+    mlflow.set_tag(config.TAG_LOGGED_MODEL, model_info.model_id)
+    log_metrics(metrics, model_info.model_id, train, test)
     log_evaluation(pipeline, test, metrics)
 
 

@@ -161,8 +161,12 @@ def test_warm_rerun_reuses_every_step_but_register(sqlite_pipeline):
         )
     assert second.data.tags["pipeline.register.reused"] == "false"
     assert set(pipeline_runs(client, second.info.run_id)) == {"register"}
-    # equal RMSE is not an improvement: the new version is a challenger, champion unchanged
-    assert second.data.tags["registry.alias"] == config.CHALLENGER_ALIAS
+    # the same logged model is not registered twice: register reuses its version
+    assert second.data.tags["registry.version"] == first.data.tags["registry.version"]
+    assert second.data.tags["registry.alias"] == config.CHAMPION_ALIAS
+    register = client.get_run(second.data.tags["pipeline.register.run_id"])
+    assert register.data.tags["registry.reused_version"] == "true"
+    assert len(client.search_model_versions(f"name = '{config.MODEL_NAME}'")) == 1
     champion = client.get_model_version_by_alias(config.MODEL_NAME, config.CHAMPION_ALIAS)
     assert str(champion.version) == first.data.tags["registry.version"]
 

@@ -12,7 +12,17 @@ from mlflow.utils.environment import _PythonEnv
 
 from steps import config
 
-ENTRY_POINTS = ("load_data", "preprocess", "train", "register", "tune", "main", "serve", "predict")
+ENTRY_POINTS = (
+    "load_data",
+    "preprocess",
+    "train",
+    "register",
+    "promote",
+    "tune",
+    "main",
+    "serve",
+    "predict",
+)
 
 
 @pytest.fixture(scope="module")

@@ -1,35 +1,203 @@
-"""register's decision rule: champion moves only on a strict improvement."""
+"""The champion gate's pure core: comparable rows, the verdict, the settle rule, promote's
+version argument and the rollback target."""
 
-from steps import config
-from steps.register import decide_alias
+from __future__ import annotations
 
+import itertools
 
-def test_first_model_becomes_champion():
-    assert decide_alias(50_000.0, None).alias == config.CHAMPION_ALIAS
+import pytest
 
+from steps import config, gate
+from steps.gate import GateRecord, Scores, Thresholds
+from steps.promote import PREVIOUS, parse_version
+from steps.registry import Move, previous_champion
+from steps.runtime import StepError
 
-def test_better_model_takes_champion():
-    decision = decide_alias(40_000.0, 41_000.0)
-    assert decision.alias == config.CHAMPION_ALIAS
-    assert "beats" in decision.reason
-
-
-def test_equal_or_worse_model_is_challenger_with_reason():
-    for rmse in (41_000.0, 45_000.0):
-        decision = decide_alias(rmse, 41_000.0)
-        assert decision.alias == config.CHALLENGER_ALIAS
-        assert "does not beat" in decision.reason
+LIMITS = Thresholds(min_abs=400.0, min_rel=0.01, baseline_min_rel=0.10, min_rows=1000)
 
 
-def test_choose_champion_picks_the_best_and_keeps_ties_stable():
-    from steps.register import Candidate, choose_champion
+# --- rows -----------------------------------------------------------------------------------
+def test_comparable_rows_drop_every_row_the_champion_trained_on(raw_frame):
+    champion_train = raw_frame.iloc[:200]
+    candidate_test = raw_frame.iloc[150:260]
+    # order and index must not matter: the key is the row's content
+    shuffled = champion_train.sample(frac=1.0, random_state=1).reset_index(drop=True)
+    rows = gate.comparable_rows(candidate_test, shuffled)
+    assert list(rows.index) == list(range(200, 260))
 
-    current = Candidate(3, 40_000.0)
-    assert choose_champion(None, []) is None
-    assert choose_champion(None, [Candidate(1, 5.0)]) == Candidate(1, 5.0)
-    assert choose_champion(current, []) == current
-    assert choose_champion(current, [Candidate(4, 40_000.0)]) == current
-    newer = [Candidate(6, 39_000.0), Candidate(4, 39_500.0), Candidate(5, 39_000.0)]
-    assert choose_champion(current, newer) == Candidate(5, 39_000.0)
-    # every concurrent register sees the same versions in some order and agrees
-    assert choose_champion(current, list(reversed(newer))) == Candidate(5, 39_000.0)
+
+def test_row_key_includes_the_target(raw_frame):
+    changed = raw_frame.copy()
+    changed.loc[0, config.TARGET] += 1.0
+    keys, changed_keys = gate.row_keys(raw_frame), gate.row_keys(changed)
+    assert keys[0] != changed_keys[0]
+    assert (keys[1:] == changed_keys[1:]).all()
+
+
+# --- verdict --------------------------------------------------------------------------------
+def test_first_model_is_champion_when_it_clears_the_baseline():
+    verdict = gate.decide(Scores(4000, 40_000.0, None, 50_000.0), LIMITS, None)
+    assert verdict.outcome == gate.FIRST and verdict.promote
+
+
+def test_a_model_not_clearly_better_than_the_baseline_is_not_promoted():
+    verdict = gate.decide(Scores(4000, 46_000.0, None, 50_000.0), LIMITS, None)
+    assert verdict.outcome == gate.BELOW_FLOOR and not verdict.promote
+    assert "baseline" in verdict.reason
+    # the floor applies with a champion too, before the champion comparison
+    verdict = gate.decide(Scores(4000, 46_000.0, 60_000.0, 50_000.0), LIMITS, 3)
+    assert verdict.outcome == gate.BELOW_FLOOR
+
+
+def test_promotion_needs_both_the_absolute_and_the_relative_margin():
+    def outcome(candidate: float, champion: float) -> str:
+        return gate.decide(Scores(4000, candidate, champion, 80_000.0), LIMITS, 7).outcome
+
+    assert outcome(38_000.0, 39_000.0) == gate.PROMOTE  # $1,000 and 2.6%
+    assert outcome(38_700.0, 39_000.0) == gate.KEEP  # $300 < $400
+    assert outcome(59_500.0, 60_000.0) == gate.KEEP  # $500 but only 0.8%
+    assert outcome(39_500.0, 39_000.0) == gate.KEEP  # worse
+    verdict = gate.decide(Scores(4000, 38_700.0, 39_000.0, 80_000.0), LIMITS, 7)
+    assert "v7" in verdict.reason and "$300" in verdict.reason and "4000 rows" in verdict.reason
+
+
+def test_too_few_rows_is_no_promotion_and_says_what_to_do():
+    verdict = gate.decide(Scores(999, 30_000.0, 45_000.0, 80_000.0), LIMITS, 2)
+    assert verdict.outcome == gate.TOO_FEW_ROWS and not verdict.promote
+    assert "999" in verdict.reason and "-e promote" in verdict.reason
+    assert gate.decide(Scores(0, None, None, None), LIMITS, 2).outcome == gate.TOO_FEW_ROWS
+
+
+@pytest.mark.parametrize(
+    ("candidate", "reference", "min_abs", "min_rel"),
+    [
+        case
+        for case in itertools.product(
+            (37_000.0, 38_599.0, 38_600.0, 38_601.0, 39_000.0, 41_000.0),
+            (39_000.0, 40_000.0),
+            (None, 400.0),
+            (None, 0.01),
+        )
+        if case[2] or case[3]  # MetricThreshold needs at least one margin
+    ],
+)
+def test_margins_have_mlflow_metric_threshold_semantics(candidate, reference, min_abs, min_rel):
+    from mlflow.exceptions import MlflowException
+    from mlflow.models import MetricThreshold
+    from mlflow.models.evaluation import EvaluationResult
+    from mlflow.models.evaluation.validation import validate_evaluation_results
+
+    threshold = MetricThreshold(
+        min_absolute_change=min_abs, min_relative_change=min_rel, greater_is_better=False
+    )
+    try:
+        validate_evaluation_results(
+            {"rmse": threshold},
+            EvaluationResult({"rmse": candidate}, {}),
+            EvaluationResult({"rmse": reference}, {}),
+        )
+        mlflow_passes = True
+    except MlflowException:
+        mlflow_passes = False
+    assert gate.beats(candidate, reference, min_abs, min_rel) == mlflow_passes
+
+
+# --- settle rule ----------------------------------------------------------------------------
+def rec(version: int, against: int | None, passed: bool = True, rank: float = 1.0):
+    return GateRecord(version, against, passed, rank)
+
+
+def test_gate_record_round_trips_through_its_tag():
+    record = rec(5, 3, True, 0.97)
+    assert GateRecord.from_tag(5, record.to_tag()) == record
+    first = rec(1, None, False, 41_000.0)
+    assert GateRecord.from_tag(1, first.to_tag()) == first
+    assert GateRecord.from_tag(2, None) is None
+    assert GateRecord.from_tag(2, "not json") is None
+
+
+def test_no_records_keep_whatever_is_champion():
+    assert gate.settle_target(None, {}) is None
+    assert gate.settle_target(4, {}) == 4
+
+
+def test_concurrent_first_models_agree_on_the_best_whatever_the_order():
+    records = {1: rec(1, None, rank=40_500.0), 2: rec(2, None, rank=40_000.0)}
+    records[3] = rec(3, None, rank=40_000.0)  # tie: the lower version wins
+    for current in (None, 1, 2, 3):
+        assert gate.settle_target(current, records) == 2
+
+
+def test_rivals_against_the_same_champion_then_their_successors():
+    records = {
+        1: rec(1, None, rank=41_000.0),
+        2: rec(2, 1, rank=0.97),
+        3: rec(3, 1, rank=0.95),  # best rival against v1
+        4: rec(4, 1, passed=False, rank=1.01),
+        5: rec(5, 3, rank=0.98),  # passed against v3: takes over from it
+        6: rec(6, 2, rank=0.90),  # passed against v2, which lost: out of the contest
+    }
+    for current in (None, 1, 2, 3, 5):
+        assert gate.settle_target(current, records) == 5
+    # the answer is a fixed point: settling again from it changes nothing
+    assert gate.settle_target(5, records) == 5
+
+
+def test_every_arrival_order_converges_to_one_fixed_point():
+    records = {
+        1: rec(1, None, rank=41_000.0),
+        2: rec(2, 1, rank=0.97),
+        3: rec(3, 1, rank=0.95),
+        4: rec(4, 3, rank=0.99),
+    }
+    finals = set()
+    for order in itertools.permutations(records):
+        current: int | None = None
+        seen: dict[int, GateRecord] = {}
+        for version in order:  # versions become visible one at a time; each settles
+            seen[version] = records[version]
+            current = gate.settle_target(current, seen)
+        finals.add(gate.settle_target(current, records))
+    assert finals == {4}
+
+
+def test_a_manual_promotion_pins_until_a_later_version_passes_against_it():
+    records = {1: rec(1, None, rank=41_000.0), 2: rec(2, 1, rank=0.95)}
+    # rolled back to v1 with floor 2: v2 no longer competes, even if a register re-set it
+    assert gate.settle_target(1, records, floor=2, pinned=1) == 1
+    assert gate.settle_target(2, records, floor=2, pinned=1) == 1
+    records[3] = rec(3, 1, rank=0.97)  # registered after the rollback, passed against v1
+    assert gate.settle_target(1, records, floor=2, pinned=1) == 3
+    records[4] = rec(4, 2, rank=0.90)  # gated against the demoted v2: ignored
+    assert gate.settle_target(1, records, floor=2, pinned=1) == 3
+
+
+def test_stale_when_the_champion_does_not_descend_from_the_gated_against_version():
+    records = {1: rec(1, None), 2: rec(2, 1), 3: rec(3, 1, passed=False), 4: rec(4, 9)}
+    assert not gate.is_stale(records[3], 1, records)
+    assert not gate.is_stale(records[3], 2, records)  # v2 descends from v1
+    assert gate.is_stale(records[4], 2, records)  # gated against v9, not in v2's lineage
+    assert not gate.is_stale(records[1], 2, records)
+
+
+# --- promote ----------------------------------------------------------------------------------
+def test_promote_version_argument():
+    name = config.MODEL_NAME
+    assert parse_version("3", name) == 3
+    assert parse_version(" v12 ", name) == 12
+    assert parse_version(f"models:/{name}/4", name) == 4
+    assert parse_version("previous", name) == PREVIOUS
+    for bad in ("", "0", "three", "models:/OtherModel/4", "models:/4"):
+        with pytest.raises(StepError):
+            parse_version(bad, name)
+
+
+def test_previous_champion_is_where_the_latest_move_to_the_current_one_came_from():
+    def move(source: int | None, to: int) -> Move:
+        return Move("r", "register", 0, source, to, "u", "")
+
+    newest_first = [move(2, 1), move(1, 2), move(None, 1)]
+    assert previous_champion(newest_first, 1) == 2  # undo the rollback
+    assert previous_champion(newest_first[1:], 2) == 1
+    assert previous_champion(newest_first[2:], 1) is None  # the first champion
+    assert previous_champion([], None) is None

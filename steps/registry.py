@@ -1,0 +1,272 @@
+"""Model Registry I/O shared by register, promote, serve and predict.
+
+* Loading: a registry version or a logged model as a fitted sklearn Pipeline, read with
+  ``skops.io.load`` and the code's explicit ``models.SKOPS_TRUSTED_TYPES`` (never pickle).
+* Lineage: a version's train run → its preprocess run → ``splits/{train,test}.parquet``.
+* Alias state: ``@champion``, every version's gate record (tag ``gate.record``) and the
+  floor/pinned version a manual promotion left (registered-model tags), and the settle loop
+  that points ``@champion`` at ``steps.gate.settle_target`` of that state.
+* History: register and promote runs that moved ``@champion`` carry
+  ``registry.champion_from``/``registry.champion_to``; ``champion_history`` lists them.
+
+Imports nothing heavy at module level: serve imports it on its start-up path.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from steps import config, gate, runtime
+from steps.runtime import StepError
+
+SKOPS_FORMAT = "skops"
+MAX_SETTLE_ROUNDS = 20
+SETTLE_PAUSE_S = 0.2
+
+
+class ModelLoadError(RuntimeError):
+    """The model cannot be resolved, downloaded or safely deserialised."""
+
+
+# --- loading --------------------------------------------------------------------------------
+def quiet_downloads() -> None:
+    """No per-file progress bars: they bury the step's one-line verdict on stderr."""
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+
+
+def load_skops_pipeline(model_dir: Path, trusted_types: Sequence[str] | None = None) -> Any:
+    """Deserialise the sklearn flavour of a downloaded MLflow model with skops only.
+
+    ``trusted_types`` defaults to ``models.SKOPS_TRUSTED_TYPES``: the code's explicit list,
+    never the list recorded in the artifact (whoever can write artifacts could extend that).
+    """
+    import skops.io
+    from mlflow.models import Model
+
+    from steps import models
+
+    mlmodel = model_dir / "MLmodel"
+    if not mlmodel.is_file():
+        raise ModelLoadError(f"{model_dir} is not an MLflow model (no MLmodel file)")
+    flavor = Model.load(str(mlmodel)).flavors.get("sklearn")
+    if flavor is None:
+        raise ModelLoadError(f"{model_dir} has no sklearn flavour")
+    if flavor.get("serialization_format") != SKOPS_FORMAT:
+        # Anything but skops means pickle: running arbitrary code from the artifact store.
+        raise ModelLoadError(
+            f"model is serialised as {flavor.get('serialization_format')!r}; only skops is served"
+        )
+    trusted = models.SKOPS_TRUSTED_TYPES if trusted_types is None else trusted_types
+    try:
+        return skops.io.load(model_dir / flavor["pickled_model"], trusted=list(trusted))
+    except Exception as exc:  # skops raises several types; all mean "cannot serve this"
+        raise ModelLoadError(f"cannot load {flavor['pickled_model']}: {exc}") from exc
+
+
+def load_model_uri(model_uri: str) -> Any:
+    """Download ``models:/NAME/VERSION`` or ``models:/<model_id>`` and load it with skops."""
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    with tempfile.TemporaryDirectory(prefix="registry-model-") as tmp:
+        try:
+            local = mlflow.artifacts.download_artifacts(artifact_uri=model_uri, dst_path=tmp)
+        except (MlflowException, OSError) as exc:
+            raise ModelLoadError(f"cannot download {model_uri}: {runtime.one_line(exc)}") from exc
+        return load_skops_pipeline(Path(local))
+
+
+# --- lineage --------------------------------------------------------------------------------
+def read_splits(train_run_id: str, *names: str) -> list[Any]:
+    """The preprocess splits (``train.parquet``/``test.parquet``) a train run was fitted on."""
+    import mlflow
+    import pandas as pd
+    from mlflow.exceptions import MlflowException
+
+    client = mlflow.MlflowClient()
+    try:
+        train_run = client.get_run(train_run_id)
+    except MlflowException as exc:
+        raise StepError(f"train run {train_run_id} not found") from exc
+    preprocess_id = train_run.data.tags.get(config.TAG_UPSTREAM)
+    if not preprocess_id:
+        raise StepError(f"train run {train_run_id} has no {config.TAG_UPSTREAM} tag")
+    frames = []
+    with tempfile.TemporaryDirectory(prefix="registry-splits-") as tmp:
+        for name in names:
+            try:
+                path = mlflow.artifacts.download_artifacts(
+                    run_id=preprocess_id,
+                    artifact_path=f"{config.SPLITS_ARTIFACT_DIR}/{name}",
+                    dst_path=tmp,
+                )
+                frames.append(pd.read_parquet(path))
+            except (MlflowException, OSError) as exc:
+                raise StepError(
+                    f"{config.SPLITS_ARTIFACT_DIR}/{name} of preprocess run {preprocess_id} "
+                    f"is unavailable: {runtime.one_line(exc, 160)}"
+                ) from exc
+    return frames
+
+
+def logged_model_id(train_run) -> str:
+    """The logged model a train run produced: its tag, else the run's only logged model."""
+    import mlflow
+
+    tagged = train_run.data.tags.get(config.TAG_LOGGED_MODEL)
+    if tagged:
+        return tagged
+    found = mlflow.search_logged_models(
+        experiment_ids=[train_run.info.experiment_id],
+        filter_string=f"source_run_id = '{train_run.info.run_id}'",
+        output_format="list",
+    )
+    if len(found) != 1:
+        raise StepError(
+            f"train run {train_run.info.run_id} has {len(found)} logged models; expected one"
+        )
+    return found[0].model_id
+
+
+# --- alias state ------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class RegistryState:
+    champion: int | None
+    records: dict[int, gate.GateRecord]
+    floor: int
+    pinned: int | None
+    versions: list[Any]
+
+
+def champion_version(client, model_name: str) -> Any | None:
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return client.get_model_version_by_alias(model_name, config.CHAMPION_ALIAS)
+    except MlflowException:
+        return None
+
+
+def all_versions(client, model_name: str) -> list[Any]:
+    return list(client.search_model_versions(f"name = '{model_name}'", max_results=10_000))
+
+
+def read_state(client, model_name: str) -> RegistryState:
+    from mlflow.exceptions import MlflowException
+
+    champion = champion_version(client, model_name)
+    versions = all_versions(client, model_name)
+    records = {
+        int(v.version): record
+        for v in versions
+        if (
+            record := gate.GateRecord.from_tag(
+                int(v.version), v.tags.get(config.VERSION_TAG_GATE_RECORD)
+            )
+        )
+    }
+    try:
+        tags = client.get_registered_model(model_name).tags or {}
+    except MlflowException:
+        tags = {}
+    pinned = tags.get(config.MODEL_TAG_PINNED)
+    return RegistryState(
+        champion=int(champion.version) if champion is not None else None,
+        records=records,
+        floor=int(tags.get(config.MODEL_TAG_SETTLE_FLOOR) or 0),
+        pinned=int(pinned) if pinned else None,
+        versions=versions,
+    )
+
+
+def set_alias(client, model_name: str, alias: str, version: int | str) -> None:
+    # The store upserts aliases without a lock; concurrent registers can collide on the key.
+    runtime.with_unique_race_retry(
+        lambda: client.set_registered_model_alias(model_name, alias, str(version))
+    )
+
+
+def settle_champion(client, model_name: str) -> RegistryState:
+    """Point ``champion`` at the settle target, re-checking until no one else moved it.
+
+    The registry has no compare-and-set, so two registers (or a register and a promote)
+    writing at once could overwrite each other; each re-reads after writing, and all compute
+    the same target from the same tags, so the alias converges. Returns the settled state.
+    """
+    for _ in range(MAX_SETTLE_ROUNDS):
+        state = read_state(client, model_name)
+        target = gate.settle_target(state.champion, state.records, state.floor, state.pinned)
+        if target is None or target == state.champion:
+            return state
+        set_alias(client, model_name, config.CHAMPION_ALIAS, target)
+        time.sleep(SETTLE_PAUSE_S)
+    raise StepError(f"champion alias of {model_name} kept changing; rerun register")
+
+
+# --- history ----------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Move:
+    """One move of ``@champion`` recorded on a register or promote run."""
+
+    run_id: str
+    step: str
+    ended: int
+    from_version: int | None
+    to_version: int
+    user: str
+    reason: str
+
+
+def champion_history(client, model_name: str) -> list[Move]:
+    """Every recorded move of ``@champion`` of ``model_name``, newest first.
+
+    Searches all active experiments: ``mlflow run . -e promote`` logs to the one the user
+    chose (Default unless told otherwise), main's registers to the pipeline's.
+    """
+    experiment_ids = [e.experiment_id for e in client.search_experiments()]
+    runs = client.search_runs(
+        experiment_ids,
+        filter_string=(
+            f"tags.`{config.TAG_REGISTRY_MODEL}` = '{model_name}' "
+            f"and tags.`{config.TAG_CHAMPION_TO}` != '' and attributes.status = 'FINISHED'"
+        ),
+        order_by=["attributes.end_time DESC"],
+        max_results=1000,
+    )
+    moves = []
+    for run in runs:
+        tags = run.data.tags
+        source = tags.get(config.TAG_CHAMPION_FROM) or ""
+        moves.append(
+            Move(
+                run_id=run.info.run_id,
+                step=tags.get(config.TAG_STEP, "?"),
+                ended=run.info.end_time or 0,
+                from_version=int(source) if source.isdigit() else None,
+                to_version=int(tags[config.TAG_CHAMPION_TO]),
+                user=tags.get("mlflow.user", "?"),
+                reason=tags.get("registry.reason", ""),
+            )
+        )
+    return moves
+
+
+def previous_champion(moves: list[Move], current: int | None) -> int | None:
+    """The champion before ``current``: where the latest move to ``current`` came from."""
+    return next((m.from_version for m in moves if m.to_version == current and m.from_version), None)
+
+
+def history_markdown(moves: list[Move], limit: int = 20) -> str:
+    lines = ["| ended (UTC) | step | from | to | who | why |", "|---|---|---|---|---|---|"]
+    for m in moves[:limit]:
+        when = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(m.ended / 1000))
+        source = f"v{m.from_version}" if m.from_version else "—"
+        why = m.reason.replace("|", "/").replace("\n", " ")
+        lines.append(f"| {when} | {m.step} | {source} | v{m.to_version} | {m.user} | {why} |")
+    return "\n".join(lines)
