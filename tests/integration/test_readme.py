@@ -175,8 +175,11 @@ def test_activated_venv_block(shell, first_run):
     envs = list((shell.home / ".mlflow" / "envs").iterdir())
     assert len(envs) == 1
     assert (envs[0] / "bin" / "python").exists()
+    # without --experiment-name MLflow files both launchers under Default; each points at
+    # the pipeline's real parent run in california_housing_price
     client = shell.client()
-    bare = client.search_runs(["0"])
-    assert len(bare) == 1  # the launcher of the bare run, pointing at the real parent
-    parent = client.get_run(bare[0].data.tags["pipeline.moved_to_run_id"])
-    assert parent.data.tags["mlflow.project.env"] == "virtualenv"
+    launchers = client.search_runs(["0"], order_by=["attributes.start_time ASC"])
+    assert len(launchers) == 2
+    parents = [client.get_run(r.data.tags["pipeline.moved_to_run_id"]) for r in launchers]
+    assert [p.data.tags["mlflow.project.env"] for p in parents] == ["local", "virtualenv"]
+    assert all(p.info.status == "FINISHED" for p in parents)

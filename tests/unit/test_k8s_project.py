@@ -123,8 +123,8 @@ def test_job_template_is_the_documented_format():
 def test_dockerfile_installs_the_pinned_requirements_and_the_steps():
     dockerfile = (K8S / "Dockerfile").read_text()
     assert re.search(r"^FROM python:3\.11", dockerfile, re.M)
-    assert "COPY requirements.txt" in dockerfile
-    assert "pip install --no-cache-dir -r requirements.txt" in dockerfile
+    assert "COPY requirements.lock" in dockerfile
+    assert "pip install --no-cache-dir --require-hashes -r requirements.lock" in dockerfile
     assert "COPY steps/ steps/" in dockerfile
     assert "PYTHONPATH=/opt/project" in dockerfile
     # everything the image COPYs from the repo root exists there
@@ -133,7 +133,7 @@ def test_dockerfile_installs_the_pinned_requirements_and_the_steps():
             for src in line.split()[1:-1]:
                 assert (ROOT / src).exists(), src
     ignore = (K8S / "Dockerfile.dockerignore").read_text()
-    assert "!requirements.txt" in ignore and "!steps/**" in ignore
+    assert "!requirements.lock" in ignore and "!steps/**" in ignore
 
 
 def test_docs_explain_the_k8s_run():
