@@ -92,3 +92,8 @@ ui: setup ## MLflow UI on 127.0.0.1:$(MLFLOW_PORT) over the local store
 
 clean: ## remove local tracking data and caches (keeps .venv and data/)
 	rm -rf mlruns mlflow.db .pytest_cache .ruff_cache
+
+.PHONY: screenshots
+screenshots: setup ## regenerate docs/img/*.png from a real run (headless Debian chromium)
+	@test -x /usr/bin/chromium || { echo "error: screenshots: /usr/bin/chromium not found: apt-get install chromium" >&2; exit 1; }
+	$(BIN)/python docs/screenshots.py
