@@ -72,6 +72,9 @@ CHALLENGER_KIND = "linear"  # clearly worse than the default LightGBM: it gets @
 SERVER_START_TIMEOUT_S = 300
 UI_TIMEOUT_MS = 120_000
 RUNS_TABLE_METRIC = "test_rmse"
+ASSISTANT_WAIT_MS = 5_000
+COLUMN_MENU_WAIT_MS = 20_000
+COLUMN_MENU_ATTEMPTS = 3
 
 SHOTS = {
     "runs": "runs-tree.png",
@@ -250,12 +253,15 @@ def route_requests(context, swagger_dir: Path) -> None:
 def close_assistant(page) -> None:
     """MLflow 3.17 opens its 'Assistant' chat panel on first load; it would hide a third of
     every page."""
-    close = page.locator('[data-component-id="mlflow.assistant.chat_panel.close"]')
-    with contextlib.suppress(Exception):
-        close.wait_for(state="visible", timeout=5_000)
-    if close.count() and close.first.is_visible():
-        close.first.click()
-        close.first.wait_for(state="hidden")
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout
+
+    close = page.locator('[data-component-id="mlflow.assistant.chat_panel.close"]').first
+    try:
+        close.wait_for(state="visible", timeout=ASSISTANT_WAIT_MS)
+    except PlaywrightTimeout:
+        return  # closed already (the UI remembers it) or not part of this MLflow version
+    close.click()
+    close.wait_for(state="hidden")
 
 
 def settle(page) -> None:
@@ -285,6 +291,21 @@ def model_training_view(page) -> None:
 
 def show_columns(page, add: tuple[str, ...], remove: tuple[str, ...]) -> None:
     """Tick/untick runs-table columns in the "Columns" menu (searched by exact name)."""
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout
+
+    for attempt in range(1, COLUMN_MENU_ATTEMPTS + 1):
+        try:
+            tick_columns(page, add, remove)
+            return
+        except PlaywrightTimeout:
+            # Seen once on a cold server: the menu opened before the runs' metrics had
+            # loaded and never listed them. Reopening it shows the current columns.
+            page.keyboard.press("Escape")
+            if attempt == COLUMN_MENU_ATTEMPTS:
+                raise
+
+
+def tick_columns(page, add: tuple[str, ...], remove: tuple[str, ...]) -> None:
     page.get_by_role("button", name="Columns").click()
     search = page.get_by_placeholder("Search columns")
     for name, wanted in [*((n, True) for n in add), *((n, False) for n in remove)]:
@@ -292,6 +313,7 @@ def show_columns(page, add: tuple[str, ...], remove: tuple[str, ...]) -> None:
         # The menu is an antd tree: a node's class says whether its checkbox is ticked.
         title = page.locator(".du-bois-light-tree-title", has_text=exactly(name))
         node = page.locator(".du-bois-light-tree-treenode", has=title).first
+        node.wait_for(timeout=COLUMN_MENU_WAIT_MS)
         checked = "treenode-checkbox-checked" in (node.get_attribute("class") or "")
         if checked != wanted:
             node.locator(".du-bois-light-tree-title").click()
