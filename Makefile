@@ -62,6 +62,8 @@ lock: ## re-resolve requirements*.in into the hashed requirements*.lock files
 	  requirements.in -o requirements.lock
 	uv pip compile --quiet --universal --generate-hashes --python-version 3.11 \
 	  requirements-dev.in -o requirements-dev.lock
+	uv pip compile --quiet --universal --generate-hashes --python-version 3.11 \
+	  requirements-docs.in -o requirements-docs.lock
 
 run: setup ## run the whole pipeline: mlflow run . -e main (data: HOUSING_DATA_URL or DVC)
 	mlflow run . -e main --env-manager local --experiment-name $(PIPELINE_EXPERIMENT)
@@ -128,3 +130,9 @@ ui: setup ## MLflow UI on 127.0.0.1:$(MLFLOW_PORT) over the local store
 
 clean: ## remove local tracking data and caches (keeps .venv and data/)
 	rm -rf mlruns mlflow.db .pytest_cache .ruff_cache
+
+.PHONY: screenshots
+screenshots: setup ## regenerate docs/img/*.png from a real run (headless Debian chromium)
+	@test -x /usr/bin/chromium || { echo "error: screenshots: /usr/bin/chromium not found: apt-get install chromium" >&2; exit 1; }
+	@uv pip install --quiet --require-hashes --python $(BIN)/python -r requirements-docs.lock
+	$(BIN)/python docs/screenshots.py

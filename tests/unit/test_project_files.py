@@ -99,7 +99,10 @@ def test_lock_pins_the_top_level_requirements_with_hashes():
     assert all("--hash=sha256:" in block for block in blocks if "==" in block)
 
 
-def test_dev_lock_agrees_with_the_runtime_lock():
+def test_dev_and_docs_locks_agree_with_the_locks_they_extend():
     runtime = lock_entries("requirements.lock")
     dev = lock_entries("requirements-dev.lock")
     assert {k: dev.get(k) for k in runtime} == runtime
+    docs = lock_entries("requirements-docs.lock")
+    shared = {k: v for k, v in docs.items() if k in dev}
+    assert shared == {k: dev[k] for k in shared}
