@@ -460,6 +460,19 @@ def end_orphaned_launcher_run(launcher_id: str | None, launcher_pid: int) -> Non
             client.set_terminated(launcher_id, "KILLED")
 
 
+def show_data_and_model(client: Any, parent_id: str, load_run: Any, train_run: Any) -> None:
+    """Give the parent run the raw dataset and the trained model its children logged, so the
+    runs table's Dataset and Models columns show them on the pipeline's row too."""
+    datasets = [
+        d for d in load_run.inputs.dataset_inputs if d.dataset.name == config.RAW_DATASET_NAME
+    ]
+    if datasets:
+        runtime.with_unique_race_retry(lambda: client.log_inputs(parent_id, datasets=datasets))
+    models = train_run.outputs.model_outputs if train_run.outputs else []
+    if models:
+        client.log_outputs(parent_id, models=list(models))
+
+
 def where_to_look(tracking: str, experiment_id: str, run_id: str) -> str:
     if tracking.startswith(("http://", "https://")):
         return f"{tracking.rstrip('/')}/#/experiments/{experiment_id}/runs/{run_id}"
@@ -545,6 +558,7 @@ def run_pipeline(env_manager: str, use_cache: bool, opts: dict[str, Any]) -> Non
         raise
 
     train_run = client.get_run(results[2].run_id)
+    show_data_and_model(client, parent.info.run_id, client.get_run(results[0].run_id), train_run)
     register_tags = client.get_run(results[3].run_id).data.tags
     version, alias = register_tags["registry.version"], register_tags["registry.alias"]
     model = f"{config.MODEL_NAME} v{version} @{alias}"

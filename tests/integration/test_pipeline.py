@@ -258,6 +258,12 @@ def test_runs_read_well_in_the_ui(sqlite_pipeline):
     version, alias = parent.data.tags["registry.version"], parent.data.tags["registry.alias"]
     assert parent.info.run_name == f"main · lightgbm · v{version}@{alias}"
     description = parent.data.tags["mlflow.note.content"]
+    # the runs table's Dataset and Models columns are filled on the pipeline's row too
+    assert [d.dataset.name for d in parent.inputs.dataset_inputs] == [config.RAW_DATASET_NAME]
+    train = client.get_run(parent.data.tags["pipeline.train.run_id"])
+    assert [m.model_id for m in parent.outputs.model_outputs] == [
+        m.model_id for m in train.outputs.model_outputs
+    ]
     assert all(f"| {step} | `" in description for step in STEPS)
     for step, run in pipeline_runs(client, parent.info.run_id).items():
         assert run.info.run_name == step
