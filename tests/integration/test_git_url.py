@@ -29,7 +29,14 @@ import pytest
 from mlflow import MlflowClient
 
 from steps import config
-from tests.support import MLFLOW_RUN, copy_project, free_port, project_env, run_cmd
+from tests.support import (
+    MLFLOW_RUN,
+    copy_project,
+    free_port,
+    latest_run,
+    project_env,
+    run_cmd,
+)
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 STEPS = ("load_data", "preprocess", "train", "register")
@@ -245,13 +252,7 @@ def test_a_local_checkout_of_the_same_commit_reuses_the_git_runs(git_pipeline, t
         env=project_env(git_pipeline.tracking_uri, TMPDIR=str(tmp_path)),
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
-    experiment = git_pipeline.client.get_experiment_by_name(config.EXPERIMENT_NAME)
-    latest = git_pipeline.client.search_runs(
-        [experiment.experiment_id],
-        f"tags.`{config.TAG_STEP}` = 'main'",
-        order_by=["attributes.start_time DESC"],
-        max_results=1,
-    )[0]
+    latest = latest_run(git_pipeline.client, "main")
     assert latest.info.run_id != git_pipeline.parent.info.run_id
     for step in ("load_data", "preprocess", "train"):
         assert latest.data.tags[f"pipeline.{step}.reused"] == "true", step

@@ -23,7 +23,14 @@ from mlflow import MlflowClient
 from mlflow.entities import ViewType
 
 from steps import config, gate
-from tests.support import copy_project, mlflow_run_local, project_env, run_cmd, run_main
+from tests.support import (
+    copy_project,
+    latest_run,
+    mlflow_run_local,
+    project_env,
+    run_cmd,
+    run_main,
+)
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -44,13 +51,7 @@ class Store:
     def main(self, *args: str):
         """Run main to success; returns (parent run, register run, train run)."""
         run_main(self.project, self.uri, *args)
-        experiment = self.client.get_experiment_by_name(config.EXPERIMENT_NAME)
-        parent = self.client.search_runs(
-            [experiment.experiment_id],
-            f"tags.`{config.TAG_STEP}` = 'main'",
-            order_by=["attributes.start_time DESC"],
-            max_results=1,
-        )[0]
+        parent = latest_run(self.client, "main")
         tags = parent.data.tags
         return (
             parent,
