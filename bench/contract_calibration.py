@@ -34,9 +34,10 @@ def subset(df: pd.DataFrame, frac: float, seed: int) -> pd.DataFrame:
 
 def stats_row(name: str, new: pd.DataFrame, ref: pd.DataFrame, expect: str) -> dict:
     started = time.process_time()
-    prof, findings, verdict = contract.check(new, contract.profile(ref))
+    result = contract.check(new, contract.profile(ref))
     seconds = time.process_time() - started
-    stats = contract.drift_statistics(contract.with_values(new, prof), contract.profile(ref))
+    findings, verdict = result.findings, result.verdict
+    stats = result.drift
     cols = stats["columns"]
     features = [c for c in cols if c != config.TARGET]
     worst = max(features, key=lambda c: cols[c]["psi"])

@@ -19,7 +19,7 @@ so every broken rule is reported, not only the first. Nothing here logs, reads o
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
@@ -209,6 +209,7 @@ def _table_finding(df: pd.DataFrame, rules: schema.TableRules, check: str, colum
         )
     share = top_value_share(df[column])
     value = df[column].value_counts(dropna=False).index[0]
+    value = value.item() if isinstance(value, np.generic) else value  # 52.0, not np.float64
     return Finding(
         "near_constant",
         "table",
@@ -231,8 +232,14 @@ def _banded(
     return None
 
 
-def drift_statistics(new: dict[str, Any], reference: dict[str, Any]) -> dict[str, Any]:
-    """Row-count change, and per column PSI and missing-rate change, new vs reference."""
+def drift_statistics(
+    df: pd.DataFrame, new: dict[str, Any], reference: dict[str, Any]
+) -> dict[str, Any]:
+    """Row-count change, and per column PSI and missing-rate change, new vs reference.
+
+    ``new`` is ``profile(df)``; numeric PSI needs the new rows themselves, binned on the
+    reference's deciles (the reference needs only its profile).
+    """
     stats: dict[str, Any] = {
         "row_count_change": new["n_rows"] / max(reference["n_rows"], 1) - 1.0,
         "columns": {},
@@ -245,7 +252,9 @@ def drift_statistics(new: dict[str, Any], reference: dict[str, Any]) -> dict[str
                 [ref["shares"].get(k, 0.0) for k in keys], [cur["shares"].get(k, 0.0) for k in keys]
             )
         else:
-            value = psi(ref["psi_shares"], new_shares_on(ref["psi_edges"], cur))
+            present = df[name].dropna().to_numpy(dtype=np.float64)
+            edges = np.asarray(ref["psi_edges"], dtype=np.float64)
+            value = psi(ref["psi_shares"], shares_between(present, edges))
         stats["columns"][name] = {
             "psi": value,
             "missing_rate_change": cur["missing_rate"] - ref["missing_rate"],
@@ -253,23 +262,13 @@ def drift_statistics(new: dict[str, Any], reference: dict[str, Any]) -> dict[str
     return stats
 
 
-def new_shares_on(edges: list[float], column_profile: dict[str, Any]) -> np.ndarray:
-    """The new column's shares between the reference's decile edges.
-
-    The new profile keeps the new data's own edges, so its shares on the reference's edges
-    are taken from ``_values`` (kept in memory while profiling, never serialised).
-    """
-    values = column_profile["_values"]
-    return shares_between(values, np.asarray(edges, dtype=np.float64))
-
-
 def drift_findings(
+    stats: dict[str, Any],
     new: dict[str, Any],
     reference: dict[str, Any],
     rules: schema.DriftRules = schema.DRIFT_RULES,
 ) -> list[Finding]:
-    """Every drift rule the new version breaks (fail) or comes close to (warn)."""
-    stats = drift_statistics(new, reference)
+    """Every drift rule (``drift_statistics``) the new version breaks (fail) or nears (warn)."""
     found: list[Finding | None] = []
     change = stats["row_count_change"]
     counts = f"{new['n_rows']:,} rows vs {reference['n_rows']:,} in the reference ({change:+.1%})"
@@ -296,24 +295,14 @@ def drift_findings(
     return [f for f in found if f is not None]
 
 
-def with_values(df: pd.DataFrame, prof: dict[str, Any]) -> dict[str, Any]:
-    """The profile plus each numeric column's values (in memory only, for drift_findings)."""
-    columns = {
-        name: col | {"_values": df[name].dropna().to_numpy(dtype=np.float64)}
-        if col["kind"] == "numeric"
-        else col
-        for name, col in prof["columns"].items()
-    }
-    return prof | {"columns": columns}
+@dataclass
+class Result:
+    """What the contract says about one version."""
 
-
-def serialisable(prof: dict[str, Any]) -> dict[str, Any]:
-    """The profile without in-memory extras (what is logged as JSON)."""
-    columns = {
-        name: {k: v for k, v in col.items() if not k.startswith("_")}
-        for name, col in prof["columns"].items()
-    }
-    return prof | {"columns": columns}
+    profile: dict[str, Any]
+    findings: list[Finding]
+    verdict: Verdict
+    drift: dict[str, Any] | None  # drift_statistics, None without a reference
 
 
 def check(
@@ -322,28 +311,27 @@ def check(
     accept_drift: bool = False,
     table_rules: schema.TableRules = schema.TABLE_RULES,
     drift_rules: schema.DriftRules = schema.DRIFT_RULES,
-) -> tuple[dict[str, Any], list[Finding], Verdict]:
-    """The whole contract: (profile of ``df``, every finding, the verdict).
+) -> Result:
+    """The whole contract on ``df``: its profile, every finding and the verdict.
 
     ``reference`` is a reference profile, or None (first load: absolute rules only).
     ``accept_drift`` turns drift failures into accepted warnings; table rules always fail.
     """
     prof = profile(df)
     findings = table_findings(df, table_rules)
+    stats = None
     if reference is not None and reference.get("format") == PROFILE_FORMAT:
-        drift = drift_findings(with_values(df, prof), reference, drift_rules)
+        stats = drift_statistics(df, prof, reference)
+        drift = drift_findings(stats, prof, reference, drift_rules)
         if accept_drift:
-            drift = [
-                Finding(**{**f.__dict__, "accepted": True}) if f.severity == "fail" else f
-                for f in drift
-            ]
+            drift = [replace(f, accepted=True) if f.severity == "fail" else f for f in drift]
         findings += drift
     findings.sort(key=lambda f: RULE_ORDER.index(f.rule))
     verdict = Verdict(
         failures=[f for f in findings if f.severity == "fail" and not f.accepted],
         warnings=[f for f in findings if f.severity == "warn" or f.accepted],
     )
-    return prof, findings, verdict
+    return Result(prof, findings, verdict, stats)
 
 
 # --- the data report -----------------------------------------------------------------------
@@ -356,16 +344,15 @@ def _fmt(value: Any) -> str:
 
 
 def report_markdown(
-    new: dict[str, Any],
+    result: Result,
     reference: dict[str, Any] | None,
-    findings: list[Finding],
-    verdict: Verdict,
     version: str,
     reference_label: str,
     table_rules: schema.TableRules = schema.TABLE_RULES,
     drift_rules: schema.DriftRules = schema.DRIFT_RULES,
 ) -> str:
     """The data report: verdict, findings, drift statistics and per-column statistics."""
+    new, findings, verdict = result.profile, result.findings, result.verdict
     status = "FAILED" if verdict.failures else "passed"
     lines = [
         "# Data report",
@@ -404,8 +391,8 @@ def report_markdown(
     for name in DRIFT_RULE_NAMES:
         band = getattr(drift_rules, name)
         lines.append(f"- {name}: warn above {band.warn:g}, fail above {band.fail:g}")
-    if reference is not None:
-        stats = drift_statistics(new, reference)
+    stats = result.drift
+    if reference is not None and stats is not None:
         lines += [
             "",
             "## Drift against the reference",

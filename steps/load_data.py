@@ -299,13 +299,13 @@ def run_contract(df: pd.DataFrame, md5: str, reference: Reference, accept_drift:
     """Check ``df``, log the data report and tags, and stop the load on a hard violation."""
     import mlflow
 
-    prof, findings, verdict = contract.check(df, reference.profile, accept_drift=accept_drift)
-    markdown = contract.report_markdown(
-        prof, reference.profile, findings, verdict, md5, reference.label
-    )
+    result = contract.check(df, reference.profile, accept_drift=accept_drift)
+    verdict = result.verdict
+    markdown = contract.report_markdown(result, reference.profile, md5, reference.label)
     mlflow.log_text(markdown, contract.REPORT_PATH)
-    mlflow.log_dict(contract.serialisable(prof), contract.PROFILE_PATH)
-    mlflow.log_figure(contract.histograms_figure(prof, reference.profile), contract.HISTOGRAMS_PATH)
+    mlflow.log_dict(result.profile, contract.PROFILE_PATH)
+    figure = contract.histograms_figure(result.profile, reference.profile)
+    mlflow.log_figure(figure, contract.HISTOGRAMS_PATH)
     status = "failed" if verdict.failures else ("warnings" if verdict.warnings else "passed")
     tags = {
         TAG_CONTRACT_STATUS: status,
