@@ -431,14 +431,20 @@ def report_markdown(
     return "\n".join(lines)
 
 
-def histograms_figure(new: dict[str, Any], reference: dict[str, Any] | None) -> Figure:
-    """Overlay histograms (density) of every column, new version over the reference."""
+def histograms_figure(
+    new: dict[str, Any], reference: dict[str, Any] | None, drift: dict[str, Any] | None = None
+) -> Figure:
+    """Overlay histograms (density) of every column, new version over the reference; the
+    titles carry each column's PSI when ``drift`` (``Result.drift``) is given."""
     from matplotlib.figure import Figure
+    from matplotlib.ticker import MaxNLocator
 
     names = list(new["columns"])
     ncols = 4
     nrows = -(-len(names) // ncols)
-    figure = Figure(figsize=(4 * ncols, 3 * nrows), layout="constrained")
+    # a fixed layout: "constrained" costs ~1 s of layout solving per save on this figure
+    figure = Figure(figsize=(3.2 * ncols, 2.4 * nrows), dpi=80)
+    figure.subplots_adjust(left=0.03, right=0.99, bottom=0.08, top=0.94, wspace=0.15, hspace=0.6)
     axes = figure.subplots(nrows, ncols).ravel()
     for ax, name in zip(axes, names, strict=False):
         cur = new["columns"][name]
@@ -456,9 +462,15 @@ def histograms_figure(new: dict[str, Any], reference: dict[str, Any] | None) -> 
                     continue
                 edges = np.asarray(prof["hist_edges"])
                 density = np.asarray(prof["hist_shares"]) / np.diff(edges)
-                ax.stairs(density, edges, label=label, fill=label == "new", alpha=0.5)
+                if label == "new":
+                    ax.stairs(density, edges, label=label, fill=True, alpha=0.5)
+                else:
+                    ax.stairs(density, edges, label=label, linewidth=1.5, color="black")
             ax.set_yticks([])
-        ax.set_title(name, fontsize=9)
+            ax.xaxis.set_major_locator(MaxNLocator(4))
+        ax.tick_params(labelsize=7)
+        psi_text = f" (PSI {drift['columns'][name]['psi']:.3f})" if drift else ""
+        ax.set_title(name + psi_text, fontsize=9)
         ax.legend(fontsize=7)
     for ax in axes[len(names) :]:
         ax.set_visible(False)

@@ -304,7 +304,7 @@ def run_contract(df: pd.DataFrame, md5: str, reference: Reference, accept_drift:
     markdown = contract.report_markdown(result, reference.profile, md5, reference.label)
     mlflow.log_text(markdown, contract.REPORT_PATH)
     mlflow.log_dict(result.profile, contract.PROFILE_PATH)
-    figure = contract.histograms_figure(result.profile, reference.profile)
+    figure = contract.histograms_figure(result.profile, reference.profile, result.drift)
     mlflow.log_figure(figure, contract.HISTOGRAMS_PATH)
     status = "failed" if verdict.failures else ("warnings" if verdict.warnings else "passed")
     tags = {
