@@ -273,9 +273,17 @@ def drift_findings(
     change = stats["row_count_change"]
     counts = f"{new['n_rows']:,} rows vs {reference['n_rows']:,} in the reference ({change:+.1%})"
     if change < 0:
-        found.append(_banded("row_count_drop", -change, rules.row_count_drop, counts))
+        found.append(
+            _banded(
+                "row_count_drop", -change, rules.row_count_drop, f"{counts}; drop {-change:.3f}"
+            )
+        )
     else:
-        found.append(_banded("row_count_growth", change, rules.row_count_growth, counts))
+        found.append(
+            _banded(
+                "row_count_growth", change, rules.row_count_growth, f"{counts}; growth {change:.3f}"
+            )
+        )
     for name, col in stats["columns"].items():
         band = rules.target_psi if name == config.TARGET else rules.feature_psi
         rule = "target_psi" if name == config.TARGET else "feature_psi"

@@ -390,7 +390,7 @@ CONTRACT_CASES: dict[str, ContractCase] = {
         lambda: real_frame().iloc[: int(len(real_frame()) * 0.90)],
         "row_count_drop",
         r"data contract: rule row_count_drop: 18,576 rows vs 19,608 in the reference "
-        r"\(-5\.3%\) > 0\.03; pass accept_drift=true if the change is deliberate",
+        r"\(-5\.3%\); drop 0\.053 > 0\.03; pass accept_drift=true if the change is deliberate",
     ),
     "age_stuck_at_one_value": ContractCase(
         lambda: reference_frame().assign(housing_median_age=52.0), "near_constant"
