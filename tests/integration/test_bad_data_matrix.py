@@ -10,6 +10,14 @@ Two layers:
   run RUNNING anywhere), leave the champion alias alone, create no ``data/`` and put nothing
   that does not match data.dvc into the DVC cache.
 
+The data contract (steps/contract.py) adds versions that pass the schema and hash to
+data.dvc but are wrong — too few rows, a doubled table, a column in another unit, a cut
+file — made as a user makes a new version (`dvc add data`, commit data.dvc) and compared with
+the champion's data; legitimate versions (rows shuffled, columns reordered, 5% more rows from
+the same population) must pass. In process against a reference profile, and end to end
+through each acquisition path (workspace, DVC cache, download) with the same clean-stop
+assertions plus: data/ and the DVC cache byte-for-byte unchanged.
+
 No case is repaired: the data must hash to data.dvc byte for byte, so any repaired payload
 would be refused by the md5 check anyway (see docs/reliability.md).
 """
