@@ -48,6 +48,7 @@ TAG_ACCEPT_DRIFT = "data_contract.accept_drift"
 TAG_REFERENCE = "data_contract.reference"
 TAG_REFERENCE_RUN = "data_contract.reference_run_id"
 TAG_WARNINGS = "data_contract.warnings"
+NOTE_LIMIT = 7_900  # MLflow rejects tag values over 8,000 characters; the artifact is whole
 
 
 # --- pure core ----------------------------------------------------------------------------
@@ -312,7 +313,9 @@ def run_contract(df: pd.DataFrame, md5: str, reference: Reference, accept_drift:
         TAG_ACCEPT_DRIFT: str(accept_drift).lower(),
         TAG_REFERENCE: reference.label[:500],
         # the run description: the report without its image (which only resolves as artifact)
-        "mlflow.note.content": markdown.replace("![overlay histograms](histograms.png)", ""),
+        "mlflow.note.content": markdown.replace("![overlay histograms](histograms.png)", "")[
+            :NOTE_LIMIT
+        ],
     }
     if reference.run_id:
         tags[TAG_REFERENCE_RUN] = reference.run_id
