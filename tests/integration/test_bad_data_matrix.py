@@ -393,6 +393,8 @@ CONTRACT_CASES: dict[str, ContractCase] = {
     "target_in_thousands": ContractCase(
         lambda: real_frame().assign(median_house_value=real_frame()[config.TARGET] / 1000),
         "target_psi",
+        r"data contract: rule target_psi, column 'median_house_value': PSI \d+\.\d{3} > 0\.1; "
+        r"pass accept_drift=true if the change is deliberate",
     ),
     "truncated_at_90_percent": ContractCase(
         lambda: real_frame().iloc[: int(len(real_frame()) * 0.90)],
@@ -430,8 +432,13 @@ def new_data_version(project: Path, payload: bytes, message: str) -> None:
     """What a user does: change data/housing.csv, `dvc add data`, commit data.dvc."""
     (project / "data").mkdir(exist_ok=True)
     (project / "data" / "housing.csv").write_bytes(payload)
+    done = run_cmd([sys.executable, "-m", "dvc", "add", "-q", "data"], project, dict(os.environ))
+    assert done.returncode == 0, done.stderr
+    commit(project, message)
+
+
+def commit(project: Path, message: str) -> None:
     for args in (
-        [sys.executable, "-m", "dvc", "add", "-q", "data"],
         ["git", "add", "-A"],
         ["git", "-c", "user.email=t@localhost", "-c", "user.name=tests", "commit", "-qm", message],
     ):
@@ -481,7 +488,8 @@ def load_new_version(tmp_path, store, name: str, path: str, *params: str):
     """Make CONTRACT_CASES[name] a new data version and run load_data on it.
 
     ``path`` is how load_data finds it: ``workspace`` (data/ present), ``cache`` (data/
-    removed, the DVC cache has it) or ``download`` (neither; fed through source_url).
+    removed, the DVC cache has it), ``remote`` (only a DVC remote has it: `dvc push`, then
+    data/ and the cache removed) or ``download`` (none; fed through source_url).
     Returns (mlflow run result, project, snapshot before the run, the load_data run).
     """
     uri, client, _, _ = store
@@ -489,7 +497,16 @@ def load_new_version(tmp_path, store, name: str, path: str, *params: str):
     payload = csv(CONTRACT_CASES[name].build())
     new_data_version(project, payload, name)
     args = ["--experiment-name", config.EXPERIMENT_NAME, "--run-name", f"{name}-{path}"]
-    if path in ("cache", "download"):
+    if path == "remote":
+        for dvc_args in (
+            ["remote", "add", "-q", "-d", "store", str(tmp_path / "dvc-remote")],
+            ["push", "-q"],
+        ):
+            done = run_cmd([sys.executable, "-m", "dvc", *dvc_args], project, dict(os.environ))
+            assert done.returncode == 0, done.stderr
+        commit(project, "DVC remote")
+        shutil.rmtree(project / ".dvc" / "cache")
+    if path in ("cache", "download", "remote"):
         shutil.rmtree(project / "data")
     if path == "download":
         shutil.rmtree(project / ".dvc" / "cache")
@@ -523,6 +540,7 @@ def artifact_paths(client, run_id: str, path: str) -> set[str]:
         ("doubled_table", "cache"),
         ("income_unit_x10", "download"),
         ("truncated_at_90_percent", "workspace"),
+        ("target_in_thousands", "remote"),
     ],
 )
 def test_contract_stops_a_bad_version_before_anything_is_written(
@@ -551,6 +569,8 @@ def test_contract_stops_a_bad_version_before_anything_is_written(
     # data/ and the DVC cache exactly as before the run (absent stays absent)
     assert snapshot(project) == before
     assert (project / "data").exists() == (path == "workspace")
+    if path == "remote":
+        assert not (project / ".dvc" / "cache").exists()
     assert not list(project.glob(".acquire-*"))
 
 
