@@ -256,16 +256,21 @@ def reference_profile(run_id: str) -> dict[str, Any]:
 
 
 def find_reference(experiment_id: str) -> Reference:
-    """The data the champion was trained on, else the last finished load; else none."""
+    """The data the champion was trained on, else the last finished load; else none.
+
+    The champion's load_data run is looked for in every experiment (a load run by hand may
+    sit in Default); the fallback only in this run's experiment.
+    """
     import mlflow
     from mlflow.exceptions import MlflowException
 
     client = mlflow.MlflowClient()
     base = f"tags.`{config.TAG_STEP}` = '{STEP}' and attributes.status = 'FINISHED'"
 
-    def latest(extra: str = "") -> Any:
+    def latest(extra: str = "", everywhere: bool = False) -> Any:
+        ids = [e.experiment_id for e in client.search_experiments()] if everywhere else []
         found = client.search_runs(
-            [experiment_id],
+            ids or [experiment_id],
             base + extra,
             order_by=["attributes.start_time DESC"],
             max_results=1,
@@ -277,7 +282,7 @@ def find_reference(experiment_id: str) -> Reference:
     except MlflowException:
         champion = None
     md5 = champion.tags.get(config.TAG_DVC_MD5) if champion else None
-    run = latest(f" and tags.`{config.TAG_DVC_MD5}` = '{md5}'") if md5 else None
+    run = latest(f" and tags.`{config.TAG_DVC_MD5}` = '{md5}'", everywhere=True) if md5 else None
     if run is not None:
         label = f"the champion's data (v{champion.version}, md5 {md5}, run {run.info.run_id})"
     else:
