@@ -2,11 +2,12 @@
 
 In: a raw table that already passed ``schema.validate_raw`` (column by column), optionally
 the profile of a reference version, and the rules declared in ``steps/schema.py``
-(``TABLE_RULES``, ``DRIFT_RULES``). Out: a compact, JSON-ready **profile** of the table
-(row count; per column missing rate, summary statistics, the reference deciles and the
-shares of rows between them, a histogram; category shares) and a list of ``Finding``s, each
-a rule, a column, a statistic and the threshold it broke, ``fail`` or ``warn``. Also the
-data report: markdown and an overlay-histogram figure.
+(``TABLE_RULES``, ``DRIFT_RULES``). Out (``check`` → ``Result``): a compact, JSON-ready
+**profile** of the table (row count; per column missing rate, summary statistics, its
+deciles and the shares of rows between them, a histogram; category shares), the drift
+statistics, and ``Finding``s — each a rule, a column, a statistic and the threshold it
+broke, ``fail`` or ``warn`` — sorted into a ``Verdict``. Also the data report: markdown and
+an overlay-histogram figure.
 
 Comparisons need only the reference's profile, never its rows: load_data logs the profile
 of every version it loads, so the next version is compared without downloading the old CSV.
