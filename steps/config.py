@@ -87,6 +87,7 @@ OCEAN_PROXIMITY_VALUES: tuple[str, ...] = (
 
 # --- step defaults (MLproject must agree) ---------------------------------------------------
 DEFAULT_SOURCE_URL = ""  # empty: $HOUSING_DATA_URL, else PUBLIC_DATA_URL
+DEFAULT_ACCEPT_DRIFT = False  # load_data: drift failures stop the load unless accepted
 DEFAULT_TEST_SIZE = 0.2
 DEFAULT_SPLIT_SEED = 42
 DEFAULT_SPLIT_STRATEGY = "income_stratified"

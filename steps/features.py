@@ -278,6 +278,19 @@ class HousingFeatures(TransformerMixin, BaseEstimator, auto_wrap_output_keys=Non
         return np.column_stack([numeric, *ratios, *rotated, *onehot, stats])
 
 
+def min_fit_rows(
+    neighbors: tuple[int, ...] = DEFAULT_NEIGHBORS, oof_folds: int = DEFAULT_OOF_FOLDS
+) -> int:
+    """Fewest training rows the preprocessor can be fitted on with these settings.
+
+    ``fit_transform`` splits the rows into ``oof_folds`` folds (KFold needs a row per fold)
+    and looks up the largest neighbourhood among the other folds' rows, which must hold at
+    least ``max(neighbors)`` rows: n * (folds - 1) / folds >= k.
+    """
+    k = max(neighbors)
+    return max(oof_folds, -(-k * oof_folds // max(oof_folds - 1, 1)))
+
+
 def build_preprocessor(
     neighbors: tuple[int, ...] = DEFAULT_NEIGHBORS,
     oof_folds: int = DEFAULT_OOF_FOLDS,

@@ -88,7 +88,7 @@ def as_mlflow_params(params: dict[str, Any]) -> dict[str, str]:
 def step_params(step: str, upstream_run_id: str | None, opts: dict[str, Any]) -> dict[str, str]:
     """The parameters main passes to one step, taken from main's own options."""
     names = {
-        "load_data": ["source_url"],
+        "load_data": ["source_url", "accept_drift"],
         "preprocess": ["test_size", "split_seed", "split_strategy"],
         "train": ["model_kind", *opts["hyperparam_names"]],
         "register": [],
@@ -418,6 +418,7 @@ def key_metric(step: str, run: Any) -> str:
 
 @click.command(help="Run the whole pipeline as nested MLflow runs, reusing finished steps.")
 @click.option("--source-url", default=config.DEFAULT_SOURCE_URL, show_default=True)
+@click.option("--accept-drift", type=bool, default=config.DEFAULT_ACCEPT_DRIFT, show_default=True)
 @click.option("--test-size", type=float, default=config.DEFAULT_TEST_SIZE, show_default=True)
 @click.option("--split-seed", type=int, default=config.DEFAULT_SPLIT_SEED, show_default=True)
 @click.option(

@@ -24,6 +24,7 @@ from steps.runtime import StepError
 
 STEP = "preprocess"
 INCOME_BINS: tuple[float, ...] = (0.0, 1.5, 3.0, 4.5, 6.0, np.inf)
+MIN_TEST_ROWS = 2  # R² is undefined on one row
 
 
 # --- pure core ----------------------------------------------------------------------------
@@ -42,11 +43,38 @@ def split_data(
         raise StepError(
             f"unknown split_strategy {strategy!r}; expected one of {config.SPLIT_STRATEGIES}"
         )
+    check_splittable(df, test_size, strategy)
     stratify = income_category(df["median_income"]) if strategy == "income_stratified" else None
     train, test = train_test_split(
         df, test_size=test_size, random_state=random_state, stratify=stratify
     )
     return train, test
+
+
+def check_splittable(df: pd.DataFrame, test_size: float, strategy: str) -> None:
+    """Refuse a table too small for the split and the preprocessor's own settings.
+
+    One clear line instead of scikit-learn's traceback from deep inside the split or the
+    out-of-fold fit (e.g. "n_splits=5 greater than the number of samples").
+    """
+    n = len(df)
+    n_test = int(np.ceil(test_size * n))
+    need = features.min_fit_rows()
+    if n - n_test < need or n_test < MIN_TEST_ROWS:
+        raise StepError(
+            f"{n} rows are too few: a {test_size:g} test split leaves {n - n_test} training "
+            f"rows and {n_test} test rows; the preprocessor ({features.DEFAULT_OOF_FOLDS} "
+            f"out-of-fold folds, up to {max(features.DEFAULT_NEIGHBORS)} neighbours) needs "
+            f"{need} training rows and scoring needs {MIN_TEST_ROWS} test rows"
+        )
+    if strategy == "income_stratified":
+        strata = income_category(df["median_income"]).value_counts()
+        if strata.min() < 2 or n_test < len(strata) or n - n_test < len(strata):
+            raise StepError(
+                f"income_stratified split impossible: income band {strata.idxmin()} has "
+                f"{strata.min()} row(s) (each of the {len(strata)} bands needs 2, and each "
+                f"side of the split one per band); use split_strategy=random or more data"
+            )
 
 
 def features_and_target(df: pd.DataFrame) -> tuple[pd.DataFrame, pd.Series]:

@@ -100,3 +100,52 @@ def validate_raw(df: pd.DataFrame) -> pd.DataFrame:
         raise SchemaError(f"column {config.CATEGORICAL_FEATURE!r} has {what}")
     out[config.CATEGORICAL_FEATURE] = cat.astype(str)
     return out
+
+
+# --- the data contract: rules on the whole table and on the change from a reference --------
+# Checked by steps/contract.py. Every threshold is declared here, once; docs/reliability.md
+# gives the measurements each one is calibrated on (bench/contract_calibration.py prints them).
+@dataclass(frozen=True)
+class TableRules:
+    """Absolute rules: they hold for any version, with or without a reference."""
+
+    # A statewide table of census blocks; the versioned file has 20,640 rows. Fewer than this
+    # is a broken export, not a new version (preprocess/train need only ~50, see their guards).
+    min_rows: int = 1_000
+    # Exact duplicate rows leak test rows into training; the versioned file has none.
+    max_duplicate_fraction: float = 0.01
+    # Share of the most frequent value in a non-nullable feature; the versioned file's
+    # highest is 0.44 (ocean_proximity), the highest numeric one 0.06 (housing_median_age).
+    max_top_value_share: float = 0.95
+
+
+@dataclass(frozen=True)
+class Band:
+    """A statistic above ``warn`` is a warning on the run; above ``fail`` it stops load_data."""
+
+    warn: float
+    fail: float
+
+
+@dataclass(frozen=True)
+class DriftRules:
+    """Comparison with the reference version (the champion's data, else the last load)."""
+
+    # Rows lost, 1 - rows_new / rows_ref. Census blocks do not disappear: a smaller version
+    # is a truncated export unless it only dropped a few bad rows. Cutting the versioned file
+    # at 95% (PSI of every column still < 0.02) is stopped here and nowhere else.
+    row_count_drop: Band = Band(warn=0.01, fail=0.03)
+    # Rows gained, rows_new / rows_ref - 1. A few percent more blocks is a normal new
+    # version; a doubled table (+100%) is a bad join (duplicate_rows catches it too).
+    row_count_growth: Band = Band(warn=0.10, fail=0.50)
+    # Population stability index over the reference's deciles (categories for
+    # ocean_proximity), per feature column.
+    feature_psi: Band = Band(warn=0.02, fail=0.10)
+    # The same for the target: its distribution is what the model learns.
+    target_psi: Band = Band(warn=0.02, fail=0.10)
+    # |missing_rate_new - missing_rate_ref|, per column, as a fraction of rows.
+    missing_rate_change: Band = Band(warn=0.005, fail=0.02)
+
+
+TABLE_RULES = TableRules()
+DRIFT_RULES = DriftRules()

@@ -27,9 +27,10 @@ from sklearn.base import clone
 from sklearn.metrics import mean_absolute_error, mean_squared_error, r2_score
 from sklearn.pipeline import Pipeline
 
-from steps import config, lineage, models, report, runtime
+from steps import config, features, lineage, models, report, runtime
 from steps.hyperparams import hyperparameter_options
-from steps.preprocess import features_and_target
+from steps.preprocess import MIN_TEST_ROWS, features_and_target
+from steps.runtime import StepError
 
 STEP = "train"
 EVALUATION_DIR = "evaluation"
@@ -51,6 +52,17 @@ def regression_metrics(y_true: pd.Series, y_pred: np.ndarray, prefix: str) -> di
         f"{prefix}_mae": float(mean_absolute_error(y_true, y_pred)),
         f"{prefix}_r2": float(r2_score(y_true, y_pred)),
     }
+
+
+def check_trainable(train: pd.DataFrame, test: pd.DataFrame, preprocessor: Any) -> None:
+    """Refuse splits too small for the preprocessor's own settings, with one clear line."""
+    need = features.min_fit_rows(preprocessor.neighbors, preprocessor.oof_folds)
+    if len(train) < need or len(test) < MIN_TEST_ROWS:
+        raise StepError(
+            f"{len(train)} training / {len(test)} test rows are too few: the preprocessor "
+            f"({preprocessor.oof_folds} out-of-fold folds, up to {max(preprocessor.neighbors)} "
+            f"neighbours) needs {need} training rows and scoring needs {MIN_TEST_ROWS} test rows"
+        )
 
 
 def fit_and_score(
@@ -162,6 +174,7 @@ def cli(upstream_run_id: str, model_kind: str, **hyperparams: Any) -> None:
     upstream = lineage.resolve_upstream(upstream_run_id, "preprocess")
     lineage.link(upstream)
     train, test, preprocessor = read_preprocess_outputs(upstream.info.run_id)
+    check_trainable(train, test, preprocessor)
     estimator = models.build_estimator(model_kind, **hyperparams)
     runtime.echo(STEP, f"fitting {model_kind} on {len(train)} rows")
     pipeline, metrics = fit_and_score(build_pipeline(preprocessor, estimator), train, test)

@@ -10,6 +10,14 @@ Two layers:
   run RUNNING anywhere), leave the champion alias alone, create no ``data/`` and put nothing
   that does not match data.dvc into the DVC cache.
 
+The data contract (steps/contract.py) adds versions that pass the schema and hash to
+data.dvc but are wrong — too few rows, a doubled table, a column in another unit, a cut
+file — made as a user makes a new version (`dvc add data`, commit data.dvc) and compared with
+the champion's data; legitimate versions (rows shuffled, columns reordered, 5% more rows from
+the same population) must pass. In process against a reference profile, and end to end
+through each acquisition path (workspace, DVC cache, download) with the same clean-stop
+assertions plus: data/ and the DVC cache byte-for-byte unchanged.
+
 No case is repaired: the data must hash to data.dvc byte for byte, so any repaired payload
 would be refused by the md5 check anyway (see docs/reliability.md).
 """
@@ -20,6 +28,9 @@ import functools
 import gzip
 import http.server
 import io
+import os
+import re
+import shutil
 import sys
 import tarfile
 import threading
@@ -35,7 +46,7 @@ from mlflow import MlflowClient
 from mlflow.entities import ViewType
 from sklearn.dummy import DummyRegressor
 
-from steps import config
+from steps import config, contract, schema
 from steps.load_data import extract_csv, parse_raw
 from steps.runtime import StepError
 from tests.support import (
@@ -328,5 +339,280 @@ def test_modified_workspace_data_is_refused(tmp_path, store_with_champion):
     assert result.returncode == 1
     assert result.stderr.strip().splitlines()[-1].startswith("error: load_data: ")
     assert "dvc add data" in result.stderr
+    alias = client.get_model_version_by_alias(config.MODEL_NAME, config.CHAMPION_ALIAS)
+    assert str(alias.version) == champion
+
+
+# --- the data contract: versions that pass the schema and the md5 but are wrong ------------
+# A new data version is made as a user makes one: change data/housing.csv, `dvc add data`,
+# commit data.dvc. The reference (the champion's data) is a random 95% of the real rows, so
+# the full real file is "5% more rows from the same population".
+REFERENCE_FRACTION = 0.95
+
+
+def reference_frame() -> pd.DataFrame:
+    return real_frame().sample(frac=REFERENCE_FRACTION, random_state=7).sort_index()
+
+
+@dataclass(frozen=True)
+class ContractCase:
+    build: Callable[[], pd.DataFrame]
+    rule: str | None  # the rule the one error line names; None: the version passes
+    line: str = ""  # regex the whole error line must match
+
+
+CONTRACT_CASES: dict[str, ContractCase] = {
+    # legitimate new versions
+    "rows_shuffled": ContractCase(lambda: reference_frame().sample(frac=1.0, random_state=1), None),
+    "columns_reordered": ContractCase(
+        lambda: reference_frame()[list(config.RAW_COLUMNS)[::-1]], None
+    ),
+    "five_percent_more_rows_shuffled_reordered": ContractCase(
+        lambda: real_frame().sample(frac=1.0, random_state=2)[list(config.RAW_COLUMNS)[::-1]], None
+    ),
+    # wrong ones
+    "three_rows": ContractCase(
+        lambda: real_frame().head(3),
+        "min_rows",
+        r"data contract: rule min_rows: 3 rows < 1000 \(and \d+ more failure\(s\): see "
+        r"data_report/report\.md\); pass accept_drift=true if the change is deliberate",
+    ),
+    "doubled_table": ContractCase(
+        lambda: pd.concat([real_frame(), real_frame()], ignore_index=True),
+        "duplicate_rows",
+        r"data contract: rule duplicate_rows: 50\.0% of rows are exact duplicates of another "
+        r"row > 1\.0% \(and 1 more failure\(s\): see data_report/report\.md\); "
+        r"pass accept_drift=true if the change is deliberate",
+    ),
+    "income_unit_x10": ContractCase(
+        lambda: real_frame().assign(median_income=real_frame()["median_income"] * 10),
+        "feature_psi",
+        r"data contract: rule feature_psi, column 'median_income': PSI \d+\.\d{3} > 0\.1; "
+        r"pass accept_drift=true if the change is deliberate",
+    ),
+    "target_in_thousands": ContractCase(
+        lambda: real_frame().assign(median_house_value=real_frame()[config.TARGET] / 1000),
+        "target_psi",
+        r"data contract: rule target_psi, column 'median_house_value': PSI \d+\.\d{3} > 0\.1; "
+        r"pass accept_drift=true if the change is deliberate",
+    ),
+    "truncated_at_90_percent": ContractCase(
+        lambda: real_frame().iloc[: int(len(real_frame()) * 0.90)],
+        "row_count_drop",
+        r"data contract: rule row_count_drop: 18,576 rows vs 19,608 in the reference "
+        r"\(-5\.3%\); drop 0\.053 > 0\.03; pass accept_drift=true if the change is deliberate",
+    ),
+    "age_stuck_at_one_value": ContractCase(
+        lambda: reference_frame().assign(housing_median_age=52.0), "near_constant"
+    ),
+}
+
+
+@pytest.fixture(scope="module")
+def reference_profile() -> dict:
+    return contract.profile(schema.validate_raw(reference_frame()))
+
+
+@pytest.mark.parametrize("name", list(CONTRACT_CASES))
+def test_contract_in_process(name, reference_profile):
+    case = CONTRACT_CASES[name]
+    result = contract.check(parse_raw(csv(case.build())), reference_profile)
+    if case.rule is None:
+        assert result.verdict.failures == [], [f.message for f in result.verdict.failures]
+        return
+    assert result.verdict.failures, f"{name} passed the contract"
+    assert result.verdict.failures[0].rule == case.rule
+    line = result.verdict.error_line()
+    assert "\n" not in line
+    if case.line:
+        assert re.fullmatch(case.line, line), line
+
+
+def new_data_version(project: Path, payload: bytes, message: str) -> None:
+    """What a user does: change data/housing.csv, `dvc add data`, commit data.dvc."""
+    (project / "data").mkdir(exist_ok=True)
+    (project / "data" / "housing.csv").write_bytes(payload)
+    done = run_cmd([sys.executable, "-m", "dvc", "add", "-q", "data"], project, dict(os.environ))
+    assert done.returncode == 0, done.stderr
+    commit(project, message)
+
+
+def commit(project: Path, message: str) -> None:
+    for args in (
+        ["git", "add", "-A"],
+        ["git", "-c", "user.email=t@localhost", "-c", "user.name=tests", "commit", "-qm", message],
+    ):
+        done = run_cmd(args, cwd=project, env=dict(os.environ))
+        assert done.returncode == 0, done.stderr
+
+
+def snapshot(project: Path) -> dict[str, bytes]:
+    """Every file under data/ and the DVC cache, with its bytes."""
+    roots = [project / "data", project / ".dvc" / "cache"]
+    return {
+        str(p.relative_to(project)): p.read_bytes()
+        for root in roots
+        for p in sorted(root.rglob("*"))
+        if p.is_file()
+    }
+
+
+@pytest.fixture(scope="module")
+def contract_store(tmp_path_factory):
+    """A store whose champion was trained on the reference version, loaded by load_data."""
+    root = tmp_path_factory.mktemp("contract")
+    uri = f"sqlite:///{root / 'mlflow.db'}"
+    project = copy_project(root / "project")
+    new_data_version(project, csv(reference_frame()), "reference data version")
+    result = run_cmd(
+        mlflow_run_local("load_data", "--experiment-name", config.EXPERIMENT_NAME),
+        cwd=project,
+        env=project_env(uri),
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    client = MlflowClient(uri)
+    md5 = yaml.safe_load((project / "data.dvc").read_text())["outs"][0]["md5"]
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_experiment(config.EXPERIMENT_NAME)
+    with mlflow.start_run():
+        info = mlflow.sklearn.log_model(DummyRegressor().fit([[0]], [1]), name="model")
+    version = mlflow.register_model(
+        info.model_uri, config.MODEL_NAME, tags={config.TAG_DVC_MD5: md5}
+    )
+    client.set_registered_model_alias(config.MODEL_NAME, config.CHAMPION_ALIAS, version.version)
+    return uri, client, str(version.version), md5
+
+
+def load_new_version(tmp_path, store, name: str, path: str, *params: str):
+    """Make CONTRACT_CASES[name] a new data version and run load_data on it.
+
+    ``path`` is how load_data finds it: ``workspace`` (data/ present), ``cache`` (data/
+    removed, the DVC cache has it), ``remote`` (only a DVC remote has it: `dvc push`, then
+    data/ and the cache removed) or ``download`` (none; fed through source_url).
+    Returns (mlflow run result, project, snapshot before the run, the load_data run).
+    """
+    uri, client, _, _ = store
+    project = copy_project(tmp_path / "project")
+    payload = csv(CONTRACT_CASES[name].build())
+    new_data_version(project, payload, name)
+    args = ["--experiment-name", config.EXPERIMENT_NAME, "--run-name", f"{name}-{path}"]
+    if path == "remote":
+        for dvc_args in (
+            ["remote", "add", "-q", "-d", "store", str(tmp_path / "dvc-remote")],
+            ["push", "-q"],
+        ):
+            done = run_cmd([sys.executable, "-m", "dvc", *dvc_args], project, dict(os.environ))
+            assert done.returncode == 0, done.stderr
+        commit(project, "DVC remote")
+        shutil.rmtree(project / ".dvc" / "cache")
+    if path in ("cache", "download", "remote"):
+        shutil.rmtree(project / "data")
+    if path == "download":
+        shutil.rmtree(project / ".dvc" / "cache")
+        (tmp_path / "housing.csv").write_bytes(payload)
+        args += ["-P", f"source_url={(tmp_path / 'housing.csv').as_uri()}"]
+    for param in params:
+        args += ["-P", param]
+    before = snapshot(project)
+    result = run_cmd(
+        mlflow_run_local("load_data", *args), cwd=project, env=project_env(uri), timeout=300
+    )
+    experiment = client.get_experiment_by_name(config.EXPERIMENT_NAME)
+    runs = client.search_runs(
+        [experiment.experiment_id],
+        f"attributes.run_name = '{name}-{path}'",
+        run_view_type=ViewType.ALL,
+    )
+    assert len(runs) == 1
+    return result, project, before, runs[0]
+
+
+def artifact_paths(client, run_id: str, path: str) -> set[str]:
+    return {f.path for f in client.list_artifacts(run_id, path)}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("name", "path"),
+    [
+        ("three_rows", "workspace"),
+        ("doubled_table", "cache"),
+        ("income_unit_x10", "download"),
+        ("truncated_at_90_percent", "workspace"),
+        ("target_in_thousands", "remote"),
+    ],
+)
+def test_contract_stops_a_bad_version_before_anything_is_written(
+    tmp_path, contract_store, name, path
+):
+    _, client, champion, _ = contract_store
+    result, project, before, run = load_new_version(tmp_path, contract_store, name, path)
+    assert result.returncode != 0
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1, result.stderr[-3000:]
+    assert re.fullmatch("error: load_data: " + CONTRACT_CASES[name].line, errors[0]), errors[0]
+    assert "Traceback" not in result.stderr, result.stderr[-3000:]
+    assert run.info.status == "FAILED"
+    assert run.data.tags["data_contract.status"] == "failed"
+    assert run.data.tags["data_contract.reference"].startswith("the champion's data")
+    # the report is on the failed run, so every broken rule can be read there
+    assert "data_report/report.md" in artifact_paths(client, run.info.run_id, "data_report")
+    running = client.search_runs(
+        [e.experiment_id for e in client.search_experiments(view_type=ViewType.ALL)],
+        "attributes.status = 'RUNNING'",
+        run_view_type=ViewType.ALL,
+    )
+    assert not running
+    alias = client.get_model_version_by_alias(config.MODEL_NAME, config.CHAMPION_ALIAS)
+    assert str(alias.version) == champion
+    # data/ and the DVC cache exactly as before the run (absent stays absent)
+    assert snapshot(project) == before
+    assert (project / "data").exists() == (path == "workspace")
+    if path == "remote":
+        assert not (project / ".dvc" / "cache").exists()
+    assert not list(project.glob(".acquire-*"))
+
+
+@pytest.mark.slow
+def test_legitimate_version_passes_and_is_checked_out(tmp_path, contract_store):
+    """5% more rows of the same population, shuffled, columns reordered: load_data passes,
+    checks data/ out of the DVC cache and logs the data report."""
+    uri, client, _, _ = contract_store
+    name = "five_percent_more_rows_shuffled_reordered"
+    result, project, _, run = load_new_version(tmp_path, contract_store, name, "cache")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert run.info.status == "FINISHED"
+    assert run.data.tags["data_contract.status"] == "passed"
+    assert run.data.tags["data_contract.accept_drift"] == "false"
+    assert run.data.tags["data_contract.reference"].startswith("the champion's data")
+    assert run.data.tags[config.TAG_DATA_SOURCE] == "dvc-cache"
+    assert (project / "data" / "housing.csv").read_bytes() == csv(CONTRACT_CASES[name].build())
+    assert artifact_paths(client, run.info.run_id, "data_report") == {
+        "data_report/report.md",
+        "data_report/histograms.png",
+        "data_report/profile.json",
+    }
+    mlflow.set_tracking_uri(uri)
+    report = mlflow.artifacts.load_text(f"runs:/{run.info.run_id}/data_report/report.md")
+    assert "contract: **passed**" in report
+    assert "## Drift against the reference" in report
+
+
+@pytest.mark.slow
+def test_accepted_drift_passes_with_warning_and_tag(tmp_path, contract_store):
+    _, client, champion, _ = contract_store
+    result, _, _, run = load_new_version(
+        tmp_path, contract_store, "income_unit_x10", "workspace", "accept_drift=true"
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert run.info.status == "FINISHED"
+    assert run.data.tags["data_contract.accept_drift"] == "true"
+    assert run.data.tags["data_contract.status"] == "warnings"
+    assert re.match(
+        r"rule feature_psi, column 'median_income': PSI \d+\.\d{3} > 0\.1",
+        run.data.tags["data_contract.warnings"],
+    )
+    assert "[load_data] warning: rule feature_psi, column 'median_income'" in result.stderr
     alias = client.get_model_version_by_alias(config.MODEL_NAME, config.CHAMPION_ALIAS)
     assert str(alias.version) == champion

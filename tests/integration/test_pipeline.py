@@ -102,6 +102,16 @@ def test_load_data_logs_verified_dataset(sqlite_pipeline):
     assert run.data.tags[config.TAG_FILE_MD5] == "d1c47305887e2252bf1ccbd74ff159a6"
     assert run.data.metrics["n_rows"] == 20640
     assert run.data.metrics["n_missing_total_bedrooms"] == 207
+    # the data contract ran (first load: no reference) and its report is on the run
+    assert run.data.tags["data_contract.status"] == "passed"
+    assert run.data.tags["data_contract.accept_drift"] == "false"
+    assert run.data.tags["data_contract.reference"].startswith("none")
+    report = {f.path for f in client.list_artifacts(run.info.run_id, "data_report")}
+    assert report == {
+        "data_report/report.md",
+        "data_report/histograms.png",
+        "data_report/profile.json",
+    }
     # the download landed in the workspace and the DVC cache, hash-verified
     assert (project / "data" / "housing.csv").exists()
     assert any((project / ".dvc" / "cache").rglob("*.dir"))

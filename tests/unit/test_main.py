@@ -22,6 +22,7 @@ from steps.main import (
 
 OPTS = {
     "source_url": "",
+    "accept_drift": False,
     "test_size": 0.2,
     "split_seed": 42,
     "split_strategy": "income_stratified",
@@ -57,7 +58,7 @@ def test_params_are_compared_as_mlflow_stores_them():
 
 
 def test_step_params_carry_upstream_and_only_the_step_options():
-    assert step_params("load_data", None, OPTS) == {"source_url": ""}
+    assert step_params("load_data", None, OPTS) == {"source_url": "", "accept_drift": "false"}
     params = step_params("train", "run123", OPTS)
     assert params == {
         "model_kind": "hgb",
