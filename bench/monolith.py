@@ -2,7 +2,7 @@
 
 Same work as ``mlflow run . -e main`` on a cold store, minus the step boundaries: read and
 validate housing.csv, split it, fit the same sklearn Pipeline (steps.features + steps.models
-via steps.train.build_pipeline), score it, log params/metrics/input dataset/model/evaluation
+via steps.models.build_pipeline), score it, log params/metrics/input dataset/model/evaluation
 into one run and register the model, setting ``champion`` or ``challenger`` like register does.
 No subprocesses, no artifact hand-off between steps, no DVC.
 
@@ -42,7 +42,7 @@ def fit(raw: Any, model_kind: str) -> tuple[Any, Any, Any, dict[str, float]]:
     train_df, test_df = preprocess.split_data(
         raw, config.DEFAULT_TEST_SIZE, config.DEFAULT_SPLIT_SEED, config.DEFAULT_SPLIT_STRATEGY
     )
-    pipeline = train.build_pipeline(
+    pipeline = models.build_pipeline(
         features.build_preprocessor(), models.build_estimator(model_kind)
     )
     pipeline, metrics = train.fit_and_score(pipeline, train_df, test_df)
@@ -53,7 +53,7 @@ def log_run(raw: Any, csv: Path, fitted: tuple[Any, Any, Any, dict[str, float]],
     """One MLflow run with what the step runs log between them; returns its id."""
     import mlflow
 
-    from steps import config, lineage, models, preprocess, runtime, train
+    from steps import config, lineage, models, runtime, schema, train
 
     pipeline, train_df, test_df, metrics = fitted
     mlflow.set_experiment(EXPERIMENT)
@@ -69,7 +69,7 @@ def log_run(raw: Any, csv: Path, fitted: tuple[Any, Any, Any, dict[str, float]],
         mlflow.log_input(dataset, context="raw")
         mlflow.log_metrics(metrics)
         lineage.log_split_inputs(train_df, test_df)
-        train.log_model(pipeline, preprocess.features_and_target(train_df)[0])
+        train.log_model(pipeline, schema.features_and_target(train_df)[0])
         if hasattr(train, "log_evaluation"):  # the train step's evaluation report, if it has one
             train.log_evaluation(pipeline, test_df, metrics)
         return run.info.run_id

@@ -6,7 +6,8 @@ Entry points (one per MLproject entry; each is a click command over a pure core)
 ``load_data``, ``preprocess``, ``train``, ``register``, ``promote``, ``main``, ``tune``,
 ``serve``, ``predict``.
 
-Library modules (imported by entry points, never the other way round):
+Library modules (imported by entry points; entry points do not import each other, except
+``predict``, which still takes registry resolution from ``serve``):
 
 - ``config``: names, paths, defaults; ``hyperparams``: model kinds and their defaults
 - ``schema``: the raw table's declared rules and thresholds; ``contract``: table rules and

@@ -278,6 +278,9 @@ class HousingFeatures(TransformerMixin, BaseEstimator, auto_wrap_output_keys=Non
         return np.column_stack([numeric, *ratios, *rotated, *onehot, stats])
 
 
+MIN_TEST_ROWS = 2  # R² is undefined on one row
+
+
 def min_fit_rows(
     neighbors: tuple[int, ...] = DEFAULT_NEIGHBORS, oof_folds: int = DEFAULT_OOF_FOLDS
 ) -> int:

@@ -7,6 +7,8 @@ splits as MLflow datasets with contexts ``train``/``test``.
 
 from __future__ import annotations
 
+from typing import Any
+
 import pandas as pd
 
 from steps import config, runtime
@@ -70,3 +72,24 @@ def log_split_inputs(train: pd.DataFrame, test: pd.DataFrame) -> None:
     for context, part in (("train", train), ("test", test)):
         dataset = split_dataset(part, context)
         runtime.with_unique_race_retry(lambda d=dataset, c=context: mlflow.log_input(d, context=c))
+
+
+def read_preprocess_outputs(run_id: str) -> tuple[pd.DataFrame, pd.DataFrame, Any]:
+    """A preprocess run's train/test splits and its fitted preprocessor (skops, trusted types)."""
+    import tempfile
+
+    import mlflow
+    import skops.io
+
+    from steps import models
+
+    with tempfile.TemporaryDirectory() as tmp:
+        root = mlflow.artifacts.download_artifacts(run_id=run_id, dst_path=tmp)
+        splits = f"{root}/{config.SPLITS_ARTIFACT_DIR}"
+        train = pd.read_parquet(f"{splits}/{config.TRAIN_SPLIT_FILE}")
+        test = pd.read_parquet(f"{splits}/{config.TEST_SPLIT_FILE}")
+        preprocessor = skops.io.load(
+            f"{root}/{config.PREPROCESSOR_ARTIFACT}/{config.PREPROCESSOR_FILE}",
+            trusted=list(models.SKOPS_TRUSTED_TYPES),
+        )
+    return train, test, preprocessor

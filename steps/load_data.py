@@ -36,7 +36,6 @@ from typing import Any
 
 import click
 import pandas as pd
-import yaml
 
 from steps import config, contract, runtime, schema
 from steps.runtime import StepError
@@ -94,16 +93,6 @@ def extract_csv(blob: bytes, name: str) -> bytes:
 
 
 # --- I/O ------------------------------------------------------------------------------------
-def expected_md5(root: Path) -> str:
-    """The md5 data.dvc records for ``data/``."""
-    path = config.dvc_file(root)
-    try:
-        outs = yaml.safe_load(path.read_text())["outs"]
-        return next(o["md5"] for o in outs if o["path"] == config.DATA_DIR_NAME)
-    except (OSError, KeyError, TypeError, StopIteration, yaml.YAMLError) as exc:
-        raise StepError(f"{path} is missing or does not track {config.DATA_DIR_NAME}/") from exc
-
-
 def dvc_md5(data_dir: Path) -> str:
     """DVC's own directory hash of ``data_dir`` (computed in memory; nothing is cached)."""
     from dvc_data.hashfile.build import build
@@ -141,7 +130,7 @@ def read_from_dvc(root: Path) -> tuple[bytes, str] | None:
     from dvc.fs import DVCFileSystem
 
     repo = _dvc_repo(root)
-    in_cache = repo.cache.local.exists(expected_md5(root))
+    in_cache = repo.cache.local.exists(runtime.expected_md5(root))
     has_remote = bool(repo.config.get("core", {}).get("remote"))
     if not (in_cache or has_remote):
         return None
@@ -179,7 +168,7 @@ def acquire(root: Path, source_url: str, gate: Gate) -> tuple[pd.DataFrame, str,
     ``gate`` (the data contract) sees every version before it is written to ``data/`` or
     the DVC cache, and stops the load by raising.
     """
-    want = expected_md5(root)
+    want = runtime.expected_md5(root)
     data_dir = config.data_dir(root)
 
     if config.raw_data_path(root).exists():
@@ -353,7 +342,7 @@ def cli(source_url: str, accept_drift: bool) -> None:
     import mlflow
 
     root = config.PROJECT_ROOT
-    md5 = expected_md5(root)
+    md5 = runtime.expected_md5(root)
     reference = find_reference(mlflow.active_run().info.experiment_id)
     df, origin, file_md5 = acquire(
         root, source_url, lambda new: run_contract(new, md5, reference, accept_drift)

@@ -34,7 +34,6 @@ import click
 
 from steps import config, fingerprint, runtime
 from steps.hyperparams import DEFAULT_HYPERPARAMS, hyperparameter_options
-from steps.load_data import expected_md5
 from steps.runtime import StepError
 
 STEP = "main"
@@ -500,7 +499,7 @@ def run_pipeline(env_manager: str, use_cache: bool, opts: dict[str, Any]) -> Non
     # their source file:///tmp/…; give them the parent's (the URL the user ran, #subdir kept).
     source_name = client.get_run(parent.info.run_id).data.tags.get("mlflow.source.name")
     git = runtime.git_state()
-    data_md5 = expected_md5(config.PROJECT_ROOT)
+    data_md5 = runtime.expected_md5(config.PROJECT_ROOT)
     mlflow.set_tags(
         {
             config.TAG_STEP: STEP,

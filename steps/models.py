@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 from lightgbm import LGBMRegressor
-from sklearn.base import RegressorMixin
+from sklearn.base import RegressorMixin, clone
 from sklearn.compose import TransformedTargetRegressor
 from sklearn.ensemble import HistGradientBoostingRegressor, RandomForestRegressor
 from sklearn.linear_model import Ridge
@@ -143,3 +143,12 @@ def build_estimator(kind: str = DEFAULT_MODEL_KIND, **hyperparams: Any) -> Regre
         valid = ", ".join(DEFAULT_HYPERPARAMS)
         raise ValueError(f"unknown hyperparameters {unknown}; expected some of {valid}")
     return _BUILDERS[kind]({**DEFAULT_HYPERPARAMS, **hyperparams})
+
+
+def build_pipeline(preprocessor: Any, estimator: Any) -> Pipeline:
+    """One pipeline from raw rows to dollars; the preprocessor is cloned (refitted inside).
+
+    Refitting inside the pipeline keeps out-of-fold target features honest: Pipeline.fit
+    calls fit_transform, which computes them out of fold, exactly as at preprocess time.
+    """
+    return Pipeline([("preprocess", clone(preprocessor)), ("model", estimator)])

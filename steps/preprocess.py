@@ -21,10 +21,10 @@ from sklearn.model_selection import train_test_split
 
 from steps import config, features, lineage, runtime, schema
 from steps.runtime import StepError
+from steps.schema import features_and_target
 
 STEP = "preprocess"
 INCOME_BINS: tuple[float, ...] = (0.0, 1.5, 3.0, 4.5, 6.0, np.inf)
-MIN_TEST_ROWS = 2  # R² is undefined on one row
 
 
 # --- pure core ----------------------------------------------------------------------------
@@ -60,12 +60,12 @@ def check_splittable(df: pd.DataFrame, test_size: float, strategy: str) -> None:
     n = len(df)
     n_test = int(np.ceil(test_size * n))
     need = features.min_fit_rows()
-    if n - n_test < need or n_test < MIN_TEST_ROWS:
+    if n - n_test < need or n_test < features.MIN_TEST_ROWS:
         raise StepError(
             f"{n} rows are too few: a {test_size:g} test split leaves {n - n_test} training "
             f"rows and {n_test} test rows; the preprocessor ({features.DEFAULT_OOF_FOLDS} "
             f"out-of-fold folds, up to {max(features.DEFAULT_NEIGHBORS)} neighbours) needs "
-            f"{need} training rows and scoring needs {MIN_TEST_ROWS} test rows"
+            f"{need} training rows and scoring needs {features.MIN_TEST_ROWS} test rows"
         )
     if strategy == "income_stratified":
         strata = income_category(df["median_income"]).value_counts()
@@ -75,10 +75,6 @@ def check_splittable(df: pd.DataFrame, test_size: float, strategy: str) -> None:
                 f"{strata.min()} row(s) (each of the {len(strata)} bands needs 2, and each "
                 f"side of the split one per band); use split_strategy=random or more data"
             )
-
-
-def features_and_target(df: pd.DataFrame) -> tuple[pd.DataFrame, pd.Series]:
-    return df.loc[:, list(config.FEATURES)], df[config.TARGET]
 
 
 def fit_preprocessor(train: pd.DataFrame):

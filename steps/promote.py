@@ -21,8 +21,8 @@ import click
 import numpy as np
 
 from steps import config, registry, runtime
-from steps.preprocess import features_and_target
 from steps.runtime import StepError
+from steps.schema import features_and_target
 
 STEP = "promote"
 PREVIOUS = "previous"

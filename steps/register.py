@@ -27,8 +27,8 @@ import pandas as pd
 
 from steps import config, gate, lineage, registry, runtime
 from steps.gate import Scores, Thresholds, Verdict
-from steps.preprocess import features_and_target
 from steps.runtime import StepError
+from steps.schema import features_and_target
 
 STEP = "register"
 # A fresh version re-gates when the champion moved to an unrelated version while it was

@@ -55,6 +55,18 @@ def git_state(root: Path = config.PROJECT_ROOT) -> GitState:
     return GitState(commit=commit, dirty=commit is None or status is None or bool(status))
 
 
+def expected_md5(root: Path = config.PROJECT_ROOT) -> str:
+    """The md5 data.dvc records for ``data/``: the data version this checkout asks for."""
+    import yaml
+
+    path = config.dvc_file(root)
+    try:
+        outs = yaml.safe_load(path.read_text())["outs"]
+        return next(o["md5"] for o in outs if o["path"] == config.DATA_DIR_NAME)
+    except (OSError, KeyError, TypeError, StopIteration, yaml.YAMLError) as exc:
+        raise StepError(f"{path} is missing or does not track {config.DATA_DIR_NAME}/") from exc
+
+
 def dataset_source(uri: str) -> Any:
     """An MLflow dataset source for a URL or local path, chosen explicitly.
 

@@ -149,3 +149,8 @@ class DriftRules:
 
 TABLE_RULES = TableRules()
 DRIFT_RULES = DriftRules()
+
+
+def features_and_target(df: pd.DataFrame) -> tuple[pd.DataFrame, pd.Series]:
+    """A raw table split into the nine feature columns and the target (dollars)."""
+    return df.loc[:, list(config.FEATURES)], df[config.TARGET]

@@ -16,36 +16,26 @@ price band, ``summary.md``) and MLflow's regressor metrics prefixed ``eval_test_
 
 from __future__ import annotations
 
-import tempfile
 import time
 from typing import Any
 
 import click
 import numpy as np
 import pandas as pd
-from sklearn.base import clone
 from sklearn.metrics import mean_absolute_error, mean_squared_error, r2_score
 from sklearn.pipeline import Pipeline
 
 from steps import config, features, lineage, models, report, runtime
 from steps.hyperparams import hyperparameter_options
-from steps.preprocess import MIN_TEST_ROWS, features_and_target
+from steps.models import build_pipeline
 from steps.runtime import StepError
+from steps.schema import features_and_target
 
 STEP = "train"
 EVALUATION_DIR = "evaluation"
 
 
 # --- pure core ----------------------------------------------------------------------------
-def build_pipeline(preprocessor: Any, estimator: Any) -> Pipeline:
-    """One pipeline from raw rows to dollars; the preprocessor is cloned (refitted inside).
-
-    Refitting inside the pipeline keeps out-of-fold target features honest: Pipeline.fit
-    calls fit_transform, which computes them out of fold, exactly as at preprocess time.
-    """
-    return Pipeline([("preprocess", clone(preprocessor)), ("model", estimator)])
-
-
 def regression_metrics(y_true: pd.Series, y_pred: np.ndarray, prefix: str) -> dict[str, float]:
     return {
         f"{prefix}_rmse": float(np.sqrt(mean_squared_error(y_true, y_pred))),
@@ -57,11 +47,12 @@ def regression_metrics(y_true: pd.Series, y_pred: np.ndarray, prefix: str) -> di
 def check_trainable(train: pd.DataFrame, test: pd.DataFrame, preprocessor: Any) -> None:
     """Refuse splits too small for the preprocessor's own settings, with one clear line."""
     need = features.min_fit_rows(preprocessor.neighbors, preprocessor.oof_folds)
-    if len(train) < need or len(test) < MIN_TEST_ROWS:
+    if len(train) < need or len(test) < features.MIN_TEST_ROWS:
         raise StepError(
             f"{len(train)} training / {len(test)} test rows are too few: the preprocessor "
             f"({preprocessor.oof_folds} out-of-fold folds, up to {max(preprocessor.neighbors)} "
-            f"neighbours) needs {need} training rows and scoring needs {MIN_TEST_ROWS} test rows"
+            f"neighbours) needs {need} training rows and scoring needs "
+            f"{features.MIN_TEST_ROWS} test rows"
         )
 
 
@@ -87,22 +78,6 @@ def input_example(X: pd.DataFrame) -> pd.DataFrame:
 
 
 # --- click glue ---------------------------------------------------------------------------
-def read_preprocess_outputs(run_id: str) -> tuple[pd.DataFrame, pd.DataFrame, Any]:
-    import mlflow
-    import skops.io
-
-    with tempfile.TemporaryDirectory() as tmp:
-        root = mlflow.artifacts.download_artifacts(run_id=run_id, dst_path=tmp)
-        splits = f"{root}/{config.SPLITS_ARTIFACT_DIR}"
-        train = pd.read_parquet(f"{splits}/{config.TRAIN_SPLIT_FILE}")
-        test = pd.read_parquet(f"{splits}/{config.TEST_SPLIT_FILE}")
-        preprocessor = skops.io.load(
-            f"{root}/{config.PREPROCESSOR_ARTIFACT}/{config.PREPROCESSOR_FILE}",
-            trusted=list(models.SKOPS_TRUSTED_TYPES),
-        )
-    return train, test, preprocessor
-
-
 def log_model(pipeline: Pipeline, X: pd.DataFrame):
     import mlflow
     from mlflow.models import infer_signature
@@ -173,7 +148,7 @@ def cli(upstream_run_id: str, model_kind: str, **hyperparams: Any) -> None:
 
     upstream = lineage.resolve_upstream(upstream_run_id, "preprocess")
     lineage.link(upstream)
-    train, test, preprocessor = read_preprocess_outputs(upstream.info.run_id)
+    train, test, preprocessor = lineage.read_preprocess_outputs(upstream.info.run_id)
     check_trainable(train, test, preprocessor)
     estimator = models.build_estimator(model_kind, **hyperparams)
     runtime.echo(STEP, f"fitting {model_kind} on {len(train)} rows")

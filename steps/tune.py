@@ -19,8 +19,8 @@ import pandas as pd
 from sklearn.model_selection import KFold, cross_val_score
 
 from steps import config, lineage, models, runtime
-from steps.preprocess import features_and_target
-from steps.train import build_pipeline, read_preprocess_outputs
+from steps.models import build_pipeline
+from steps.schema import features_and_target
 
 STEP = "tune"
 DEFAULT_N_TRIALS = 8
@@ -89,7 +89,7 @@ def cli(upstream_run_id: str, model_kind: str, n_trials: int, cv_folds: int, see
 
     upstream = lineage.resolve_upstream(upstream_run_id, "preprocess")
     lineage.link(upstream)
-    train, _, preprocessor = read_preprocess_outputs(upstream.info.run_id)
+    train, _, preprocessor = lineage.read_preprocess_outputs(upstream.info.run_id)
     best: tuple[float, dict[str, Any]] | None = None
     for number, params in enumerate(sample_trials(n_trials, seed), start=1):
         with mlflow.start_run(run_name=f"trial-{number}", nested=True):

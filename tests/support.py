@@ -228,7 +228,7 @@ def housing_sample(csv: Path | None = None, n_rows: int | None = 2_000, seed: in
 def demo_pipeline(X: pd.DataFrame, y: np.ndarray, **hyperparams: Any):
     """Pipeline(preprocess, model) fitted like the train step, default model kind."""
     from steps import features
-    from steps.train import build_pipeline
+    from steps.models import build_pipeline
 
     estimator = models.build_estimator(models.DEFAULT_MODEL_KIND, **hyperparams)
     return build_pipeline(features.build_preprocessor(), estimator).fit(X, y)

@@ -8,9 +8,10 @@ import numpy as np
 import pytest
 
 from steps import config, features, models
+from steps.models import build_pipeline
 from steps.preprocess import split_data
 from steps.report import build_report, error_by, price_band
-from steps.train import build_pipeline, fit_and_score, input_example
+from steps.train import fit_and_score, input_example
 from tests.support import synthetic_housing
 
 
