@@ -1,21 +1,24 @@
 """Helpers shared by the tests and the benchmarks (a plain module: no fixtures here).
 
 Synthetic and real data, copies of the project as fresh git repos, `mlflow run` argv and
-environments, free loopback ports, waiting for HTTP, MLflow servers, and a demo model logged
-and registered like the train and register steps do. ``tests/conftest.py`` wraps some of
-these as fixtures; ``bench/`` imports them directly.
+environments, free loopback ports, waiting for HTTP, a static HTTP server, MLflow servers,
+and a demo model logged and registered like the train and register steps do.
+``tests/conftest.py`` wraps some of these as fixtures; ``bench/`` imports them directly.
 """
 
 from __future__ import annotations
 
 import contextlib
+import http.server
 import os
 import shutil
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -171,6 +174,36 @@ def stop(proc: subprocess.Popen) -> None:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+
+
+@contextlib.contextmanager
+def serve_directory(root: Path) -> Iterator[tuple[str, list[str]]]:
+    """A loopback HTTP server for the files under ``root``: yields (base URL, paths requested).
+
+    The paths are recorded as each request arrives, so a test can tell a download happened.
+    """
+    requested: list[str] = []
+
+    class Handler(http.server.SimpleHTTPRequestHandler):
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, directory=str(root), **kwargs)
+
+        def do_GET(self) -> None:
+            requested.append(self.path)
+            super().do_GET()
+
+        def log_message(self, format: str, *args: Any) -> None:  # keep test output clean
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}", requested
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join()
 
 
 def start_mlflow_server(

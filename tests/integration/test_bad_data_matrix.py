@@ -26,14 +26,12 @@ from __future__ import annotations
 
 import functools
 import gzip
-import http.server
 import io
 import os
 import re
 import shutil
 import sys
 import tarfile
-import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -57,6 +55,7 @@ from tests.support import (
     mlflow_run_local,
     project_env,
     run_cmd,
+    serve_directory,
 )
 
 pytestmark = pytest.mark.integration
@@ -232,15 +231,8 @@ def store_with_champion(tmp_path_factory):
 def http_root(tmp_path_factory):
     """A local HTTP server (for the 404 case); yields (directory, base URL)."""
     root = tmp_path_factory.mktemp("http")
-    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(root))
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", free_port()), handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield root, f"http://127.0.0.1:{server.server_address[1]}"
-    finally:
-        server.shutdown()
-        server.server_close()
+    with serve_directory(root) as (url, _):
+        yield root, url
 
 
 SOURCE_CASES = {  # where the data cannot be fetched at all

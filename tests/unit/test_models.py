@@ -83,15 +83,36 @@ def test_trusted_types_are_exactly_what_the_kinds_need(fitted_pipelines):
     assert needed == set(models.SKOPS_TRUSTED_TYPES)
 
 
-def test_fast_lightgbm_predict_matches_the_sklearn_wrapper(fitted_pipelines):
+@pytest.fixture(scope="module")
+def lightgbm_and_rows(fitted_pipelines) -> tuple[models.FastLGBMRegressor, np.ndarray]:
     pipe = fitted_pipelines["lightgbm"]
-    fast = pipe.named_steps["model"]
-    Z = pipe.named_steps["preprocess"].transform(_xy(synthetic_housing(seed=1))[0])
-    reference = LGBMRegressor.predict(fast, Z)  # the unpatched wrapper path
-    np.testing.assert_allclose(fast.predict(Z[:1]), reference[:1], rtol=1e-12)
-    np.testing.assert_allclose(fast.predict(Z), reference, rtol=1e-12)
+    rows = pipe.named_steps["preprocess"].transform(_xy(synthetic_housing(seed=1))[0])
+    assert isinstance(rows, np.ndarray)  # the fast path only takes numpy batches
+    return pipe.named_steps["model"], rows
+
+
+# 1 and 8: the online API's batches; 64: the last size on the fast path; 65: the first past it.
+@pytest.mark.parametrize("n_rows", [1, 8, models.SMALL_BATCH_ROWS, models.SMALL_BATCH_ROWS + 1])
+def test_fast_lightgbm_predict_matches_the_sklearn_wrapper(n_rows, lightgbm_and_rows):
+    fast, rows = lightgbm_and_rows
+    # Rows from the middle, so a batch that silently reused row 0 or the first n would differ.
+    batch = np.ascontiguousarray(rows[100 : 100 + n_rows])
+    reference = LGBMRegressor.predict(fast, batch)  # the unpatched wrapper path
+    assert len(np.unique(reference)) == n_rows  # distinct answers: a row mix-up would show
+    np.testing.assert_allclose(fast.predict(batch), reference, rtol=1e-12, atol=0)
+
+
+def test_fast_lightgbm_predict_is_not_fooled_by_non_numpy_or_narrow_input(lightgbm_and_rows):
+    fast, rows = lightgbm_and_rows
+    batch = rows[:8]
+    columns = [f"Column_{i}" for i in range(batch.shape[1])]  # LightGBM's default names
+    np.testing.assert_allclose(
+        fast.predict(pd.DataFrame(batch, columns=columns)),
+        LGBMRegressor.predict(fast, batch),
+        rtol=1e-12,
+    )
     with pytest.raises(LightGBMError, match="number of features"):  # booster checks width
-        fast.predict(Z[:1, :-1])
+        fast.predict(batch[:1, :-1])
 
 
 def test_unknown_kind_and_hyperparameter_are_rejected():

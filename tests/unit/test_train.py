@@ -6,6 +6,8 @@ import math
 
 import numpy as np
 import pytest
+from sklearn.exceptions import NotFittedError
+from sklearn.utils.validation import check_is_fitted
 
 from steps import config, features, models
 from steps.models import build_pipeline
@@ -25,13 +27,17 @@ def fitted():
     return pipeline, metrics, train, test
 
 
-def test_fit_and_score_reports_every_metric(fitted):
-    _, metrics, _, _ = fitted
-    for split in ("train", "test"):
-        for name in ("rmse", "mae", "r2"):
-            assert math.isfinite(metrics[f"{split}_{name}"])
+def test_fit_and_score_reports_every_metric_of_the_returned_pipeline(fitted):
+    pipeline, metrics, train, test = fitted
+    scores = {f"{split}_{name}" for split in ("train", "test") for name in ("rmse", "mae", "r2")}
+    assert set(metrics) == scores | {"fit_seconds"}
+    assert all(math.isfinite(value) for value in metrics.values())
+    # The scores are those of the pipeline handed back, on the right split each.
+    for split, frame in (("train", train), ("test", test)):
+        y, pred = frame[config.TARGET], pipeline.predict(frame.loc[:, list(config.FEATURES)])
+        assert metrics[f"{split}_rmse"] == pytest.approx(np.sqrt(np.mean((y - pred) ** 2)))
+        assert metrics[f"{split}_mae"] == pytest.approx(np.mean(np.abs(y - pred)))
     assert metrics["test_r2"] > 0.5  # the synthetic target is mostly income
-    assert metrics["fit_seconds"] > 0
 
 
 def test_pipeline_takes_raw_rows_with_missing_bedrooms(fitted):
@@ -42,9 +48,18 @@ def test_pipeline_takes_raw_rows_with_missing_bedrooms(fitted):
 
 
 def test_preprocessor_is_refitted_not_shared():
+    """Two pipelines built from one preprocessor learn their own neighbour statistics."""
     prototype = features.build_preprocessor()
-    pipeline = build_pipeline(prototype, models.build_estimator("linear"))
-    assert pipeline.named_steps["preprocess"] is not prototype
+    a = build_pipeline(prototype, models.build_estimator("linear"))
+    b = build_pipeline(prototype, models.build_estimator("linear"))
+    frame = synthetic_housing(300, seed=4)
+    X, y = frame.loc[:, list(config.FEATURES)], frame[config.TARGET]
+    a.fit(X, y)
+    b.fit(X, y * 3)  # a shared preprocessor would now hold b's statistics for both
+    with pytest.raises(NotFittedError):
+        check_is_fitted(prototype)
+    Z_a, Z_b = a.named_steps["preprocess"].transform(X), b.named_steps["preprocess"].transform(X)
+    assert not np.allclose(Z_a, Z_b)
 
 
 def test_report_tables_and_figures(fitted):
