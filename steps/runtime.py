@@ -3,8 +3,9 @@ the rule that a failure is one line on stderr, a non-zero exit and a run that is
 RUNNING.
 
 Tags written on every step run: ``pipeline.step``, ``pipeline.code_hash``
-(steps.fingerprint), ``git.dirty``, ``mlflow.runName`` (the step's name) and, when the run
-was not created by ``mlflow run`` (which sets it itself), ``mlflow.source.git.commit``.
+(steps.fingerprint), ``git.dirty``, ``mlflow.runName`` (the step's name, unless the user
+named the run) and, when the run was not created by ``mlflow run`` (which sets it itself),
+``mlflow.source.git.commit``.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import contextlib
 import functools
 import gc
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -169,6 +171,14 @@ def end_run_safely(status: str | None = None) -> bool:
     return True
 
 
+# MLflow's generated run names: predicate-noun-integer (mlflow.utils.name_utils).
+GENERATED_RUN_NAME = re.compile(r"[a-z]+-[a-z]+-\d{1,3}")
+
+
+def is_generated_name(name: str | None) -> bool:
+    return not name or GENERATED_RUN_NAME.fullmatch(name) is not None
+
+
 def skip_exit_collection() -> None:
     """Freeze the heap at interpreter exit, so CPython's finalisation skips its collections.
 
@@ -212,9 +222,11 @@ def step_run(step: str, params: dict[str, Any] | None = None) -> Iterator[Any]:
             config.TAG_STEP: step,
             config.TAG_CODE_HASH: fingerprint.code_hash(step),
             config.TAG_GIT_DIRTY: str(git.dirty).lower(),
-            # `mlflow run` names a standalone run at random; the step's name reads better.
-            "mlflow.runName": step,
         }
+        if is_generated_name(run.info.run_name):
+            # `mlflow run` without --run-name names a run at random; the step's name reads
+            # better. A name the user chose is kept.
+            tags["mlflow.runName"] = step
         if not launched_by_mlflow_run:
             if git.commit:
                 tags["mlflow.source.git.commit"] = git.commit

@@ -37,3 +37,14 @@ def test_skip_exit_collection_freezes_only_at_exit_and_keeps_hooks_and_exit_code
         "later hook ran",
         "frozen at exit: True",
     ]
+
+
+def test_only_generated_run_names_are_replaced_by_the_step_name():
+    from steps.runtime import is_generated_name
+
+    assert is_generated_name("skittish-eel-6")
+    assert is_generated_name("silent-pug-522")
+    assert is_generated_name(None)
+    assert not is_generated_name("three_rows-workspace")
+    assert not is_generated_name("nightly-retrain")
+    assert not is_generated_name("main · lightgbm · v5@champion")
