@@ -28,7 +28,7 @@ from tests.support import (
     kill_session,
 )
 
-pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.envmanager]
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
 BLOCK = re.compile(
     r"<!-- clean-shell-test: (?P<name>[\w-]+) -->\n```bash\n(?P<body>.*?)```", re.DOTALL
 )
@@ -159,6 +159,7 @@ def test_first_hour_block(shell, first_run):
     assert predictions["predicted_median_house_value"].between(10_000, 1_000_000).all()
 
 
+@pytest.mark.pyenv
 def test_activated_venv_block(shell, first_run):
     root = pyenv_root()
     result = shell.run(
