@@ -52,7 +52,8 @@ $(BIN)/.installed: requirements.lock requirements-dev.lock
 	    --require-hashes -r <(sed -n '/^uv==/,/^[^ ]/{/^uv==/p;/^ /p}' requirements-dev.lock); \
 	fi
 	@echo "installing the locked dependencies into .venv (uv pip install --require-hashes)"
-	@uv pip install --quiet --require-hashes --python $(BIN)/python -r requirements-dev.lock
+	@uv pip install --quiet --compile-bytecode --require-hashes --python $(BIN)/python \
+	  -r requirements-dev.lock
 	@touch $@
 
 setup: $(BIN)/.installed ## create .venv with the locked dependencies (requirements-dev.lock)

@@ -28,6 +28,17 @@ RAW_ARTIFACT_DIR = "raw"
 TRAIN_SPLIT_FILE = "train.parquet"
 TEST_SPLIT_FILE = "test.parquet"
 
+# What a logged model needs to load and predict, pinned as requirements.lock pins them.
+LOCK_FILE = "requirements.lock"
+MODEL_PACKAGES: tuple[str, ...] = (
+    "mlflow",
+    "scikit-learn",
+    "lightgbm",
+    "skops",
+    "numpy",
+    "pandas",
+)
+
 # --- tags ---------------------------------------------------------------------------------
 TAG_UPSTREAM = "lineage.upstream_run_id"
 TAG_DVC_MD5 = "dataset.dvc_md5"

@@ -70,6 +70,20 @@ def fit_and_score(
     return pipeline, metrics
 
 
+def pinned_requirements(lock_text: str, packages: tuple[str, ...]) -> list[str]:
+    """``name==version`` for each package as the lock file pins it (no environment marker)."""
+    pins = {}
+    for line in lock_text.splitlines():
+        head = line.split("\\")[0].strip()
+        if "==" in head and ";" not in head and not head.startswith(("#", "-")):
+            name, version = head.split("==", 1)
+            pins[name.strip().lower()] = version.strip()
+    missing = [name for name in packages if name not in pins]
+    if missing:
+        raise StepError(f"requirements.lock pins no {', '.join(missing)}")
+    return [f"{name}=={pins[name]}" for name in packages]
+
+
 def input_example(X: pd.DataFrame) -> pd.DataFrame:
     """A few raw rows, one with total_bedrooms missing, so the schema shows it is optional."""
     example = X.head(5).copy()
@@ -83,6 +97,7 @@ def log_model(pipeline: Pipeline, X: pd.DataFrame):
     from mlflow.models import infer_signature
 
     example = input_example(X)
+    lock = (config.PROJECT_ROOT / config.LOCK_FILE).read_text()
     return mlflow.sklearn.log_model(
         pipeline,
         name=config.MODEL_ARTIFACT,
@@ -93,6 +108,9 @@ def log_model(pipeline: Pipeline, X: pd.DataFrame):
         code_paths=[str(config.PROJECT_ROOT / "steps")],
         signature=infer_signature(example, pipeline.predict(example)),
         input_example=example,
+        # Stated, not inferred: MLflow's inference imports the model in a subprocess (~6 s
+        # per train run) and picks up whatever else the process had loaded.
+        pip_requirements=pinned_requirements(lock, config.MODEL_PACKAGES),
     )
 
 

@@ -85,3 +85,18 @@ def test_error_by_and_price_bands():
     assert table.loc["100k–200k", "bias"] == pytest.approx(5_000.0)
     assert table.loc["0k–100k", "rmse"] == pytest.approx(10_000.0)
     assert table.loc["500k+", "mae"] == 0
+
+
+def test_model_requirements_are_the_lock_files_pins():
+    from importlib.metadata import version
+
+    from steps import config
+    from steps.runtime import StepError
+    from steps.train import pinned_requirements
+
+    lock = (config.PROJECT_ROOT / config.LOCK_FILE).read_text()
+    pins = pinned_requirements(lock, config.MODEL_PACKAGES)
+    # what this environment runs is what the model will ask for
+    assert pins == [f"{name}=={version(name)}" for name in config.MODEL_PACKAGES]
+    with pytest.raises(StepError, match="pins no not-a-package"):
+        pinned_requirements(lock, ("mlflow", "not-a-package"))
