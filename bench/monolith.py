@@ -68,10 +68,9 @@ def log_run(raw: Any, csv: Path, fitted: tuple[Any, Any, Any, dict[str, float]],
         )
         mlflow.log_input(dataset, context="raw")
         mlflow.log_metrics(metrics)
-        lineage.log_split_inputs(train_df, test_df)
+        datasets = lineage.log_split_inputs(train_df, test_df)
         train.log_model(pipeline, schema.features_and_target(train_df)[0])
-        if hasattr(train, "log_evaluation"):  # the train step's evaluation report, if it has one
-            train.log_evaluation(pipeline, test_df, metrics)
+        train.log_evaluation(pipeline, test_df, datasets["test"], metrics)
         return run.info.run_id
 
 

@@ -66,12 +66,16 @@ def split_dataset(part: pd.DataFrame, context: str):
     )
 
 
-def log_split_inputs(train: pd.DataFrame, test: pd.DataFrame) -> None:
+def log_split_inputs(train: pd.DataFrame, test: pd.DataFrame) -> dict[str, Any]:
+    """Log both splits as the run's inputs; returns the datasets by context, so a step that
+    also logs metrics or evaluations against them reuses them (MLflow infers a dataset's
+    schema anew for every new object: ~0.2 s per split)."""
     import mlflow
 
-    for context, part in (("train", train), ("test", test)):
-        dataset = split_dataset(part, context)
+    datasets = {"train": split_dataset(train, "train"), "test": split_dataset(test, "test")}
+    for context, dataset in datasets.items():
         runtime.with_unique_race_retry(lambda d=dataset, c=context: mlflow.log_input(d, context=c))
+    return datasets
 
 
 def read_preprocess_outputs(run_id: str) -> tuple[pd.DataFrame, pd.DataFrame, Any]:

@@ -114,9 +114,7 @@ def log_model(pipeline: Pipeline, X: pd.DataFrame):
     )
 
 
-def log_metrics(
-    metrics: dict[str, float], model_id: str, train: pd.DataFrame, test: pd.DataFrame
-) -> None:
+def log_metrics(metrics: dict[str, float], model_id: str, datasets: dict[str, Any]) -> None:
     """Metrics on the run, the logged model and the split they were computed on.
 
     Linking them to the model makes ``mlflow.search_logged_models(order_by=...)`` rank every
@@ -124,18 +122,19 @@ def log_metrics(
     """
     import mlflow
 
-    per_split = {"train": train, "test": test}
-    for split, part in per_split.items():
+    for split, dataset in datasets.items():
         mlflow.log_metrics(
             {k: v for k, v in metrics.items() if k.startswith(f"{split}_")},
             model_id=model_id,
-            dataset=lineage.split_dataset(part, split),
+            dataset=dataset,
         )
-    rest = {k: v for k, v in metrics.items() if not k.startswith(tuple(per_split))}
+    rest = {k: v for k, v in metrics.items() if not k.startswith(tuple(datasets))}
     mlflow.log_metrics(rest, model_id=model_id)
 
 
-def log_evaluation(pipeline: Pipeline, test: pd.DataFrame, metrics: dict[str, float]) -> None:
+def log_evaluation(
+    pipeline: Pipeline, test: pd.DataFrame, test_dataset: Any, metrics: dict[str, float]
+) -> None:
     """The evaluation report under ``evaluation/`` plus MLflow's regressor evaluation."""
     import mlflow
 
@@ -150,7 +149,7 @@ def log_evaluation(pipeline: Pipeline, test: pd.DataFrame, metrics: dict[str, fl
         lambda: mlflow.models.evaluate(
             model=pipeline.predict,
             # the same named dataset as the logged test split, so no anonymous duplicate
-            data=lineage.split_dataset(test, "test"),
+            data=test_dataset,
             model_type="regressor",
             evaluator_config={"metric_prefix": "eval_test_", "log_model_explainability": False},
         )
@@ -177,11 +176,11 @@ def cli(upstream_run_id: str, model_kind: str, **hyperparams: Any) -> None:
         f"({metrics['fit_seconds']:.1f} s)",
     )
     mlflow.set_tag("model.kind", model_kind)
-    lineage.log_split_inputs(train, test)
+    datasets = lineage.log_split_inputs(train, test)
     model_info = log_model(pipeline, features_and_target(train)[0])
     mlflow.set_tag(config.TAG_LOGGED_MODEL, model_info.model_id)
-    log_metrics(metrics, model_info.model_id, train, test)
-    log_evaluation(pipeline, test, metrics)
+    log_metrics(metrics, model_info.model_id, datasets)
+    log_evaluation(pipeline, test, datasets["test"], metrics)
 
 
 if __name__ == "__main__":
