@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -108,6 +109,20 @@ def comparable_rows(candidate_test: pd.DataFrame, champion_train: pd.DataFrame) 
     """The candidate's test rows the champion was not trained on (the candidate never was)."""
     seen = row_keys(champion_train)
     return candidate_test.loc[~np.isin(row_keys(candidate_test), seen)]
+
+
+def rmse(actual: Any, predicted: Any) -> float:
+    """Root mean squared error in dollars; the one metric every gate score uses."""
+    error = np.asarray(predicted, dtype=float) - np.asarray(actual, dtype=float)
+    return float(np.sqrt(np.mean(error**2)))
+
+
+def prediction_table(test: pd.DataFrame, predicted: Any, baseline_predicted: Any) -> pd.DataFrame:
+    """The raw test rows with the candidate's and the baseline's predictions beside them."""
+    table = test.loc[:, list(config.RAW_COLUMNS)].reset_index(drop=True)
+    table[config.PREDICTION_COLUMN] = np.asarray(predicted, dtype=float)
+    table[config.BASELINE_PREDICTION_COLUMN] = np.asarray(baseline_predicted, dtype=float)
+    return table
 
 
 def baseline_model():

@@ -20,7 +20,7 @@ from __future__ import annotations
 import click
 import numpy as np
 
-from steps import config, registry, runtime
+from steps import config, gate, registry, runtime
 from steps.runtime import StepError
 from steps.schema import features_and_target
 
@@ -69,7 +69,7 @@ def check_servable(model_name: str, version) -> float:
         ) from exc
     if not np.isfinite(predicted).all():
         raise StepError(f"{label} predicts non-finite values on its test rows")
-    return float(np.sqrt(np.mean((predicted - y.to_numpy()) ** 2)))
+    return gate.rmse(y, predicted)
 
 
 @click.command(help="Move @champion to a version (or back to the previous one), with a reason.")

@@ -13,8 +13,8 @@ if it has none.
 Out (MLflow run): tags ``lineage.upstream_run_id``, ``dataset.dvc_md5``, ``registry.version``,
 ``registry.alias``, ``registry.verdict``, ``registry.reason``, ``registry.reused_version``,
 ``registry.model_name`` and, when the champion moved, ``registry.champion_from``/``_to``;
-metrics ``test_rmse``, ``gate_rows``, ``gate_{candidate,champion,baseline}_rmse`` (and the
-``gate_*_`` metrics of ``mlflow.models.evaluate``); a markdown description with the verdict.
+metrics ``test_rmse``, ``gate_rows``, ``gate_{candidate,champion,baseline}_rmse``; input
+dataset ``gate_comparable_rows`` (context ``gate``); a markdown description with the verdict.
 """
 
 from __future__ import annotations
@@ -112,50 +112,40 @@ def summary_markdown(
 
 
 # --- I/O + MLflow -------------------------------------------------------------------------
-def rmse_by_evaluate(predict: Any, rows: pd.DataFrame, prefix: str) -> float:
-    """RMSE through ``mlflow.models.evaluate`` (its metrics land on the register run)."""
+def score_champion(pipeline: Any, rows: pd.DataFrame, label: str) -> float:
+    """The champion's RMSE on ``rows``; a champion that cannot score them is a clear error."""
+    X, y = features_and_target(rows)
+    try:
+        return gate.rmse(y, pipeline.predict(X))
+    except Exception as exc:  # any failure to predict means it cannot be compared
+        raise StepError(
+            f"{label} cannot score the comparison rows: {runtime.one_line(exc, 200)}"
+        ) from exc
+
+
+def log_comparable_rows(rows: pd.DataFrame) -> None:
+    """The rows the gate compared on, as the register run's input (context ``gate``)."""
     import mlflow
 
-    # One dataset for all three models: the same rows, so the same digest.
-    data = mlflow.data.from_pandas(
-        rows.reset_index(drop=True), targets=config.TARGET, name="gate_comparable_rows"
+    dataset = mlflow.data.from_pandas(
+        rows.loc[:, list(config.RAW_COLUMNS)].reset_index(drop=True),
+        targets=config.TARGET,
+        name="gate_comparable_rows",
     )
-    result = runtime.with_unique_race_retry(
-        lambda: mlflow.models.evaluate(
-            model=predict,
-            data=data,
-            model_type="regressor",
-            evaluator_config={
-                "metric_prefix": f"gate_{prefix}_",
-                "log_model_explainability": False,
-            },
-        )
-    )
-    return float(result.metrics[f"gate_{prefix}_root_mean_squared_error"])
+    runtime.with_unique_race_retry(lambda: mlflow.log_input(dataset, context="gate"))
 
 
-def score(predict: Any, rows: pd.DataFrame, prefix: str, who: str) -> float:
-    """RMSE of ``predict`` on ``rows``; a model that cannot score them is a clear error."""
-    from mlflow.exceptions import MlflowException
+def run_gate(client, model_name: str, candidate_run_id: str, limits: Thresholds) -> GateResult:
+    """Score candidate, champion and baseline on the rows neither model trained on.
 
-    try:
-        return rmse_by_evaluate(predict, rows, prefix)
-    except (MlflowException, ValueError, KeyError, TypeError) as exc:
-        message = f"{who} cannot score the comparison rows: {runtime.one_line(exc, 200)}"
-        raise StepError(message) from exc
-
-
-def run_gate(
-    client, model_name: str, candidate: Any, candidate_run_id: str, limits: Thresholds
-) -> GateResult:
-    """Score candidate, champion and baseline on the rows neither model trained on."""
-    cand_train, cand_test = registry.read_splits(
-        candidate_run_id, config.TRAIN_SPLIT_FILE, config.TEST_SPLIT_FILE
-    )
+    The candidate's and the baseline's predictions on its test rows come from the train run
+    (``config.GATE_PREDICTIONS_FILE``); only the champion is loaded and asked to predict.
+    """
+    scored = registry.read_gate_predictions(candidate_run_id)
     champion = registry.champion_version(client, model_name)
     champion_pipeline = None
     if champion is None:
-        rows = cand_test
+        rows = scored
     else:
         label = f"champion v{champion.version}"
         champion_run = champion.tags.get(config.VERSION_TAG_TRAIN_RUN)
@@ -169,21 +159,23 @@ def run_gate(
             champion_pipeline = registry.load_model_uri(f"models:/{model_name}/{champion.version}")
         except registry.ModelLoadError as exc:
             raise StepError(f"{label} cannot be loaded: {exc}") from exc
-        rows = gate.comparable_rows(cand_test, champion_train)
+        rows = gate.comparable_rows(scored, champion_train)
     champion_number = int(champion.version) if champion is not None else None
     if len(rows) == 0:
         scores = Scores(0, None, None, None)
         return GateResult(champion_number, scores, gate.decide(scores, limits, champion_number))
 
-    baseline = gate.baseline_model().fit(*features_and_target(cand_train))
-    cand_rmse = score(candidate.predict, rows, "candidate", "the candidate")
+    actual = rows[config.TARGET]
     champ_rmse = None
     if champion_pipeline is not None:
-        champ_rmse = score(
-            champion_pipeline.predict, rows, "champion", f"champion v{champion_number}"
-        )
-    base_rmse = score(baseline.predict, rows, "baseline", "the linear baseline")
-    scores = Scores(len(rows), cand_rmse, champ_rmse, base_rmse)
+        champ_rmse = score_champion(champion_pipeline, rows, f"champion v{champion_number}")
+    scores = Scores(
+        len(rows),
+        gate.rmse(actual, rows[config.PREDICTION_COLUMN]),
+        champ_rmse,
+        gate.rmse(actual, rows[config.BASELINE_PREDICTION_COLUMN]),
+    )
+    log_comparable_rows(rows)
     return GateResult(champion_number, scores, gate.decide(scores, limits, champion_number))
 
 
@@ -322,12 +314,8 @@ def cli(
         )
     else:
         reused = False
-        try:
-            candidate = registry.load_model_uri(f"models:/{model_id}")
-        except registry.ModelLoadError as exc:
-            raise StepError(f"the candidate model cannot be loaded: {exc}") from exc
         # Gate before registering: a champion that cannot be scored leaves the registry as it was.
-        result = run_gate(client, model_name, candidate, train_run_id, limits)
+        result = run_gate(client, model_name, train_run_id, limits)
         tags = {
             config.VERSION_TAG_TRAIN_RUN: train_run_id,
             config.VERSION_TAG_GIT_COMMIT: upstream.data.tags.get(
@@ -352,7 +340,7 @@ def cli(
         if not gate.is_stale(record, state.champion, state.records):
             break
         runtime.echo(STEP, f"champion moved to v{state.champion} while gating: gating again")
-        result = for_version(run_gate(client, model_name, candidate, train_run_id, limits), version)
+        result = for_version(run_gate(client, model_name, train_run_id, limits), version)
         write_gate(client, model_name, version, result, limits, "pending")
         state = registry.settle_champion(client, model_name)
 

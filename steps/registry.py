@@ -83,6 +83,25 @@ def load_model_uri(model_uri: str) -> Any:
 
 
 # --- lineage --------------------------------------------------------------------------------
+def read_gate_predictions(train_run_id: str) -> Any:
+    """The test rows a train run scored, with its and the baseline's predictions."""
+    import mlflow
+    import pandas as pd
+    from mlflow.exceptions import MlflowException
+
+    with tempfile.TemporaryDirectory(prefix="registry-predictions-") as tmp:
+        try:
+            path = mlflow.artifacts.download_artifacts(
+                run_id=train_run_id, artifact_path=config.GATE_PREDICTIONS_FILE, dst_path=tmp
+            )
+            return pd.read_parquet(path)
+        except (MlflowException, OSError) as exc:
+            raise StepError(
+                f"train run {train_run_id} has no {config.GATE_PREDICTIONS_FILE} "
+                f"({runtime.one_line(exc, 120)}): rerun train"
+            ) from exc
+
+
 def read_splits(train_run_id: str, *names: str) -> list[Any]:
     """The preprocess splits (``train.parquet``/``test.parquet``) a train run was fitted on."""
     import mlflow

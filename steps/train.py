@@ -11,7 +11,9 @@ example; input datasets ``train``/``test``; tags ``lineage.upstream_run_id``,
 ``dataset.dvc_md5``, ``model.kind``, ``model.logged_model_id`` (register registers
 ``models:/<that id>``); the evaluation report under ``evaluation/`` (predicted
 vs actual, residual histogram and map, permutation importance, error by ocean_proximity and by
-price band, ``summary.md``) and MLflow's regressor metrics prefixed ``eval_test_``.
+price band, ``summary.md``), MLflow's regressor metrics prefixed ``eval_test_``, and
+``gate/test_predictions.parquet`` (the test rows with the logged model's predictions, read
+back from the store as serving reads it, and a linear baseline's: register's gate scores them).
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ import pandas as pd
 from sklearn.metrics import mean_absolute_error, mean_squared_error, r2_score
 from sklearn.pipeline import Pipeline
 
-from steps import config, features, lineage, models, report, runtime
+from steps import config, features, gate, lineage, models, report, runtime
 from steps.hyperparams import hyperparameter_options
 from steps.models import build_pipeline
 from steps.runtime import StepError
@@ -132,6 +134,38 @@ def log_metrics(metrics: dict[str, float], model_id: str, datasets: dict[str, An
     mlflow.log_metrics(rest, model_id=model_id)
 
 
+def reload_logged_model(model_id: str, pipeline: Pipeline, X: pd.DataFrame) -> Pipeline:
+    """The logged model read back from the artifact store, as serving will read it. A model
+    that does not load, or predicts differently from the fitted one, fails the run here."""
+    from steps import registry
+
+    try:
+        logged = registry.load_model_uri(f"models:/{model_id}")
+    except registry.ModelLoadError as exc:
+        raise StepError(f"the logged model cannot be loaded back: {exc}") from exc
+    if not np.allclose(logged.predict(X), pipeline.predict(X), rtol=1e-9, atol=1e-6):
+        raise StepError("the logged model predicts differently from the fitted pipeline")
+    return logged
+
+
+def log_gate_predictions(logged: Pipeline, train: pd.DataFrame, test: pd.DataFrame) -> None:
+    """The test rows with the logged model's and a linear baseline's predictions (the
+    baseline fitted on the same train rows): what register's champion gate scores. Computing
+    them here, where scikit-learn is loaded anyway, spares register loading both models."""
+    import tempfile
+    from pathlib import Path
+
+    import mlflow
+
+    X_test = features_and_target(test)[0]
+    baseline = gate.baseline_model().fit(*features_and_target(train))
+    table = gate.prediction_table(test, logged.predict(X_test), baseline.predict(X_test))
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / Path(config.GATE_PREDICTIONS_FILE).name
+        table.to_parquet(path)
+        mlflow.log_artifact(str(path), str(Path(config.GATE_PREDICTIONS_FILE).parent))
+
+
 def log_evaluation(
     pipeline: Pipeline, test: pd.DataFrame, test_dataset: Any, metrics: dict[str, float]
 ) -> None:
@@ -181,6 +215,8 @@ def cli(upstream_run_id: str, model_kind: str, **hyperparams: Any) -> None:
     mlflow.set_tag(config.TAG_LOGGED_MODEL, model_info.model_id)
     log_metrics(metrics, model_info.model_id, datasets)
     log_evaluation(pipeline, test, datasets["test"], metrics)
+    logged = reload_logged_model(model_info.model_id, pipeline, features_and_target(test)[0])
+    log_gate_predictions(logged, train, test)
 
 
 if __name__ == "__main__":

@@ -201,3 +201,23 @@ def test_previous_champion_is_where_the_latest_move_to_the_current_one_came_from
     assert previous_champion(newest_first[1:], 2) == 1
     assert previous_champion(newest_first[2:], 1) is None  # the first champion
     assert previous_champion([], None) is None
+
+
+def test_gate_scores_recorded_predictions_by_the_same_rmse():
+    from steps import config, gate
+    from tests.support import synthetic_housing
+
+    test = synthetic_housing(50, seed=3).sample(frac=1, random_state=0)
+    actual = test[config.TARGET].to_numpy()
+    table = gate.prediction_table(test, actual, actual + 100.0)
+    # rows stay whole: each prediction sits beside the row it was made for
+    assert list(table.columns) == [
+        *config.RAW_COLUMNS,
+        config.PREDICTION_COLUMN,
+        config.BASELINE_PREDICTION_COLUMN,
+    ]
+    assert gate.rmse(table[config.TARGET], table[config.BASELINE_PREDICTION_COLUMN]) == 100.0
+    assert gate.rmse([1.0, 2.0], [1.0, 4.0]) == pytest.approx(2**0.5)
+    # what the champion never trained on is found by row content, predictions ignored
+    champion_train = test.iloc[:20]
+    assert len(gate.comparable_rows(table, champion_train)) == 30
