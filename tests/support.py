@@ -136,6 +136,20 @@ def latest_run(client, step: str):
     )[0]
 
 
+def assert_nothing_moved(client, champion: str) -> None:
+    """After a refused run: no run left RUNNING anywhere and the champion alias unchanged."""
+    from mlflow.entities import ViewType
+
+    running = client.search_runs(
+        [e.experiment_id for e in client.search_experiments(view_type=ViewType.ALL)],
+        "attributes.status = 'RUNNING'",
+        run_view_type=ViewType.ALL,
+    )
+    assert not running, [r.info.run_id for r in running]
+    alias = client.get_model_version_by_alias(config.MODEL_NAME, config.CHAMPION_ALIAS)
+    assert str(alias.version) == champion
+
+
 def run_cmd(args: list[str], cwd: Path, env: dict[str, str], timeout: float = 900):
     return subprocess.run(
         args, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout, check=False

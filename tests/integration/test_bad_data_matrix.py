@@ -48,6 +48,7 @@ from steps import config, contract, schema
 from steps.load_data import extract_csv, parse_raw
 from steps.runtime import StepError
 from tests.support import (
+    assert_nothing_moved,
     copy_project,
     free_port,
     housing_csv,
@@ -305,14 +306,7 @@ def test_mlflow_run_load_data_stops_cleanly(tmp_path, store_with_champion, http_
         run_view_type=ViewType.ALL,
     )
     assert [r.info.status for r in run] == ["FAILED"]
-    running = client.search_runs(
-        [e.experiment_id for e in client.search_experiments(view_type=ViewType.ALL)],
-        "attributes.status = 'RUNNING'",
-        run_view_type=ViewType.ALL,
-    )
-    assert not running
-    alias = client.get_model_version_by_alias(config.MODEL_NAME, config.CHAMPION_ALIAS)
-    assert str(alias.version) == champion
+    assert_nothing_moved(client, champion)
     assert not (project / "data").exists()
     assert not list(project.glob(".acquire-*"))
     # nothing enters the cache unless it is exactly what data.dvc versions (here: nothing)
@@ -550,14 +544,7 @@ def test_contract_stops_a_bad_version_before_anything_is_written(
     assert run.data.tags["data_contract.reference"].startswith("the champion's data")
     # the report is on the failed run, so every broken rule can be read there
     assert "data_report/report.md" in artifact_paths(client, run.info.run_id, "data_report")
-    running = client.search_runs(
-        [e.experiment_id for e in client.search_experiments(view_type=ViewType.ALL)],
-        "attributes.status = 'RUNNING'",
-        run_view_type=ViewType.ALL,
-    )
-    assert not running
-    alias = client.get_model_version_by_alias(config.MODEL_NAME, config.CHAMPION_ALIAS)
-    assert str(alias.version) == champion
+    assert_nothing_moved(client, champion)
     # data/ and the DVC cache exactly as before the run (absent stays absent)
     assert snapshot(project) == before
     assert (project / "data").exists() == (path == "workspace")
