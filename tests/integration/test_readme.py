@@ -1,11 +1,13 @@
-"""The README's commands, verbatim, the way a new user runs them.
+"""The README's commands, verbatim, the way a new user runs them, and the GitHub workflow's
+pipeline job the way its runner runs it.
 
 A fresh ``git clone`` of the project; a scrubbed environment (``env -i``: HOME an empty temp
 dir, PATH without any virtualenv, only HOUSING_DATA_URL set, as the README's offline note
 says). Each code block marked ``<!-- clean-shell-test: NAME -->`` in README.md is run as one
 ``bash -e`` script in its own session; whatever it leaves running (the README's
 ``make serve &``) is killed when it ends. Change a command in the README and this test runs
-the new one.
+the new one. The workflow's ``pipeline`` job goes through the same harness: its ``run:`` steps
+in order, with a ``python`` 3.11 first on PATH as ``actions/setup-python`` provides.
 """
 
 from __future__ import annotations
@@ -17,10 +19,12 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+import yaml
 from mlflow import MlflowClient
 
 from steps import config
 from tests.support import (
+    PLAIN_PATH,
     PROJECT_ROOT,
     clean_shell_env,
     copy_project,
@@ -35,6 +39,8 @@ BLOCK = re.compile(
 ROW = re.compile(r"^(load_data|preprocess|train|register)\s+[0-9a-f]{32}\s+(ran|reused)\b", re.M)
 STEPS = ("load_data", "preprocess", "train", "register")
 TIMEOUT_S = 2400
+WORKFLOW = PROJECT_ROOT / ".github" / "workflows" / "ci.yml"
+EXPORTED = re.compile(r'echo "(\w+)=[^"]*" >> "\$GITHUB_ENV"')
 
 
 def readme_blocks(readme: Path = PROJECT_ROOT / "README.md") -> dict[str, str]:
@@ -185,3 +191,58 @@ def test_activated_venv_block(shell, first_run):
     # MLflow tags only the environments it builds (none for --env-manager local)
     assert [p.data.tags.get("mlflow.project.env") for p in parents] == [None, "virtualenv"]
     assert all(p.info.status == "FINISHED" for p in parents)
+
+
+def workflow_job(name: str) -> tuple[dict[str, str], list[dict]]:
+    """A job of the GitHub workflow: its environment (workflow-level) and its steps."""
+    workflow = yaml.safe_load(WORKFLOW.read_text())
+    return workflow.get("env", {}), workflow["jobs"][name]["steps"]
+
+
+def test_workflow_pipeline_job_runs_in_a_clean_shell(tmp_path):
+    env, steps = workflow_job("pipeline")
+    # The data step fetches the public file and exports where it put it; offline, the harness
+    # points the same variables at the local copy.
+    exported = {name for step in steps for name in EXPORTED.findall(step.get("run", ""))}
+    assert exported == {"HOUSING_DATA_URL", "HOUSING_CSV"}
+    # Steps gated on an event or built from ${{ }} need GitHub itself (the git-URL run is
+    # tests/integration/test_git_url.py's job).
+    runnable = [
+        step
+        for step in steps
+        if "run" in step
+        and "if" not in step
+        and "${{" not in step["run"]
+        and "GITHUB_ENV" not in step["run"]
+    ]
+    commands_run = [step["run"].strip() for step in runnable]
+    assert commands_run[-3:] == ["make steps PYTHON=python", *["make run PYTHON=python"] * 2]
+
+    setup_python = tmp_path / "setup-python"
+    setup_python.mkdir()
+    found = shutil.which("python3.11", path=PLAIN_PATH)
+    assert found, "no python3.11 on this machine's plain PATH"
+    (setup_python / "python").symlink_to(found)
+    ci = Shell(tmp_path / "runner")
+    extra = {
+        **{k: str(v) for k, v in env.items() if "${{" not in str(v)},
+        "PATH": f"{setup_python}:{PLAIN_PATH}",
+        "HOUSING_CSV": str(housing_csv()),
+    }
+    results = []
+    for step in runnable:
+        result = ci.run(step["run"], **extra)
+        ok(result)
+        results.append(result)
+
+    # `make steps`: four standalone runs, each linked to the run before it
+    client = ci.client()
+    experiment = client.get_experiment_by_name(config.EXPERIMENT_NAME)
+    runs = client.search_runs([experiment.experiment_id], order_by=["attributes.start_time ASC"])
+    standalone = [r for r in runs if "mlflow.parentRunId" not in r.data.tags][:4]
+    assert [r.data.tags[config.TAG_STEP] for r in standalone] == list(STEPS)
+    assert all(r.info.status == "FINISHED" for r in standalone)
+    # main after the steps, and again: the standalone runs match main's keys (same code, data,
+    # parameters and upstream), so only register runs
+    reused = {**dict.fromkeys(STEPS[:3], "reused"), "register": "ran"}
+    assert [statuses(r.stdout) for r in results[-2:]] == [[reused], [reused]]
