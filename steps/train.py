@@ -27,7 +27,7 @@ import pandas as pd
 from sklearn.metrics import mean_absolute_error, mean_squared_error, r2_score
 from sklearn.pipeline import Pipeline
 
-from steps import config, features, gate, lineage, models, report, runtime
+from steps import config, features, gate, lineage, models, registry, report, runtime
 from steps.hyperparams import hyperparameter_options
 from steps.models import build_pipeline
 from steps.runtime import StepError
@@ -137,8 +137,6 @@ def log_metrics(metrics: dict[str, float], model_id: str, datasets: dict[str, An
 def reload_logged_model(model_id: str, pipeline: Pipeline, X: pd.DataFrame) -> Pipeline:
     """The logged model read back from the artifact store, as serving will read it. A model
     that does not load, or predicts differently from the fitted one, fails the run here."""
-    from steps import registry
-
     try:
         logged = registry.load_model_uri(f"models:/{model_id}")
     except registry.ModelLoadError as exc:

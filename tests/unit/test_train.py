@@ -100,3 +100,33 @@ def test_model_requirements_are_the_lock_files_pins():
     assert pins == [f"{name}=={version(name)}" for name in config.MODEL_PACKAGES]
     with pytest.raises(StepError, match="pins no not-a-package"):
         pinned_requirements(lock, ("mlflow", "not-a-package"))
+
+
+def test_the_logged_model_is_read_back_as_serving_reads_it(fitted, tmp_path):
+    import mlflow
+
+    from steps.runtime import StepError
+    from steps.train import log_model, reload_logged_model
+
+    pipeline, _, train, test = fitted
+    X_test = test.drop(columns=[config.TARGET])
+    previous = mlflow.get_tracking_uri()
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    try:
+        experiment = mlflow.create_experiment("t", artifact_location=tmp_path.as_uri())
+        with mlflow.start_run(experiment_id=experiment):
+            info = log_model(pipeline, train.drop(columns=[config.TARGET]))
+        logged = reload_logged_model(info.model_id, pipeline, X_test)
+        assert logged is not pipeline
+        np.testing.assert_array_equal(logged.predict(X_test), pipeline.predict(X_test))
+        # a model whose artifact predicts otherwise than the fitted one fails train
+        other = build_pipeline(
+            features.build_preprocessor(),
+            models.build_estimator("linear", **models.DEFAULT_HYPERPARAMS),
+        ).fit(X_test, test[config.TARGET])
+        with pytest.raises(StepError, match="predicts differently"):
+            reload_logged_model(info.model_id, other, X_test)
+        with pytest.raises(StepError, match="cannot be loaded back"):
+            reload_logged_model("m-0000", pipeline, X_test)
+    finally:
+        mlflow.set_tracking_uri(previous)
