@@ -6,8 +6,7 @@ Entry points (one per MLproject entry; each is a click command over a pure core)
 ``load_data``, ``preprocess``, ``train``, ``register``, ``promote``, ``main``, ``tune``,
 ``serve``, ``predict``.
 
-Library modules (imported by entry points; entry points do not import each other, except
-``predict``, which still takes registry resolution from ``serve``):
+Library modules (imported by entry points; entry points never import each other):
 
 - ``config``: names, paths, defaults; ``hyperparams``: model kinds and their defaults
 - ``schema``: the raw table's declared rules and thresholds; ``contract``: table rules and
@@ -16,6 +15,6 @@ Library modules (imported by entry points; entry points do not import each other
   move them); ``report``: the evaluation report
 - ``lineage``: upstream runs and their tags; ``runtime``: a step's MLflow run, errors,
   signals; ``fingerprint``: the code hash behind step reuse
-- ``gate``: the champion gate and alias settle rule; ``registry``: loading registered
-  models, alias state and history
+- ``gate``: the champion gate and alias settle rule; ``registry``: alias state, lineage
+  and history; ``loading``: registry URIs to pinned versions and skops-loaded pipelines
 """

@@ -28,8 +28,8 @@ import numpy as np
 import pandas as pd
 
 from steps import config, runtime, schema
+from steps.loading import DEFAULT_MODEL_URI, ModelLoadError, ModelRef, load_version
 from steps.runtime import StepError
-from steps.serve import DEFAULT_MODEL_URI, ModelLoadError, ModelRef
 
 STEP = "predict"
 DEFAULT_CHUNK_ROWS = 50_000
@@ -219,12 +219,8 @@ def _one_line(exc: BaseException) -> str:
 
 
 def load_model(model_uri: str) -> tuple[Any, ModelRef]:
-    from steps.serve import download_model, load_skops_pipeline, resolve_model_version
-
     try:
-        ref = resolve_model_version(model_uri)
-        with tempfile.TemporaryDirectory(prefix="predict-model-") as tmp:
-            return load_skops_pipeline(download_model(ref, Path(tmp))), ref
+        return load_version(model_uri)
     except ModelLoadError as exc:
         raise StepError(str(exc)) from exc
 

@@ -20,7 +20,7 @@ from __future__ import annotations
 import click
 import numpy as np
 
-from steps import config, gate, registry, runtime
+from steps import config, gate, loading, registry, runtime
 from steps.runtime import StepError
 from steps.schema import features_and_target
 
@@ -53,8 +53,8 @@ def check_servable(model_name: str, version) -> float:
     """Load the version like serve does and score its own test rows; returns the RMSE."""
     label = f"v{version.version}"
     try:
-        pipeline = registry.load_model_uri(f"models:/{model_name}/{version.version}")
-    except registry.ModelLoadError as exc:
+        pipeline = loading.load_model_uri(f"models:/{model_name}/{version.version}")
+    except loading.ModelLoadError as exc:
         raise StepError(f"{label} cannot be loaded: {exc}") from exc
     train_run = version.tags.get(config.VERSION_TAG_TRAIN_RUN)
     if not train_run:
@@ -81,7 +81,7 @@ def cli(version_arg: str, reason: str, model_name: str) -> None:
     import mlflow
     from mlflow.exceptions import MlflowException
 
-    registry.quiet_downloads()
+    loading.quiet_downloads()
     if not reason.strip():
         raise StepError('a reason is required: -P reason="why this version should serve"')
     wanted = parse_version(version_arg, model_name)

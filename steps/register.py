@@ -25,7 +25,7 @@ from typing import Any
 import click
 import pandas as pd
 
-from steps import config, gate, lineage, registry, runtime
+from steps import config, gate, lineage, loading, registry, runtime
 from steps.gate import Scores, Thresholds, Verdict
 from steps.runtime import StepError
 from steps.schema import features_and_target
@@ -156,8 +156,8 @@ def run_gate(client, model_name: str, candidate_run_id: str, limits: Thresholds)
         except StepError as exc:
             raise StepError(f"{label}: training rows unavailable: {exc}") from exc
         try:
-            champion_pipeline = registry.load_model_uri(f"models:/{model_name}/{champion.version}")
-        except registry.ModelLoadError as exc:
+            champion_pipeline = loading.load_model_uri(f"models:/{model_name}/{champion.version}")
+        except loading.ModelLoadError as exc:
             raise StepError(f"{label} cannot be loaded: {exc}") from exc
         rows = gate.comparable_rows(scored, champion_train)
     champion_number = int(champion.version) if champion is not None else None
@@ -285,7 +285,7 @@ def cli(
 ) -> None:
     import mlflow
 
-    registry.quiet_downloads()
+    loading.quiet_downloads()
     if min_improvement_abs < 0 or not 0 <= min_improvement_rel < 1:
         raise StepError("min_improvement_abs must be >= 0 and min_improvement_rel in [0, 1)")
     if not 0 <= baseline_min_improvement_rel < 1 or min_gate_rows < 1:

@@ -1,7 +1,5 @@
-"""Model Registry I/O shared by register, promote, serve and predict.
+"""Model Registry state shared by register and promote (loading models: ``steps.loading``).
 
-* Loading: a registry version or a logged model as a fitted sklearn Pipeline, read with
-  ``skops.io.load`` and the code's explicit ``models.SKOPS_TRUSTED_TYPES`` (never pickle).
 * Lineage: a version's train run → its preprocess run → ``splits/{train,test}.parquet``.
 * Alias state: ``@champion``, every version's gate record (tag ``gate.record``) and the
   floor/pinned version a manual promotion left (registered-model tags), and the settle loop
@@ -14,72 +12,16 @@ Imports nothing heavy at module level: serve imports it on its start-up path.
 
 from __future__ import annotations
 
-import os
 import tempfile
 import time
-from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from steps import config, gate, runtime
 from steps.runtime import StepError
 
-SKOPS_FORMAT = "skops"
 MAX_SETTLE_ROUNDS = 20
 SETTLE_PAUSE_S = 0.2
-
-
-class ModelLoadError(RuntimeError):
-    """The model cannot be resolved, downloaded or safely deserialised."""
-
-
-# --- loading --------------------------------------------------------------------------------
-def quiet_downloads() -> None:
-    """No per-file progress bars: they bury the step's one-line verdict on stderr."""
-    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
-
-
-def load_skops_pipeline(model_dir: Path, trusted_types: Sequence[str] | None = None) -> Any:
-    """Deserialise the sklearn flavour of a downloaded MLflow model with skops only.
-
-    ``trusted_types`` defaults to ``models.SKOPS_TRUSTED_TYPES``: the code's explicit list,
-    never the list recorded in the artifact (whoever can write artifacts could extend that).
-    """
-    import skops.io
-    from mlflow.models import Model
-
-    from steps import models
-
-    mlmodel = model_dir / "MLmodel"
-    if not mlmodel.is_file():
-        raise ModelLoadError(f"{model_dir} is not an MLflow model (no MLmodel file)")
-    flavor = Model.load(str(mlmodel)).flavors.get("sklearn")
-    if flavor is None:
-        raise ModelLoadError(f"{model_dir} has no sklearn flavour")
-    if flavor.get("serialization_format") != SKOPS_FORMAT:
-        # Anything but skops means pickle: running arbitrary code from the artifact store.
-        raise ModelLoadError(
-            f"model is serialised as {flavor.get('serialization_format')!r}; only skops is served"
-        )
-    trusted = models.SKOPS_TRUSTED_TYPES if trusted_types is None else trusted_types
-    try:
-        return skops.io.load(model_dir / flavor["pickled_model"], trusted=list(trusted))
-    except Exception as exc:  # skops raises several types; all mean "cannot serve this"
-        raise ModelLoadError(f"cannot load {flavor['pickled_model']}: {exc}") from exc
-
-
-def load_model_uri(model_uri: str) -> Any:
-    """Download ``models:/NAME/VERSION`` or ``models:/<model_id>`` and load it with skops."""
-    import mlflow
-    from mlflow.exceptions import MlflowException
-
-    with tempfile.TemporaryDirectory(prefix="registry-model-") as tmp:
-        try:
-            local = mlflow.artifacts.download_artifacts(artifact_uri=model_uri, dst_path=tmp)
-        except (MlflowException, OSError) as exc:
-            raise ModelLoadError(f"cannot download {model_uri}: {runtime.one_line(exc)}") from exc
-        return load_skops_pipeline(Path(local))
 
 
 # --- lineage --------------------------------------------------------------------------------

@@ -32,7 +32,7 @@ import math
 import os
 import tempfile
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -45,12 +45,16 @@ from fastapi.responses import Response
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
 
 from steps import config, schema
-
-# The skops-only loader is shared with register and promote (which score registry versions).
-from steps.registry import ModelLoadError, load_skops_pipeline
+from steps.loading import (
+    DEFAULT_MODEL_URI,
+    ModelLoadError,
+    ModelRef,
+    download_model,
+    load_skops_pipeline,
+    resolve_model_version,
+)
 
 # --- defaults (the MLproject `serve` entry point and `make serve` mirror these) -------------
-DEFAULT_MODEL_URI = f"models:/{config.MODEL_NAME}@{config.CHAMPION_ALIAS}"
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8000
 # Two processes measured ~1.35x the single-row throughput of one on the 2-core box.
@@ -119,6 +123,19 @@ class VersionInfo(BaseModel):
     test_rmse: str | None
 
 
+def version_info(ref: ModelRef) -> VersionInfo:
+    """What /version reports: the pinned version and the lineage its register step tagged."""
+    return VersionInfo(
+        model_name=ref.name,
+        model_version=ref.version,
+        model_uri=ref.uri,
+        run_id=ref.tags.get(config.VERSION_TAG_TRAIN_RUN) or ref.run_id,
+        dataset_dvc_md5=ref.tags.get(config.TAG_DVC_MD5),
+        git_commit=ref.tags.get(config.VERSION_TAG_GIT_COMMIT),
+        test_rmse=ref.tags.get(config.VERSION_TAG_TEST_RMSE),
+    )
+
+
 def request_model(max_rows: int) -> type[BaseModel]:
     """The POST /predict body model; ``max_rows`` is a runtime setting, hence a factory."""
     return create_model(
@@ -133,100 +150,11 @@ def request_model(max_rows: int) -> type[BaseModel]:
 
 # --- model loading ------------------------------------------------------------------------
 @dataclass(frozen=True)
-class ModelRef:
-    """Registry facts about the served version; plain data, so it can go to worker processes."""
-
-    name: str
-    version: str
-    uri: str
-    run_id: str | None = None
-    tags: dict[str, str] = field(default_factory=dict)
-
-    def version_info(self) -> VersionInfo:
-        return VersionInfo(
-            model_name=self.name,
-            model_version=self.version,
-            model_uri=self.uri,
-            run_id=self.tags.get(config.VERSION_TAG_TRAIN_RUN) or self.run_id,
-            dataset_dvc_md5=self.tags.get(config.TAG_DVC_MD5),
-            git_commit=self.tags.get(config.VERSION_TAG_GIT_COMMIT),
-            test_rmse=self.tags.get(config.VERSION_TAG_TEST_RMSE),
-        )
-
-
-@dataclass(frozen=True)
 class ServedModel:
     """A loaded pipeline and the registry version it came from."""
 
     pipeline: Any
     ref: ModelRef
-
-
-def parse_registry_uri(model_uri: str) -> tuple[str, str | None, str | None]:
-    """``models:/NAME@ALIAS`` or ``models:/NAME/VERSION`` -> (name, version, alias)."""
-    prefix = "models:/"
-    rest = model_uri[len(prefix) :].strip("/") if model_uri.startswith(prefix) else ""
-    if "@" in rest:
-        name, alias = rest.rsplit("@", 1)
-        if name and alias:
-            return name, None, alias
-    elif "/" in rest:
-        name, version = rest.rsplit("/", 1)
-        if name and version.isdigit():
-            return name, version, None
-    raise ModelLoadError(
-        f"model_uri must be a registry URI models:/NAME@ALIAS or models:/NAME/VERSION, "
-        f"got {model_uri!r}"
-    )
-
-
-def resolve_model_version(model_uri: str) -> ModelRef:
-    """Look the URI up in the registry (the current tracking URI) and pin its version.
-
-    Everything after this uses the version NUMBER, so an alias moved meanwhile cannot make
-    the reported version differ from the served one.
-    """
-    import mlflow
-    from mlflow.exceptions import MlflowException
-
-    name, version, alias = parse_registry_uri(model_uri)
-    client = mlflow.MlflowClient()
-    try:
-        if alias:
-            mv = client.get_model_version_by_alias(name, alias)
-        else:
-            mv = client.get_model_version(name, version)
-    except MlflowException as exc:
-        raise ModelLoadError(f"cannot resolve {model_uri}: {exc.message}") from exc
-    return ModelRef(
-        name=mv.name,
-        version=str(mv.version),
-        uri=model_uri,
-        run_id=mv.run_id,
-        tags=dict(mv.tags or {}),
-    )
-
-
-def download_model(ref: ModelRef, dst: Path) -> Path:
-    """Download the pinned version's artifacts into ``dst``; returns the model directory."""
-    import mlflow
-    from mlflow.exceptions import MlflowException
-
-    try:
-        local = mlflow.artifacts.download_artifacts(
-            artifact_uri=f"models:/{ref.name}/{ref.version}", dst_path=str(dst)
-        )
-    except MlflowException as exc:
-        raise ModelLoadError(f"cannot download {ref.name} v{ref.version}: {exc.message}") from exc
-    return Path(local)
-
-
-def load_served_model(model_uri: str, trusted_types: Sequence[str] | None = None) -> ServedModel:
-    """Resolve, download (to a temp dir, removed after loading) and load ``model_uri``."""
-    ref = resolve_model_version(model_uri)
-    with tempfile.TemporaryDirectory(prefix="serve-model-") as tmp:
-        pipeline = load_skops_pipeline(download_model(ref, Path(tmp)), trusted_types)
-    return ServedModel(pipeline=pipeline, ref=ref)
 
 
 def tune_process_for_serving() -> None:
@@ -465,7 +393,7 @@ def create_app(
         served: ServedModel | None = app.state.model
         if served is None:
             return json_response({"detail": "model not loaded"}, 503)
-        return json_response(served.ref.version_info().model_dump())
+        return json_response(version_info(served.ref).model_dump())
 
     @app.post(
         "/predict",

@@ -27,7 +27,7 @@ import pandas as pd
 from sklearn.metrics import mean_absolute_error, mean_squared_error, r2_score
 from sklearn.pipeline import Pipeline
 
-from steps import config, features, gate, lineage, models, registry, report, runtime
+from steps import config, features, gate, lineage, loading, models, report, runtime
 from steps.hyperparams import hyperparameter_options
 from steps.models import build_pipeline
 from steps.runtime import StepError
@@ -138,8 +138,8 @@ def reload_logged_model(model_id: str, pipeline: Pipeline, X: pd.DataFrame) -> P
     """The logged model read back from the artifact store, as serving will read it. A model
     that does not load, or predicts differently from the fitted one, fails the run here."""
     try:
-        logged = registry.load_model_uri(f"models:/{model_id}")
-    except registry.ModelLoadError as exc:
+        logged = loading.load_model_uri(f"models:/{model_id}")
+    except loading.ModelLoadError as exc:
         raise StepError(f"the logged model cannot be loaded back: {exc}") from exc
     if not np.allclose(logged.predict(X), pipeline.predict(X), rtol=1e-9, atol=1e-6):
         raise StepError("the logged model predicts differently from the fitted pipeline")

@@ -12,7 +12,7 @@ from hypothesis.errors import Unsatisfiable
 from schemathesis import GenerationMode
 from schemathesis.checks import not_a_server_error
 
-from steps import config, serve
+from steps import config, loading, serve
 from tests.support import demo_pipeline, housing_csv, housing_sample
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -23,10 +23,10 @@ EXAMPLES_PER_MODE = 300
 @pytest.fixture(scope="module")
 def api_schema():
     X, y = housing_sample(housing_csv(), n_rows=1_000, seed=2)
-    ref = serve.ModelRef(
+    ref = loading.ModelRef(
         name=config.MODEL_NAME,
         version="1",
-        uri=serve.DEFAULT_MODEL_URI,
+        uri=loading.DEFAULT_MODEL_URI,
         run_id="fuzz",
         tags={config.VERSION_TAG_TRAIN_RUN: "fuzz", config.TAG_DVC_MD5: "md5"},
     )

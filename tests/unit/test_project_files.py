@@ -51,6 +51,14 @@ def test_mlproject_defaults_equal_click_defaults(project, entry_point):
 
 
 @pytest.mark.parametrize("entry_point", ENTRY_POINTS)
+def test_entry_points_import_library_modules_only(entry_point):
+    from steps.fingerprint import imported_modules
+
+    source = (config.PROJECT_ROOT / "steps" / f"{entry_point}.py").read_text()
+    assert imported_modules(source) & set(ENTRY_POINTS) == set()
+
+
+@pytest.mark.parametrize("entry_point", ENTRY_POINTS)
 def test_command_passes_every_parameter(project, entry_point):
     mlproject = project.get_entry_point(entry_point)
     placeholders = set(re.findall(r"\{(\w+)\}", mlproject.command))

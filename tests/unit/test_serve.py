@@ -16,16 +16,16 @@ import pandas as pd
 import pytest
 from fastapi.testclient import TestClient
 
-from steps import config, predict, schema, serve
+from steps import config, loading, predict, schema, serve
 from steps.runtime import StepError
 from tests.support import demo_pipeline, housing_csv, housing_sample
 
 MAX_ROWS = 50
 MAX_BODY = 40_000
-REF = serve.ModelRef(
+REF = loading.ModelRef(
     name=config.MODEL_NAME,
     version="7",
-    uri=serve.DEFAULT_MODEL_URI,
+    uri=loading.DEFAULT_MODEL_URI,
     run_id="run-of-the-version",
     tags={
         "train_run_id": "train-run-123",
@@ -92,7 +92,7 @@ def test_version_comes_from_the_version_tags(client):
     assert client.get("/version").json() == {
         "model_name": config.MODEL_NAME,
         "model_version": "7",
-        "model_uri": serve.DEFAULT_MODEL_URI,
+        "model_uri": loading.DEFAULT_MODEL_URI,
         "run_id": "train-run-123",
         "dataset_dvc_md5": "md5-xyz",
         "git_commit": "abc123",
@@ -358,13 +358,13 @@ def test_microbatcher_isolates_a_failing_request():
     ],
 )
 def test_parse_registry_uri(uri, parsed):
-    assert serve.parse_registry_uri(uri) == parsed
+    assert loading.parse_registry_uri(uri) == parsed
 
 
 @pytest.mark.parametrize("uri", ["runs:/abc/model", "models:/Name", "models:/Name/latest", "x"])
 def test_parse_registry_uri_rejects_non_registry_uris(uri):
-    with pytest.raises(serve.ModelLoadError, match="models:/NAME@ALIAS"):
-        serve.parse_registry_uri(uri)
+    with pytest.raises(loading.ModelLoadError, match="models:/NAME@ALIAS"):
+        loading.parse_registry_uri(uri)
 
 
 def test_skops_model_loads_with_the_code_trusted_types(tmp_path, pipeline, sample):
@@ -379,11 +379,11 @@ def test_skops_model_loads_with_the_code_trusted_types(tmp_path, pipeline, sampl
         serialization_format="skops",
         skops_trusted_types=list(models.SKOPS_TRUSTED_TYPES),
     )
-    loaded = serve.load_skops_pipeline(path)
+    loaded = loading.load_skops_pipeline(path)
     X = sample[0].head(20)
     np.testing.assert_array_equal(loaded.predict(X), pipeline.predict(X))
-    with pytest.raises(serve.ModelLoadError, match="Untrusted types"):
-        serve.load_skops_pipeline(path, trusted_types=())
+    with pytest.raises(loading.ModelLoadError, match="Untrusted types"):
+        loading.load_skops_pipeline(path, trusted_types=())
 
 
 def test_pickled_model_is_refused(tmp_path, pipeline):
@@ -391,13 +391,13 @@ def test_pickled_model_is_refused(tmp_path, pipeline):
 
     path = tmp_path / "model"
     mlflow.sklearn.save_model(pipeline, path, serialization_format="cloudpickle")
-    with pytest.raises(serve.ModelLoadError, match="only skops is served"):
-        serve.load_skops_pipeline(path)
+    with pytest.raises(loading.ModelLoadError, match="only skops is served"):
+        loading.load_skops_pipeline(path)
 
 
 def test_not_a_model_directory(tmp_path):
-    with pytest.raises(serve.ModelLoadError, match="no MLmodel"):
-        serve.load_skops_pipeline(tmp_path)
+    with pytest.raises(loading.ModelLoadError, match="no MLmodel"):
+        loading.load_skops_pipeline(tmp_path)
 
 
 # --- batch core (steps.predict) -----------------------------------------------------------
