@@ -371,6 +371,11 @@ def wait_for_run(tracking_uri: str, step: str, proc: subprocess.Popen, timeout: 
     from mlflow import MlflowClient
     from mlflow.entities import ViewType
 
+    if tracking_uri.startswith("sqlite:///"):
+        # polling a store that does not exist yet creates its schema, racing the pipeline
+        path = Path(tracking_uri.removeprefix("sqlite:///"))
+        assert path.exists(), f"create {path} before starting the pipeline"
+
     client = MlflowClient(tracking_uri)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

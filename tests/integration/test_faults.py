@@ -243,6 +243,9 @@ def signal_target(pipeline: Pipeline, target: str) -> None:
 def test_signal_while_a_child_runs_stops_everything_and_ends_every_run(tmp_path, target):
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     project = copy_project(tmp_path / "project")
+    # The store exists before main starts: this test's polling and the launcher would
+    # otherwise both create the new SQLite schema at once, which MLflow does not survive.
+    MlflowClient(uri).search_experiments()
     pipeline = start_main(project, uri)  # default n_estimators: train runs long enough
     try:
         wait_for_run(uri, "train", pipeline.proc)
