@@ -88,8 +88,8 @@ predict: setup ## batch predictions with the champion: make predict INPUT=rows.c
 	mlflow run . -e predict --env-manager local --experiment-name $(PIPELINE_EXPERIMENT) \
 	  -P input=$(abspath $(INPUT)) -P output=$(abspath $(OUTPUT))
 
-test: setup lint ## lint, then unit + integration tests (the uv env build: make test-envmanagers)
-	pytest -m "not envmanager" $(PYTEST_ARGS); rc=$$?; [ $$rc -eq 5 ] && echo "no tests collected" && exit 1; exit $$rc
+test: setup lint ## lint, then every unit and integration test, with coverage of steps/
+	pytest $(PYTEST_ARGS); rc=$$?; [ $$rc -eq 5 ] && echo "no tests collected" && exit 1; exit $$rc
 
 test-unit: setup ## fast unit tests only
 	pytest tests/unit $(PYTEST_ARGS)
@@ -100,7 +100,7 @@ test-integration: setup ## integration tests (real mlflow run, servers, DVC)
 test-git-url: setup ## mlflow run against git:// URLs served by git daemon (incl. repo#subdir)
 	pytest tests/integration/test_git_url.py $(PYTEST_ARGS)
 
-test-envmanagers: setup ## main under --env-manager uv from an empty env root (slow: builds an env)
+test-envmanagers: setup ## only the env-manager test: main under --env-manager uv from an empty env root
 	pytest tests/integration -m envmanager $(PYTEST_ARGS)
 
 bench: setup ## benchmarks (pipeline, model quality, API; the API bench needs `wrk`): prints numbers
