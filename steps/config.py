@@ -28,8 +28,8 @@ RAW_ARTIFACT_DIR = "raw"
 # The candidate's and the linear baseline's predictions on the test rows, logged by train
 # and scored by register's gate (so register loads neither model).
 GATE_PREDICTIONS_FILE = "gate/test_predictions.parquet"
-PREDICTION_COLUMN = "prediction"
-BASELINE_PREDICTION_COLUMN = "baseline_prediction"
+GATE_CANDIDATE_COLUMN = "candidate_prediction"
+GATE_BASELINE_COLUMN = "baseline_prediction"
 TRAIN_SPLIT_FILE = "train.parquet"
 TEST_SPLIT_FILE = "test.parquet"
 

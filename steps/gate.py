@@ -120,8 +120,8 @@ def rmse(actual: Any, predicted: Any) -> float:
 def prediction_table(test: pd.DataFrame, predicted: Any, baseline_predicted: Any) -> pd.DataFrame:
     """The raw test rows with the candidate's and the baseline's predictions beside them."""
     table = test.loc[:, list(config.RAW_COLUMNS)].reset_index(drop=True)
-    table[config.PREDICTION_COLUMN] = np.asarray(predicted, dtype=float)
-    table[config.BASELINE_PREDICTION_COLUMN] = np.asarray(baseline_predicted, dtype=float)
+    table[config.GATE_CANDIDATE_COLUMN] = np.asarray(predicted, dtype=float)
+    table[config.GATE_BASELINE_COLUMN] = np.asarray(baseline_predicted, dtype=float)
     return table
 
 

@@ -171,9 +171,9 @@ def run_gate(client, model_name: str, candidate_run_id: str, limits: Thresholds)
         champ_rmse = score_champion(champion_pipeline, rows, f"champion v{champion_number}")
     scores = Scores(
         len(rows),
-        gate.rmse(actual, rows[config.PREDICTION_COLUMN]),
+        gate.rmse(actual, rows[config.GATE_CANDIDATE_COLUMN]),
         champ_rmse,
-        gate.rmse(actual, rows[config.BASELINE_PREDICTION_COLUMN]),
+        gate.rmse(actual, rows[config.GATE_BASELINE_COLUMN]),
     )
     log_comparable_rows(rows)
     return GateResult(champion_number, scores, gate.decide(scores, limits, champion_number))

@@ -12,17 +12,23 @@ in order, with a ``python`` 3.11 first on PATH as ``actions/setup-python`` provi
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 import subprocess
 from pathlib import Path
+from typing import Any
 
+import mlflow
+import numpy as np
 import pandas as pd
 import pytest
 import yaml
 from mlflow import MlflowClient
 
 from steps import config
+from steps.loading import DEFAULT_MODEL_URI, load_version
+from steps.predict import PREDICTION_COLUMN
 from tests.support import (
     PLAIN_PATH,
     PROJECT_ROOT,
@@ -102,6 +108,29 @@ class Shell:
     def client(self) -> MlflowClient:
         return MlflowClient(f"sqlite:///{self.clone / 'mlflow.db'}")
 
+    def champion(self) -> tuple[Any, Any]:
+        """The clone's @champion version and its pipeline, loaded as serving loads it."""
+        uri = f"sqlite:///{self.clone / 'mlflow.db'}"
+        previous = mlflow.get_tracking_uri()
+        mlflow.set_tracking_uri(uri)
+        try:
+            pipeline, ref = load_version(DEFAULT_MODEL_URI)
+        finally:
+            mlflow.set_tracking_uri(previous)
+        return self.client().get_model_version(ref.name, ref.version), pipeline
+
+
+def first_run_train_id(shell: Shell) -> str:
+    """The train run of the first `make run` (the later ones reuse it)."""
+    experiment = shell.client().get_experiment_by_name(config.EXPERIMENT_NAME)
+    trains = shell.client().search_runs(
+        [experiment.experiment_id],
+        f"tags.`{config.TAG_STEP}` = 'train' and attributes.status = 'FINISHED'",
+        order_by=["attributes.start_time ASC"],
+        max_results=1,
+    )
+    return trains[0].info.run_id
+
 
 def ok(result: subprocess.CompletedProcess) -> None:
     assert result.returncode == 0, result.stdout[-4000:] + "\n---\n" + result.stderr[-6000:]
@@ -145,10 +174,16 @@ def test_first_hour_block(shell, first_run):
     tables = statuses(result.stdout)
     # `make run` again: everything but register reused
     assert tables[0] == {**dict.fromkeys(STEPS[:3], "reused"), "register": "ran"}
-    # `curl … /predict`: the champion's price for the README's row
-    answer = re.search(r'\{"predictions":\s*\[([\d.]+)\]', result.stdout)
+    # `curl … /predict`: the price main's champion gives the README's row, to the cent
+    answer = re.search(r'\{"predictions":.*?\}', result.stdout)
     assert answer, result.stdout[-3000:]
-    assert 100_000 < float(answer[1]) < 1_000_000
+    body = json.loads(answer[0])
+    champion, pipeline = shell.champion()
+    assert body["model_version"] == str(champion.version)
+    assert champion.tags[config.VERSION_TAG_TRAIN_RUN] == first_run_train_id(shell)
+    sent = re.search(r"-d '(\{.*?\})'", readme_blocks()["first-hour"], re.DOTALL)
+    readme_row = pd.DataFrame(json.loads(sent[1])["data"])
+    assert body["predictions"][0] == pytest.approx(pipeline.predict(readme_row)[0], abs=0.01)
     # `make steps`: four standalone runs in the pipeline's experiment
     client = shell.client()
     experiment = client.get_experiment_by_name(config.EXPERIMENT_NAME)
@@ -158,11 +193,12 @@ def test_first_hour_block(shell, first_run):
         order_by=["attributes.start_time DESC"],
     )
     assert {r.data.tags.get(config.TAG_STEP) for r in standalone} >= set(STEPS)
-    # `make predict`: one prediction per valid row of the real file
+    # `make predict`: one prediction per row of the real file, each the champion's
     predictions = pd.read_parquet(shell.clone / "predictions.parquet")
-    rows = len(pd.read_csv(housing_csv()))
-    assert len(predictions) == rows
-    assert predictions["predicted_median_house_value"].between(10_000, 1_000_000).all()
+    raw = pd.read_csv(housing_csv())
+    assert len(predictions) == len(raw)
+    expected = pipeline.predict(raw.loc[:, list(config.FEATURES)])
+    np.testing.assert_allclose(predictions[PREDICTION_COLUMN], expected, rtol=0, atol=0.01)
 
 
 @pytest.mark.pyenv

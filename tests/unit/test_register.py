@@ -213,10 +213,10 @@ def test_gate_scores_recorded_predictions_by_the_same_rmse():
     # rows stay whole: each prediction sits beside the row it was made for
     assert list(table.columns) == [
         *config.RAW_COLUMNS,
-        config.PREDICTION_COLUMN,
-        config.BASELINE_PREDICTION_COLUMN,
+        config.GATE_CANDIDATE_COLUMN,
+        config.GATE_BASELINE_COLUMN,
     ]
-    assert gate.rmse(table[config.TARGET], table[config.BASELINE_PREDICTION_COLUMN]) == 100.0
+    assert gate.rmse(table[config.TARGET], table[config.GATE_BASELINE_COLUMN]) == 100.0
     assert gate.rmse([1.0, 2.0], [1.0, 4.0]) == pytest.approx(2**0.5)
     # what the champion never trained on is found by row content, predictions ignored
     champion_train = test.iloc[:20]
