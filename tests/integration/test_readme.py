@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import re
 import shutil
+import socket
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -29,6 +30,7 @@ from mlflow import MlflowClient
 from steps import config
 from steps.loading import DEFAULT_MODEL_URI, load_version
 from steps.predict import PREDICTION_COLUMN
+from steps.serve import DEFAULT_PORT as SERVE_PORT
 from tests.support import (
     PLAIN_PATH,
     PROJECT_ROOT,
@@ -169,6 +171,10 @@ def test_make_run_works_from_a_plain_shell(shell, first_run):
 
 
 def test_first_hour_block(shell, first_run):
+    # the README serves on the default port; a server already there would answer instead
+    with socket.socket() as probe:
+        taken = probe.connect_ex(("127.0.0.1", SERVE_PORT)) == 0
+    assert not taken, f"port {SERVE_PORT} is in use: the README's `make serve` needs it"
     result = shell.run(readme_blocks()["first-hour"])
     ok(result)
     tables = statuses(result.stdout)
@@ -184,6 +190,17 @@ def test_first_hour_block(shell, first_run):
     sent = re.search(r"-d '(\{.*?\})'", readme_blocks()["first-hour"], re.DOTALL)
     readme_row = pd.DataFrame(json.loads(sent[1])["data"])
     assert body["predictions"][0] == pytest.approx(pipeline.predict(readme_row)[0], abs=0.01)
+    # `curl … /version`: lineage back to the train run, the data version and the commit
+    version = re.search(r'\{"model_name":.*?\}', result.stdout)
+    assert version, result.stdout[-3000:]
+    info = json.loads(version[0])
+    data_md5 = yaml.safe_load((shell.clone / "data.dvc").read_text())["outs"][0]["md5"]
+    head = subprocess.run(
+        ["git", "rev-parse", "HEAD"], cwd=shell.clone, capture_output=True, text=True, check=True
+    ).stdout.strip()
+    assert info["model_version"] == str(champion.version)
+    assert info["run_id"] == first_run_train_id(shell)
+    assert (info["dataset_dvc_md5"], info["git_commit"]) == (data_md5, head)
     # `make steps`: four standalone runs in the pipeline's experiment
     client = shell.client()
     experiment = client.get_experiment_by_name(config.EXPERIMENT_NAME)
