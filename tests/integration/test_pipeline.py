@@ -15,7 +15,7 @@ import pytest
 import yaml
 from mlflow import MlflowClient
 
-from steps import config
+from steps import config, gate
 from tests.support import (
     copy_project,
     housing_csv,
@@ -286,3 +286,20 @@ def test_runs_read_well_in_the_ui(sqlite_pipeline):
     assert step_lines == [
         "[main] pipeline runs are grouped in experiment 'california_housing_price'"
     ]
+
+
+def test_use_cache_false_reruns_every_step(sqlite_pipeline):
+    project, uri, client, _ = sqlite_pipeline
+    before = latest_parent(client)
+    run_main(project, uri, "-P", "use_cache=false")
+    after = latest_parent(client)
+    assert set(pipeline_runs(client, after.info.run_id)) == set(STEPS)
+    for step in STEPS:
+        assert after.data.tags[f"pipeline.{step}.reused"] == "false", step
+        assert (
+            after.data.tags[f"pipeline.{step}.run_id"]
+            != before.data.tags[f"pipeline.{step}.run_id"]
+        )
+    # the same data, code and parameters give the same model: the champion stays
+    register = client.get_run(after.data.tags["pipeline.register.run_id"])
+    assert register.data.tags["registry.verdict"] == gate.KEEP
