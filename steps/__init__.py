@@ -17,4 +17,5 @@ Library modules (imported by entry points; entry points never import each other)
   signals; ``fingerprint``: the code hash behind step reuse
 - ``gate``: the champion gate and alias settle rule; ``registry``: alias state, lineage
   and history; ``loading``: registry URIs to pinned versions and skops-loaded pipelines
+- ``protocols``: other clients' request bodies (MLflow's /invocations) as rows for serve
 """

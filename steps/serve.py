@@ -6,8 +6,12 @@ serves it with FastAPI/uvicorn on 127.0.0.1:8000:
 
 * ``POST /predict`` ``{"data": [row, ...]}`` -> ``{"predictions": [...], "model_name",
   "model_version"}``; a row holds the nine raw feature columns of ``config.FEATURES``.
-* ``GET /health`` (process up), ``GET /ready`` (model loaded, else 503), ``GET /version``
-  (name, version, run id, dataset md5, git commit from the version's tags), ``/docs``.
+* ``POST /invocations``: MLflow's scoring protocol (``dataframe_split``,
+  ``dataframe_records``, ``instances`` or ``inputs``) -> ``{"predictions": [...]}``, as
+  ``mlflow models serve`` answers; the rows go through /predict's validation and batcher.
+* ``GET /health`` and ``GET /ping`` (process up), ``GET /ready`` (model loaded, else 503),
+  ``GET /version`` (name, version, run id, dataset md5, git commit from the version's tags),
+  ``/docs``.
 
 Errors: invalid body -> 422 with field-level ``detail``; more rows than ``max_rows`` or a body
 larger than ``max_body_bytes`` -> 413. Validation errors are never 500s.
@@ -53,6 +57,7 @@ from steps.loading import (
     load_skops_pipeline,
     resolve_model_version,
 )
+from steps.protocols import invocation_rows
 
 # --- defaults (the MLproject `serve` entry point and `make serve` mirror these) -------------
 DEFAULT_HOST = "127.0.0.1"
@@ -248,7 +253,7 @@ class MicroBatcher:
 
 
 # --- HTTP layer ---------------------------------------------------------------------------
-def error_detail(exc: ValidationError) -> list[dict[str, Any]]:
+def error_detail(exc: ValidationError, root: str = "data") -> list[dict[str, Any]]:
     """pydantic errors -> FastAPI-style ``detail`` items that always serialise as JSON.
 
     ``loc`` is prefixed with "body" like FastAPI's own 422s. The offending ``input`` is echoed
@@ -257,9 +262,12 @@ def error_detail(exc: ValidationError) -> list[dict[str, Any]]:
     """
     detail = []
     for err in exc.errors(include_url=False, include_context=False):
+        loc = list(err["loc"])
+        if loc and loc[0] == "data":
+            loc[0] = root  # /invocations names the field its client sent
         item: dict[str, Any] = {
             "type": err["type"],
-            "loc": ["body", *err["loc"]],
+            "loc": ["body", *loc],
             "msg": err["msg"],
         }
         value = err.get("input")
@@ -334,7 +342,7 @@ class BodySizeLimit:
 
 
 def _install_openapi(app: FastAPI, request_schema: type[BaseModel]) -> None:
-    """Document the request body that /predict validates by hand.
+    """Document the request bodies that /predict and /invocations validate by hand.
 
     The endpoint reads raw bytes (so FastAPI does not parse and validate twice), hence
     FastAPI cannot infer the schema; add it, with its nested models, to the generated spec.
@@ -352,6 +360,34 @@ def _install_openapi(app: FastAPI, request_schema: type[BaseModel]) -> None:
             "required": True,
             "content": {
                 "application/json": {"schema": {"$ref": "#/components/schemas/PredictRequest"}}
+            },
+        }
+        rows = {"type": "array", "items": {"$ref": "#/components/schemas/HousingRow"}}
+        columns = {"type": "object", "additionalProperties": {"type": "array"}}
+        formats = {
+            "dataframe_split": {
+                "type": "object",
+                "properties": {
+                    "columns": {"type": "array", "items": {"type": "string"}},
+                    "data": {"type": "array", "items": {"type": "array"}},
+                },
+                "required": ["columns", "data"],
+            },
+            "dataframe_records": rows,
+            "instances": {"anyOf": [rows, columns]},
+            "inputs": {"anyOf": [rows, columns]},
+        }
+        spec["paths"]["/invocations"]["post"]["requestBody"] = {
+            "required": True,
+            "content": {
+                "application/json": {
+                    "schema": {
+                        "oneOf": [
+                            {"type": "object", "properties": {k: v}, "required": [k]}
+                            for k, v in formats.items()
+                        ]
+                    }
+                }
             },
         }
         app.openapi_schema = spec
@@ -375,8 +411,26 @@ def create_app(
     app.state.model = model
     batcher = MicroBatcher(lambda rows: predict_rows(app.state.model.pipeline, rows))
 
+    def not_ready() -> Response:
+        return json_response({"detail": "model not loaded"}, 503)
+
+    def rows_or_error(validate: Callable[[], Any], root: str = "data") -> Any:
+        """The validated rows, or the 413/422 answer: one validation path for every protocol."""
+        try:
+            return validate().data
+        except ValidationError as exc:
+            if any(e["type"] == "too_long" and e["loc"] == ("data",) for e in exc.errors()):
+                return json_response(
+                    {"detail": f"too many rows: the maximum per request is {max_rows}"}, 413
+                )
+            return json_response({"detail": error_detail(exc, root)}, 422)
+
     @app.get("/health", summary="Process is up")
     async def health() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/ping", summary="Process is up (MLflow scoring-server clients probe this)")
+    async def ping() -> dict[str, str]:
         return {"status": "ok"}
 
     @app.get("/ready", summary="Model is loaded", responses={503: {"description": "Not ready"}})
@@ -408,16 +462,12 @@ def create_app(
     async def predict(request: Request) -> Response:
         served: ServedModel | None = app.state.model
         if served is None:
-            return json_response({"detail": "model not loaded"}, 503)
-        try:
-            body = request_schema.model_validate_json(await request.body())
-        except ValidationError as exc:
-            if any(e["type"] == "too_long" and e["loc"] == ("data",) for e in exc.errors()):
-                return json_response(
-                    {"detail": f"too many rows: the maximum per request is {max_rows}"}, 413
-                )
-            return json_response({"detail": error_detail(exc)}, 422)
-        predictions = await batcher.submit(body.data)
+            return not_ready()
+        raw = await request.body()
+        rows = rows_or_error(lambda: request_schema.model_validate_json(raw))
+        if isinstance(rows, Response):
+            return rows
+        predictions = await batcher.submit(rows)
         return json_response(
             {
                 "predictions": predictions.tolist(),
@@ -425,6 +475,35 @@ def create_app(
                 "model_version": served.ref.version,
             }
         )
+
+    @app.post(
+        "/invocations",
+        summary="MLflow's scoring protocol, as `mlflow models serve` answers it",
+        responses={
+            413: {"description": f"More than {max_rows} rows or more than {max_body_bytes} bytes"},
+            415: {"description": "Not application/json"},
+            422: {"description": "Not one of MLflow's input formats, or invalid rows"},
+            503: {"description": "Model not loaded"},
+        },
+    )
+    async def invocations(request: Request) -> Response:
+        served: ServedModel | None = app.state.model
+        if served is None:
+            return not_ready()
+        content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+        if content_type != "application/json":
+            detail = f"send application/json (MLflow's JSON formats), not {content_type!r}"
+            return json_response({"detail": detail}, 415)
+        try:
+            root, records = invocation_rows(json.loads(await request.body()))
+        except (ValueError, RecursionError) as exc:  # bad JSON or none of the formats
+            item = {"type": "invalid_payload", "loc": ["body"], "msg": str(exc)[:300]}
+            return json_response({"detail": [item]}, 422)
+        rows = rows_or_error(lambda: request_schema.model_validate({"data": records}), root)
+        if isinstance(rows, Response):
+            return rows
+        predictions = await batcher.submit(rows)
+        return json_response({"predictions": predictions.tolist()})
 
     _install_openapi(app, request_schema)
     app.add_middleware(BodySizeLimit, max_bytes=max_body_bytes)

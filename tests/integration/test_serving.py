@@ -202,6 +202,23 @@ def test_api_single_rows_equal_pyfunc(api, rows, pyfunc_predictions):
         assert body["predictions"] == [pyfunc_predictions[i]]
 
 
+def test_mlflow_scoring_client_is_served_by_invocations(api, rows, pyfunc_predictions):
+    from urllib.parse import urlparse
+
+    from mlflow.pyfunc.scoring_server.client import ScoringServerClient
+
+    address = urlparse(api)
+    client = ScoringServerClient(address.hostname, address.port)
+    client.wait_server_ready(timeout=30)  # MLflow's client probes /ping
+    # a DataFrame goes as dataframe_split, with NaN for the missing bedrooms
+    response = client.invoke(rows)
+    predictions = response.get_predictions(predictions_format="ndarray", dtype=float)
+    np.testing.assert_array_equal(predictions.reshape(-1), pyfunc_predictions)
+    # a list of row dicts goes as `inputs`
+    listed = client.invoke(records(rows.head(5)))
+    assert listed["predictions"] == list(pyfunc_predictions[:5])
+
+
 def test_api_rejects_bad_rows_with_422(api, rows):
     row = records(rows.head(1))[0] | {"ocean_proximity": "MARS"}
     status, body = post(f"{api}/predict", {"data": [row]})

@@ -106,6 +106,8 @@ def test_without_a_model_not_ready_and_predict_503_but_healthy():
         assert c.get("/ready").status_code == 503
         assert c.get("/version").status_code == 503
         assert c.post("/predict", json={"data": [good_row()]}).status_code == 503
+        invocation = {"dataframe_records": [good_row()]}
+        assert c.post("/invocations", json=invocation).status_code == 503
 
 
 def test_openapi_documents_the_request_schema(client):
@@ -148,6 +150,75 @@ def test_integers_are_accepted_for_floats(client, pipeline):
     r = client.post("/predict", json={"data": [row]})
     assert r.status_code == 200
     assert r.json()["predictions"] == pipeline.predict(pd.DataFrame([good_row()])).tolist()
+
+
+# --- MLflow's scoring protocol -------------------------------------------------------------
+def invocation_bodies(X: pd.DataFrame) -> dict[str, dict]:
+    """The same rows in each of MLflow's JSON input formats."""
+    rows = records(X)
+    columns = {c: [r[c] for r in rows] for c in X.columns}
+    return {
+        "dataframe_split": {"dataframe_split": X.to_dict(orient="split")},
+        "dataframe_records": {"dataframe_records": rows},
+        "instances": {"instances": rows},
+        "inputs-columns": {"inputs": columns},
+    }
+
+
+@pytest.mark.parametrize(
+    "form", ["dataframe_split", "dataframe_records", "instances", "inputs-columns"]
+)
+def test_invocations_accept_every_mlflow_format(client, pipeline, sample, form):
+    X = sample[0].head(20).copy()
+    X.loc[X.index[:3], "total_bedrooms"] = np.nan
+    body = invocation_bodies(X)[form]
+    # pandas' NaN travels as the bare token NaN, as MLflow's client sends it
+    r = client.post(
+        "/invocations",
+        content=json.dumps(body).encode(),
+        headers={"Content-Type": "application/json"},
+    )
+    assert r.status_code == 200, r.text
+    assert list(r.json()) == ["predictions"]
+    np.testing.assert_allclose(r.json()["predictions"], pipeline.predict(X), rtol=1e-12)
+
+
+def test_invocations_validate_rows_like_predict(client):
+    row = {**good_row(), "latitude": 99.0}
+    r = client.post("/invocations", json={"dataframe_records": [good_row(), row]})
+    assert r.status_code == 422
+    (error,) = r.json()["detail"]
+    assert error["loc"] == ["body", "dataframe_records", 1, "latitude"]
+    predict_error = client.post("/predict", json={"data": [good_row(), row]}).json()["detail"]
+    assert error["msg"] == predict_error[0]["msg"]
+    too_many = {"dataframe_records": [good_row()] * (MAX_ROWS + 1)}
+    assert client.post("/invocations", json=too_many).status_code == 413
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        ([good_row()], "JSON object"),
+        ({"rows": [good_row()]}, "exactly one of"),
+        ({"dataframe_records": [], "instances": []}, "exactly one of"),
+        ({"dataframe_split": {"columns": ["longitude"]}}, "'data' list"),
+        ({"dataframe_split": {"columns": ["a", "b"], "data": [[1]]}}, "needs 2 values"),
+        ({"inputs": {"longitude": [1.0, 2.0], "latitude": [3.0]}}, "same length"),
+        ({"dataframe_records": {"longitude": 1.0}}, "list of rows"),
+        ({"instances": [good_row()], "params": {"x": 1}}, "no params"),
+    ],
+)
+def test_invocations_bad_payload_is_422_naming_the_problem(client, body, message):
+    r = client.post("/invocations", json=body)
+    assert r.status_code == 422
+    assert message in r.json()["detail"][0]["msg"]
+
+
+def test_invocations_need_json(client):
+    r = client.post("/invocations", content=b"a,b\n1,2\n", headers={"Content-Type": "text/csv"})
+    assert r.status_code == 415
+    assert "application/json" in r.json()["detail"]
+    assert client.get("/ping").status_code == 200
 
 
 def test_rows_to_frame_has_training_dtypes(sample):
