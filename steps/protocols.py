@@ -1,9 +1,10 @@
 """Request bodies of the inference protocols other clients speak, turned into our rows.
 
 In: the parsed JSON body of ``POST /invocations`` (MLflow's scoring protocol: one of
-``dataframe_split``, ``dataframe_records``, ``instances``, ``inputs``). Out: the name of the
-format used and one dict per row, which serve validates exactly as it validates /predict's
-rows. Pure: no I/O, no MLflow.
+``dataframe_split``, ``dataframe_records``, ``instances``, ``inputs``) or of
+``POST /v2/models/{name}/infer`` (the Open Inference Protocol of KServe, Triton and MLServer:
+one tensor per column). Out: one dict per row, which serve validates exactly as it validates
+/predict's rows; and the V2 model metadata. Pure: no I/O, no MLflow.
 """
 
 from __future__ import annotations
@@ -11,11 +12,13 @@ from __future__ import annotations
 import math
 from typing import Any
 
+from steps import config
+
 INVOCATION_FORMATS = ("dataframe_split", "dataframe_records", "instances", "inputs")
 
 
 class PayloadError(ValueError):
-    """An /invocations body in none of MLflow's JSON input formats."""
+    """A body in none of the protocol's input forms; the message names the problem."""
 
 
 def _missing_as_none(row: Any) -> Any:
@@ -59,3 +62,65 @@ def invocation_rows(payload: Any) -> tuple[str, list[Any]]:
     else:
         raise PayloadError(f"{key} must be a list of rows")
     return key, [_missing_as_none(row) for row in rows]
+
+
+# --- Open Inference Protocol (V2: KServe, Triton, MLServer) ----------------------------------
+V2_NUMERIC_TYPES = frozenset(
+    {"FP64", "FP32", "FP16"} | {f"{s}INT{bits}" for s in ("", "U") for bits in (8, 16, 32, 64)}
+)
+V2_OUTPUT = "predicted_median_house_value"
+
+
+def v2_metadata(name: str, version: str) -> dict[str, Any]:
+    """``GET /v2/models/{name}``: one input tensor per raw column, one FP64 output."""
+    inputs = [{"name": c, "datatype": "FP64", "shape": [-1]} for c in config.NUMERIC_FEATURES]
+    inputs.append({"name": config.CATEGORICAL_FEATURE, "datatype": "BYTES", "shape": [-1]})
+    return {
+        "name": name,
+        "versions": [version],
+        "platform": "mlflow-sklearn",
+        "inputs": inputs,
+        "outputs": [{"name": V2_OUTPUT, "datatype": "FP64", "shape": [-1]}],
+    }
+
+
+def v2_rows(payload: Any) -> list[dict[str, Any]]:
+    """A V2 infer request -> one dict per row.
+
+    Each input tensor is one column (``shape`` ``[n]`` or ``[n, 1]``, ``data`` flat, or
+    nested one level as the pandas codec of MLServer sends it); numerics in any FP/INT
+    datatype, ``ocean_proximity`` as ``BYTES``. Values are validated afterwards exactly as
+    /predict's rows are.
+    """
+    inputs = payload.get("inputs") if isinstance(payload, dict) else None
+    if not isinstance(inputs, list) or not inputs:
+        raise PayloadError("the body needs an 'inputs' list with one tensor per column")
+    columns: dict[str, list[Any]] = {}
+    for tensor in inputs:
+        if not isinstance(tensor, dict) or not isinstance(tensor.get("name"), str):
+            raise PayloadError("every input needs a 'name', 'shape', 'datatype' and 'data'")
+        name, shape, data = tensor["name"], tensor.get("shape"), tensor.get("data")
+        datatype = tensor.get("datatype")
+        if name in columns:
+            raise PayloadError(f"input {name!r} is given twice")
+        if name == config.CATEGORICAL_FEATURE:
+            expected, allowed = "BYTES", {"BYTES"}
+        else:
+            expected, allowed = "a numeric type", V2_NUMERIC_TYPES
+        if not isinstance(datatype, str) or datatype not in allowed:
+            raise PayloadError(f"input {name!r} has datatype {datatype!r}; expected {expected}")
+        if not isinstance(data, list):
+            raise PayloadError(f"input {name!r} needs a 'data' list")
+        if not isinstance(shape, list) or not shape or any(n != 1 for n in shape[1:]):
+            raise PayloadError(
+                f"input {name!r}: shape {shape!r}; one column per input, [n] or [n, 1]"
+            )
+        flat = [v[0] if isinstance(v, list) and len(v) == 1 else v for v in data]
+        if shape[0] != len(flat):
+            raise PayloadError(f"input {name!r}: shape {shape!r} does not match {len(flat)} values")
+        columns[name] = flat
+    lengths = {len(values) for values in columns.values()}
+    if len(lengths) != 1:
+        raise PayloadError("every input needs the same number of values")
+    n = lengths.pop()
+    return [{name: values[i] for name, values in columns.items()} for i in range(n)]

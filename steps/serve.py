@@ -57,7 +57,7 @@ from steps.loading import (
     load_skops_pipeline,
     resolve_model_version,
 )
-from steps.protocols import invocation_rows
+from steps.protocols import V2_OUTPUT, invocation_rows, v2_metadata, v2_rows
 
 # --- defaults (the MLproject `serve` entry point and `make serve` mirror these) -------------
 DEFAULT_HOST = "127.0.0.1"
@@ -414,16 +414,36 @@ def create_app(
     def not_ready() -> Response:
         return json_response({"detail": "model not loaded"}, 503)
 
-    def rows_or_error(validate: Callable[[], Any], root: str = "data") -> Any:
-        """The validated rows, or the 413/422 answer: one validation path for every protocol."""
+    def rows_or_error(
+        validate: Callable[[], Any],
+        root: str = "data",
+        respond: Callable[[int, Any], Response] = lambda status, detail: json_response(
+            {"detail": detail}, status
+        ),
+    ) -> Any:
+        """The validated rows, or the 413/422 answer: one validation path for every protocol
+        (``respond`` shapes the error body the protocol's clients expect)."""
         try:
             return validate().data
         except ValidationError as exc:
             if any(e["type"] == "too_long" and e["loc"] == ("data",) for e in exc.errors()):
-                return json_response(
-                    {"detail": f"too many rows: the maximum per request is {max_rows}"}, 413
-                )
-            return json_response({"detail": error_detail(exc, root)}, 422)
+                return respond(413, f"too many rows: the maximum per request is {max_rows}")
+            return respond(422, error_detail(exc, root))
+
+    def v2_error(status: int, detail: Any) -> Response:
+        # the Open Inference Protocol answers errors as {"error": "<message>"}
+        if isinstance(detail, str):
+            return json_response({"error": detail}, status)
+        message = "; ".join(f"{'.'.join(map(str, d['loc'][1:]))}: {d['msg']}" for d in detail)
+        return json_response({"error": message, "detail": detail}, 400)
+
+    def v2_model(model_name: str) -> ServedModel | Response:
+        served: ServedModel | None = app.state.model
+        if served is None:
+            return json_response({"error": "model not loaded"}, 503)
+        if model_name != served.ref.name:
+            return json_response({"error": f"unknown model {model_name!r}"}, 404)
+        return served
 
     @app.get("/health", summary="Process is up")
     async def health() -> dict[str, str]:
@@ -504,6 +524,71 @@ def create_app(
             return rows
         predictions = await batcher.submit(rows)
         return json_response({"predictions": predictions.tolist()})
+
+    # --- Open Inference Protocol (V2): KServe, Triton and MLServer clients ---------------------
+    @app.get("/v2/health/live", summary="V2: process is up")
+    async def v2_live() -> dict[str, bool]:
+        return {"live": True}
+
+    @app.get("/v2/health/ready", summary="V2: model loaded", responses={503: {}})
+    async def v2_ready() -> Response:
+        ready = app.state.model is not None
+        return json_response({"ready": ready}, 200 if ready else 503)
+
+    @app.get("/v2/models/{model_name}", summary="V2: model metadata", responses={404: {}, 503: {}})
+    async def v2_model_metadata(model_name: str) -> Response:
+        served = v2_model(model_name)
+        if isinstance(served, Response):
+            return served
+        return json_response(v2_metadata(served.ref.name, served.ref.version))
+
+    @app.get("/v2/models/{model_name}/ready", summary="V2: model ready", responses={404: {}})
+    async def v2_model_ready(model_name: str) -> Response:
+        served = v2_model(model_name)
+        if isinstance(served, Response):
+            return served
+        return json_response({"name": served.ref.name, "ready": True})
+
+    @app.post(
+        "/v2/models/{model_name}/infer",
+        summary="V2: predict; one input tensor per raw column",
+        responses={
+            400: {"description": "Not a V2 request of our columns, or invalid values"},
+            404: {"description": "Unknown model"},
+            413: {"description": f"More than {max_rows} rows or more than {max_body_bytes} bytes"},
+            503: {"description": "Model not loaded"},
+        },
+    )
+    async def v2_infer(model_name: str, request: Request) -> Response:
+        served = v2_model(model_name)
+        if isinstance(served, Response):
+            return served
+        try:
+            payload = json.loads(await request.body())
+            records = v2_rows(payload)
+        except (ValueError, RecursionError) as exc:  # bad JSON or not a V2 request
+            return json_response({"error": str(exc)[:300]}, 400)
+        rows = rows_or_error(
+            lambda: request_schema.model_validate({"data": records}), "rows", v2_error
+        )
+        if isinstance(rows, Response):
+            return rows
+        predictions = (await batcher.submit(rows)).tolist()
+        answer: dict[str, Any] = {
+            "model_name": served.ref.name,
+            "model_version": served.ref.version,
+            "outputs": [
+                {
+                    "name": V2_OUTPUT,
+                    "datatype": "FP64",
+                    "shape": [len(predictions)],
+                    "data": predictions,
+                }
+            ],
+        }
+        if isinstance(payload.get("id"), str):
+            answer["id"] = payload["id"]
+        return json_response(answer)
 
     _install_openapi(app, request_schema)
     app.add_middleware(BodySizeLimit, max_bytes=max_body_bytes)

@@ -219,6 +219,26 @@ def test_mlflow_scoring_client_is_served_by_invocations(api, rows, pyfunc_predic
     assert listed["predictions"] == list(pyfunc_predictions[:5])
 
 
+def test_open_inference_protocol_v2_over_http(api, registry, rows, pyfunc_predictions):
+    status, meta = get(f"{api}/v2/models/{config.MODEL_NAME}")
+    assert status == 200
+    assert meta["versions"] == [registry["version"]]
+    columns = records(rows)
+    inputs = [
+        {
+            "name": meta_input["name"],
+            "datatype": meta_input["datatype"],
+            "shape": [len(columns)],
+            "data": [row.get(meta_input["name"]) for row in columns],
+        }
+        for meta_input in meta["inputs"]  # built from the metadata, as a V2 client does
+    ]
+    status, body = post(f"{api}/v2/models/{config.MODEL_NAME}/infer", {"inputs": inputs})
+    assert status == 200, body
+    assert body["model_version"] == registry["version"]
+    np.testing.assert_array_equal(np.asarray(body["outputs"][0]["data"]), pyfunc_predictions)
+
+
 def test_api_rejects_bad_rows_with_422(api, rows):
     row = records(rows.head(1))[0] | {"ocean_proximity": "MARS"}
     status, body = post(f"{api}/predict", {"data": [row]})
