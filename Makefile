@@ -27,7 +27,8 @@ export MLFLOW_LOGGING_LEVEL ?= WARNING
 export MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR ?= false
 endif
 MLFLOW_PORT ?= 5000
-SERVE_PORT ?= 8000
+# empty: serve's own default port (steps/serve.py DEFAULT_PORT)
+SERVE_PORT ?=
 PIPELINE_EXPERIMENT ?= california_housing_price
 GIT_URL ?= $(shell git remote get-url origin 2>/dev/null)
 GIT_VERSION ?= $(shell git rev-parse HEAD 2>/dev/null)
@@ -79,9 +80,9 @@ run-from-git: setup ## main from GIT_URL (default origin; subfolder: URL#dir) at
 	mlflow run '$(GIT_URL)' -e main --version $(GIT_VERSION) --env-manager local \
 	  --experiment-name $(PIPELINE_EXPERIMENT)
 
-serve: setup ## online API for models:/CaliforniaHousingRegressor@champion on 127.0.0.1:$(SERVE_PORT)
+serve: setup ## online API for models:/CaliforniaHousingRegressor@champion on 127.0.0.1:8000 (SERVE_PORT=… to move it)
 	mlflow run . -e serve --env-manager local --experiment-name $(PIPELINE_EXPERIMENT) \
-	  -P port=$(SERVE_PORT)
+	  $(if $(SERVE_PORT),-P port=$(SERVE_PORT))
 
 predict: setup ## batch predictions with the champion: make predict INPUT=rows.csv [OUTPUT=…]
 	@test -n "$(INPUT)" || { echo "error: predict: give the rows to score: make predict INPUT=file.csv" >&2; exit 2; }

@@ -78,6 +78,9 @@ PUBLIC_DATA_URL = (
     "https://raw.githubusercontent.com/ageron/handson-ml2/master/datasets/housing/housing.tgz"
 )
 DATA_URL_ENV = "HOUSING_DATA_URL"
+# Set by main for a step it starts before the step's upstream has finished: the path of the
+# file main creates once it has (runtime.wait_for_upstream).
+START_AFTER_ENV = "PIPELINE_START_AFTER"
 
 TARGET = "median_house_value"
 NUMERIC_FEATURES: tuple[str, ...] = (

@@ -13,7 +13,9 @@ upstream run and the same data md5; register is never reused. Parent tags:
 ``registry.alias``, ``dataset.dvc_md5``; parent metric ``test_rmse``; the parent is named
 ``main · <kind> · v<N>@<alias>`` and its description (``mlflow.note.content``) is the step
 table. Each step's output goes to the artifact ``logs/<step>.log`` of its run; the terminal
-gets one line per step (``PIPELINE_VERBOSE=1``: everything, as it happens).
+gets one line per step (``PIPELINE_VERBOSE=1``: everything, as it happens). Steps that run
+are started ahead of their turn and wait for their upstream (``Chain``), so their start-up
+overlaps the work before them; when the pipeline stops early, those still waiting end KILLED.
 """
 
 from __future__ import annotations
@@ -21,11 +23,12 @@ from __future__ import annotations
 import contextlib
 import os
 import shlex
+import shutil
 import signal
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -38,6 +41,8 @@ from steps.runtime import StepError
 
 STEP = "main"
 DEFAULT_EXPERIMENT_ID = "0"
+STEPS = ("load_data", "preprocess", "train", "register")
+CHAIN_POLL_S = 0.05
 NEVER_REUSED = frozenset({"register"})
 # Fail in ~15 s instead of ~4 min per request when the tracking server is gone (mlflow's
 # defaults: 7 retries, backoff factor 2, capped at 120 s). Children inherit them; the user's
@@ -262,45 +267,42 @@ def find_reusable(experiment_id: str, key: CacheKey) -> Any | None:
 
 
 @contextlib.contextmanager
-def captured_output(verbose: bool) -> Iterator[Path | None]:
-    """Send this process's stdout/stderr — and so the child step's — to a log file.
+def output_to(log: Path | None) -> Iterator[None]:
+    """Point this process's stdout/stderr at ``log`` while a child is started.
 
-    ``mlflow.projects.run`` runs the entry point with our file descriptors, so redirecting
-    them at the OS level is what catches the child's output too. Verbose: no capture.
+    ``mlflow.projects`` starts the entry point with our file descriptors; a child keeps the
+    ones it was started with, so swapping them around the launch gives every step its own
+    log even while two steps run at once. ``None`` (verbose): no redirection.
     """
-    if verbose:
-        yield None
+    if log is None:
+        yield
         return
-    with tempfile.NamedTemporaryFile("w+b", prefix="step-", suffix=".log", delete=False) as log:
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = os.dup(1), os.dup(2)
+    with log.open("ab") as sink:
+        os.dup2(sink.fileno(), 1)
+        os.dup2(sink.fileno(), 2)
+    try:
+        yield
+    finally:
         sys.stdout.flush()
         sys.stderr.flush()
-        saved = os.dup(1), os.dup(2)
-        os.dup2(log.fileno(), 1)
-        os.dup2(log.fileno(), 2)
-        try:
-            yield Path(log.name)
-        finally:
-            sys.stdout.flush()
-            sys.stderr.flush()
-            os.dup2(saved[0], 1)
-            os.dup2(saved[1], 2)
-            os.close(saved[0])
-            os.close(saved[1])
+        os.dup2(saved[0], 1)
+        os.dup2(saved[1], 2)
+        os.close(saved[0])
+        os.close(saved[1])
 
 
-def attach_log(client: Any, run_id: str | None, step: str, log: Path | None) -> None:
+def attach_log(client: Any, run_id: str, log: Path | None) -> None:
     """Keep a step's full output with its run; the terminal only got one line of it."""
     if log is None:
         return
     try:
-        if run_id is not None:
-            named = log.with_name(f"{step}.log")
-            log.replace(named)
-            log = named
-            with contextlib.suppress(Exception):
-                client.log_artifact(run_id, str(log), LOG_ARTIFACT_DIR)
+        with contextlib.suppress(Exception):
+            client.log_artifact(run_id, str(log), LOG_ARTIFACT_DIR)
     finally:
-        log.unlink(missing_ok=True)
+        shutil.rmtree(log.parent, ignore_errors=True)
 
 
 def child_environment(env_manager: str, verbose: bool) -> None:
@@ -320,26 +322,75 @@ def child_environment(env_manager: str, verbose: bool) -> None:
             os.environ["PATH"] = os.pathsep.join([bin_dir, path]) if path else bin_dir
 
 
-def launch(step: str, params: dict[str, str], env_manager: str, experiment_id: str) -> str:
-    """Run one entry point as a child run and wait; returns its run id.
+@dataclass
+class Launched:
+    """A step started as a child run; ``released``: when it could begin its work."""
 
-    Synchronous mode runs the entry point's command directly (asynchronous mode would put a
-    whole extra `mlflow run` process in between) and, on Ctrl-C/SIGTERM, kills the child and
-    ends its run before re-raising.
+    step: str
+    submitted: Any  # mlflow.projects.SubmittedRun
+    log: Path | None
+    gate: Path | None
+    released: float
+
+    @property
+    def run_id(self) -> str:
+        return self.submitted.run_id
+
+    def warmed_up(self) -> bool:
+        """Imports done and run open (runtime.wait_for_upstream); a step started without a
+        gate is taken as warm, since nothing can be started earlier than it anyway."""
+        return self.gate is None or Path(f"{self.gate}{runtime.READY_SUFFIX}").exists()
+
+
+def project_run_args(
+    step: str, params: dict[str, str], env_manager: str, experiment_id: str
+) -> dict[str, Any]:
+    """Arguments of ``mlflow.projects._run`` for one local entry point of this project.
+    ``synchronous=True`` runs the command here (no extra ``mlflow run`` process); ``_run``
+    returns without waiting for it either way."""
+    return {
+        "uri": str(config.PROJECT_ROOT),
+        "experiment_id": experiment_id,
+        "entry_point": step,
+        "version": None,
+        "parameters": params,
+        "docker_args": None,
+        "backend_name": "local",
+        "backend_config": {},
+        "storage_dir": None,
+        "env_manager": env_manager,
+        "synchronous": True,
+        "run_name": step,
+        "build_image": False,
+        "docker_auth": None,
+    }
+
+
+def launch(
+    step: str,
+    params: dict[str, str],
+    env_manager: str,
+    experiment_id: str,
+    log: Path | None,
+    gate: Path | None,
+) -> Launched:
+    """Start one entry point as a child run of the active (parent) run; do not wait.
+
+    ``mlflow.projects.run`` would block until the step ends. Its helper ``_run`` does the
+    same run creation, tagging and command (the entry point itself, no extra ``mlflow run``
+    process) and returns the running step, so main can start the next step meanwhile.
+    ``gate``: the child waits for this file before it starts its work (``runtime``).
     """
-    import mlflow
+    import mlflow.projects
     from mlflow.exceptions import ExecutionException, MlflowException
 
+    if gate is not None:
+        os.environ[config.START_AFTER_ENV] = str(gate)
     try:
-        submitted = mlflow.projects.run(
-            str(config.PROJECT_ROOT),
-            entry_point=step,
-            parameters=params,
-            env_manager=env_manager,
-            experiment_id=experiment_id,
-            run_name=step,
-            synchronous=True,
-        )
+        with output_to(log):
+            submitted = mlflow.projects._run(
+                **project_run_args(step, params, env_manager, experiment_id)
+            )
     except ExecutionException as exc:
         raise StepError(f"step {step} failed: {exc}") from exc
     except MlflowException as exc:
@@ -348,56 +399,90 @@ def launch(step: str, params: dict[str, str], env_manager: str, experiment_id: s
         raise StepError(
             f"step {step}: tracking server unreachable: {runtime.one_line(exc)}"
         ) from exc
-    return submitted.run_id
+    finally:
+        os.environ.pop(config.START_AFTER_ENV, None)
+    return Launched(step, submitted, log, gate, time.perf_counter())
 
 
-def latest_child(client: Any, parent_id: str, step: str) -> str | None:
-    """The run a failed launch left behind (MLflow's exception does not carry its id)."""
-    from mlflow.exceptions import MlflowException
-
-    try:
-        runs = client.search_runs(
-            [client.get_run(parent_id).info.experiment_id],
-            filter_string=(
-                f"tags.`mlflow.parentRunId` = '{parent_id}' and attributes.run_name = '{step}'"
-            ),
-            order_by=["attributes.start_time DESC"],
-            max_results=1,
-        )
-    except MlflowException:
+def new_log(step: str, verbose: bool) -> Path | None:
+    """``<temp dir>/<step>.log``, the artifact's name (None when verbose: output streams)."""
+    if verbose:
         return None
-    return runs[0].info.run_id if runs else None
+    return Path(tempfile.mkdtemp(prefix="pipeline-log-")) / f"{step}.log"
 
 
-def run_step(
-    step: str, params: dict[str, str], env_manager: str, parent: Any, verbose: bool
-) -> str:
-    """Launch one step with its output captured (unless verbose); keep the log on its run."""
-    import mlflow
-
-    client = mlflow.MlflowClient()
-    failure: StepError | None = None
-    run_id: str | None = None
-    with captured_output(verbose) as log:
-        try:
-            run_id = launch(step, params, env_manager, parent.info.experiment_id)
-        except StepError as exc:
-            failure = exc
-        except BaseException:
-            if log is not None:  # interrupted: the run ends KILLED, its log is dropped
-                log.unlink(missing_ok=True)
-            raise
-    if failure is not None:
+def finish(launched: Launched, client: Any) -> str:
+    """Wait for a launched step; keep its log on its run; a failure is a StepError."""
+    ok = launched.submitted.wait()
+    run_id, step, log = launched.run_id, launched.step, launched.log
+    if client.get_run(run_id).info.status == "RUNNING":  # the step could not end it itself
+        client.set_terminated(run_id, "FINISHED" if ok else "FAILED")
+    if not ok:
         text = log.read_text(errors="replace") if log else ""
         for line in error_lines(text):
             click.echo(f"  {line}", err=True)
-        run_id = latest_child(client, parent.info.run_id, step)
-        attach_log(client, run_id, step, log)
         where = f" (full output: artifact {LOG_ARTIFACT_DIR}/{step}.log of run {run_id})"
-        raise StepError(f"{failure}{where if log and run_id else ''}") from failure
-    attach_log(client, run_id, step, log)
-    assert run_id is not None
+        attach_log(client, run_id, log)
+        raise StepError(f"step {step} failed: Run (ID '{run_id}') failed{where if log else ''}")
+    attach_log(client, run_id, log)
     return run_id
+
+
+def cancel(launched: Launched, client: Any) -> None:
+    """Stop a launched step (SIGTERM: it ends its run KILLED) and drop its log."""
+    from mlflow.exceptions import MlflowException
+
+    launched.submitted.cancel()
+    with contextlib.suppress(MlflowException):
+        if client.get_run(launched.run_id).info.status == "RUNNING":
+            client.set_terminated(launched.run_id, "KILLED")
+    if launched.log is not None:
+        shutil.rmtree(launched.log.parent, ignore_errors=True)
+
+
+class Chain:
+    """The steps left once one step misses the cache. Each gives the next a new upstream run,
+    so all of them run, and each is started ahead of its turn: its imports and tracking-store
+    set-up overlap the work before it, and it waits at a gate file that main creates when
+    its upstream has finished. A step is started only once every step ahead of it has
+    warmed up (the working one too: it may have been released before it was ready), so one
+    start-up at a time competes with the working step for the CPU."""
+
+    def __init__(
+        self,
+        steps: list[str],
+        upstream: str | None,
+        start: Callable[[str, str | None, Path | None], Launched],
+        gates: Path,
+    ) -> None:
+        self.to_start, self.upstream, self.start, self.gates = steps, upstream, start, gates
+        self.ahead: list[Launched] = []
+
+    def __bool__(self) -> bool:
+        return bool(self.to_start or self.ahead)
+
+    def _start_next(self) -> None:
+        before = self.ahead[-1].run_id if self.ahead else self.upstream
+        gate = self.gates / before if self.ahead and before else None
+        self.ahead.append(self.start(self.to_start.pop(0), before, gate))
+
+    def run_next(self, client: Any) -> Launched:
+        """Wait for the next step in line (starting later ones meanwhile); release the one
+        after it. A failed step is a StepError."""
+        if not self.ahead:
+            self._start_next()
+        launched = self.ahead[0]
+        while launched.submitted.get_status() == "RUNNING":
+            if self.to_start and all(started.warmed_up() for started in self.ahead):
+                self._start_next()
+            time.sleep(CHAIN_POLL_S)
+        finish(launched, client)
+        self.ahead.pop(0)
+        (self.gates / launched.run_id).touch()
+        if self.ahead:
+            self.ahead[0].released = time.perf_counter()
+        self.upstream = launched.run_id
+        return launched
 
 
 def verbose() -> bool:
@@ -510,23 +595,38 @@ def run_pipeline(env_manager: str, use_cache: bool, opts: dict[str, Any]) -> Non
     if git.dirty:
         runtime.echo(STEP, "uncommitted changes: runs are keyed on the code as it is on disk")
 
+    def start(step: str, upstream_id: str | None, gate: Path | None) -> Launched:
+        if is_verbose:
+            runtime.echo(STEP, f"{step}: starting")
+        params = step_params(step, upstream_id, opts)
+        launched = launch(step, params, env_manager, experiment_id, new_log(step, is_verbose), gate)
+        live.append(launched)
+        return launched
+
     results: list[StepResult] = []
     upstream: str | None = None
+    gates = Path(tempfile.mkdtemp(prefix="pipeline-gates-"))
+    live: list[Launched] = []
+    chain: Chain | None = None
     click.echo(table_row(TABLE_HEADER))
     try:
-        for step in ("load_data", "preprocess", "train", "register"):
+        for index, step in enumerate(STEPS):
             started = time.perf_counter()
-            params = step_params(step, upstream, opts)
-            key = CacheKey(step, params, fingerprint.code_hash(step), data_md5)
             hit = None
-            if use_cache and step not in NEVER_REUSED:
-                hit = find_reusable(experiment_id, key)
+            if not chain:
+                params = step_params(step, upstream, opts)
+                key = CacheKey(step, params, fingerprint.code_hash(step), data_md5)
+                if use_cache and step not in NEVER_REUSED:
+                    hit = find_reusable(experiment_id, key)
+                if hit is None:
+                    chain = Chain(list(STEPS[index:]), upstream, start, gates)
             if hit is not None:
                 run_id = hit.info.run_id
             else:
-                if is_verbose:
-                    runtime.echo(STEP, f"{step}: running")
-                run_id = run_step(step, params, env_manager, parent, is_verbose)
+                assert chain is not None
+                launched = chain.run_next(client)
+                live.remove(launched)
+                started, run_id = launched.released, launched.run_id
                 if source_name:
                     client.set_tag(run_id, "mlflow.source.name", source_name)
             run = client.get_run(run_id)
@@ -543,19 +643,28 @@ def run_pipeline(env_manager: str, use_cache: bool, opts: dict[str, Any]) -> Non
             )
             upstream = run_id
     except StepError as exc:
+        for launched in live:
+            cancel(launched, client)
         runtime.end_run_safely(RunStatus.to_string(RunStatus.FAILED))
         click.echo(f"error: {STEP}: {exc}", err=True)
         raise SystemExit(1) from None
     except KeyboardInterrupt:
         runtime.ignore_interrupts()
+        for launched in live:
+            cancel(launched, client)
         runtime.end_run_safely(RunStatus.to_string(RunStatus.KILLED))
         end_orphaned_launcher_run(launcher_id, launcher_pid)
         click.echo(f"error: {STEP}: interrupted", err=True)
         raise SystemExit(130) from None
     except Exception:
+        for launched in live:
+            with contextlib.suppress(Exception):
+                cancel(launched, client)
         # The parent may be our own run (not the launcher's): nobody else would end it.
         runtime.end_run_safely(RunStatus.to_string(RunStatus.FAILED))
         raise
+    finally:
+        shutil.rmtree(gates, ignore_errors=True)
 
     train_run = client.get_run(results[2].run_id)
     show_data_and_model(client, parent.info.run_id, client.get_run(results[0].run_id), train_run)

@@ -106,7 +106,7 @@ def read_raw(run_id: str) -> pd.DataFrame:
     default=config.DEFAULT_SPLIT_STRATEGY,
     show_default=True,
 )
-@runtime.as_step(STEP)
+@runtime.as_step(STEP, warm=("skops.io",))
 def cli(upstream_run_id: str, test_size: float, split_seed: int, split_strategy: str) -> None:
     import mlflow
     import skops.io

@@ -274,7 +274,7 @@ def stored_result(version: Any) -> GateResult:
     show_default=True,
     help="fewest rows neither model trained on for an automatic promotion",
 )
-@runtime.as_step(STEP)
+@runtime.as_step(STEP, warm=("skops.io", "sklearn.pipeline"))
 def cli(
     upstream_run_id: str,
     model_name: str,

@@ -14,13 +14,14 @@ import atexit
 import contextlib
 import functools
 import gc
+import importlib
 import os
 import re
 import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -190,8 +191,29 @@ def skip_exit_collection() -> None:
     atexit.register(gc.freeze)
 
 
+READY_SUFFIX = ".ready"
+
+
+def wait_for_upstream(warm: Sequence[str] = ()) -> None:
+    """Under main, a step may be started while the step before it still runs, so that its
+    imports and tracking-store set-up overlap that work. It imports ``warm`` (modules the
+    step would otherwise import later, lazily) and waits here, with its run open, until main
+    creates the gate file: the upstream finished. Main stops it (SIGTERM → KILLED) if the
+    upstream fails. Run on its own, a step does neither."""
+    gate = os.environ.pop(config.START_AFTER_ENV, None)
+    if not gate:
+        return
+    for module in warm:
+        importlib.import_module(module)
+    Path(f"{gate}{READY_SUFFIX}").touch()  # main may start the step after this one now
+    while not os.path.exists(gate):
+        time.sleep(0.02)
+
+
 @contextlib.contextmanager
-def step_run(step: str, params: dict[str, Any] | None = None) -> Iterator[Any]:
+def step_run(
+    step: str, params: dict[str, Any] | None = None, warm: Sequence[str] = ()
+) -> Iterator[Any]:
     """Open (or resume, under ``mlflow run``) the step's MLflow run and end it honestly.
 
     ``StepError`` → FAILED, message on one line, exit 1; SIGINT/SIGTERM → KILLED, exit 130;
@@ -217,6 +239,7 @@ def step_run(step: str, params: dict[str, Any] | None = None) -> Iterator[Any]:
         click.echo(f"error: {step}: tracking server unreachable: {one_line(exc)}", err=True)
         sys.exit(1)
     try:
+        wait_for_upstream(warm)
         git = git_state()
         tags = {
             config.TAG_STEP: step,
@@ -258,13 +281,16 @@ def step_run(step: str, params: dict[str, Any] | None = None) -> Iterator[Any]:
             sys.exit(1)
 
 
-def as_step(step: str) -> Callable[[Callable[..., None]], Callable[..., None]]:
-    """Decorate a click callback so it runs inside ``step_run`` with its params logged."""
+def as_step(
+    step: str, warm: Sequence[str] = ()
+) -> Callable[[Callable[..., None]], Callable[..., None]]:
+    """Decorate a click callback so it runs inside ``step_run`` with its params logged
+    (``warm``: see ``wait_for_upstream``)."""
 
     def decorate(func: Callable[..., None]) -> Callable[..., None]:
         @functools.wraps(func)
         def wrapper(**kwargs: Any) -> None:
-            with step_run(step, params=kwargs):
+            with step_run(step, params=kwargs, warm=warm):
                 func(**kwargs)
 
         return wrapper

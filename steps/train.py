@@ -191,7 +191,9 @@ def log_evaluation(
 @click.command(help="Fit the preprocessing + regressor pipeline and log it as one model.")
 @click.option("--upstream-run-id", default="", help="preprocess run (empty: latest finished).")
 @hyperparameter_options
-@runtime.as_step(STEP)
+@runtime.as_step(
+    STEP, warm=("skops.io", "mlflow.sklearn", "mlflow.models.evaluation.default_evaluator")
+)
 def cli(upstream_run_id: str, model_kind: str, **hyperparams: Any) -> None:
     import mlflow
 

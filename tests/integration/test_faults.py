@@ -20,6 +20,7 @@ from mlflow import MlflowClient
 from mlflow.entities import ViewType
 
 from steps import config, gate, registry
+from steps.hyperparams import DEFAULT_HYPERPARAMS
 from tests.support import (
     copy_project,
     free_port,
@@ -246,7 +247,10 @@ def test_signal_while_a_child_runs_stops_everything_and_ends_every_run(tmp_path,
     # The store exists before main starts: this test's polling and the launcher would
     # otherwise both create the new SQLite schema at once, which MLflow does not survive.
     MlflowClient(uri).search_experiments()
-    pipeline = start_main(project, uri)  # default n_estimators: train runs long enough
+    # Ten times the default trees: the signal lands while train fits, however slow the machine
+    # is between the run appearing and the signal being sent.
+    trees = 10 * DEFAULT_HYPERPARAMS["n_estimators"]
+    pipeline = start_main(project, uri, "-P", f"n_estimators={trees}")
     try:
         wait_for_run(uri, "train", pipeline.proc)
         children = [
@@ -272,11 +276,16 @@ def test_signal_while_a_child_runs_stops_everything_and_ends_every_run(tmp_path,
     runs = all_runs(client)
     by_step = {}
     for run in runs:
-        by_step.setdefault(run.data.tags.get(config.TAG_STEP, "launcher"), []).append(run)
+        # a step still waiting for its upstream has not tagged itself yet: its run name says
+        step = run.data.tags.get(config.TAG_STEP) or run.info.run_name
+        by_step.setdefault(step if step in (*STEPS, "main") else "launcher", []).append(run)
     statuses = {step: sorted(r.info.status for r in rs) for step, rs in by_step.items()}
     print(f"{target}: run statuses {statuses}")
     assert not [s for s, st in statuses.items() if "RUNNING" in st], statuses
     assert statuses["train"] in (["KILLED"], ["FAILED"])
+    # register, started ahead of its turn, was waiting for train: it ends KILLED too
+    assert statuses.get("register", ["KILLED"]) == ["KILLED"], statuses
+    assert statuses["launcher"] in (["FAILED"], ["KILLED"]), statuses
     assert statuses["main"] in (["KILLED"], ["FAILED"])
     assert "error: main: interrupted" in pipeline.stderr
     assert not list(client.search_registered_models())  # register never ran

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 from types import SimpleNamespace
 
 from steps import config
@@ -12,6 +13,7 @@ from steps.main import (
     as_mlflow_params,
     error_lines,
     parent_run_name,
+    project_run_args,
     result_row,
     reusable,
     run_description,
@@ -127,3 +129,17 @@ def test_summary_table_lists_each_step():
     lines = table.splitlines()
     assert lines[0].split()[:3] == ["step", "run", "id"]
     assert "reused" in lines[1] and "ran" in lines[2] and "12.3" in lines[2]
+
+
+def test_launch_arguments_fit_mlflows_run_helper():
+    """main starts steps through the private ``mlflow.projects._run``; an MLflow upgrade that
+    changes it must fail here, not in the middle of a pipeline."""
+    import mlflow.projects
+
+    helper = inspect.signature(mlflow.projects._run)
+    args = project_run_args("train", {"upstream_run_id": "abc"}, "local", "1")
+    helper.bind(**args)  # raises TypeError on a missing, renamed or unknown argument
+    assert set(args) == set(helper.parameters)
+    # the waiting is done by ``mlflow.projects.run`` itself, after ``_run`` has returned
+    source = inspect.getsource(mlflow.projects.run)
+    assert "if synchronous:\n        _wait_for(submitted_run_obj)" in source
