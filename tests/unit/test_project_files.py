@@ -115,3 +115,14 @@ def test_dev_and_docs_locks_agree_with_the_locks_they_extend():
     docs = lock_entries("requirements-docs.lock")
     shared = {k: v for k, v in docs.items() if k in dev}
     assert shared == {k: dev[k] for k in shared}
+
+
+def test_makefile_repeats_no_default_of_the_steps():
+    """The Make targets name the experiment and port that steps/ defines, not their own."""
+    makefile = (config.PROJECT_ROOT / "Makefile").read_text()
+    assert re.search(r"^PIPELINE_EXPERIMENT \?= (\S+)$", makefile, re.M)[1] == (
+        config.EXPERIMENT_NAME
+    )
+    # make serve passes a port only when SERVE_PORT is given: serve's default stays the one
+    assert re.search(r"^SERVE_PORT \?=\s*$", makefile, re.M)
+    assert "$(if $(SERVE_PORT),-P port=$(SERVE_PORT))" in makefile
