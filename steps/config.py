@@ -81,6 +81,8 @@ DATA_URL_ENV = "HOUSING_DATA_URL"
 # Set by main for a step it starts before the step's upstream has finished: the path of the
 # file main creates once it has (runtime.wait_for_upstream).
 START_AFTER_ENV = "PIPELINE_START_AFTER"
+# main's pid, for its children: a step waiting for its upstream gives up if main is gone.
+MAIN_PID_ENV = "PIPELINE_MAIN_PID"
 
 TARGET = "median_house_value"
 NUMERIC_FEATURES: tuple[str, ...] = (

@@ -306,7 +306,8 @@ def attach_log(client: Any, run_id: str, log: Path | None) -> None:
 
 
 def child_environment(env_manager: str, verbose: bool) -> None:
-    """Environment the children inherit: quiet MLflow, and our own interpreter first on PATH.
+    """Environment the children inherit: quiet MLflow, main's pid (runtime.wait_for_upstream)
+    and our own interpreter first on PATH.
 
     With ``--env-manager local`` MLflow runs each step's ``python`` from PATH; a pipeline
     started as ``.venv/bin/mlflow run …`` from a shell without the venv would otherwise
@@ -315,6 +316,7 @@ def child_environment(env_manager: str, verbose: bool) -> None:
     if not verbose:
         for name, value in QUIET_DEFAULTS.items():
             os.environ.setdefault(name, value)
+    os.environ[config.MAIN_PID_ENV] = str(os.getpid())
     if env_manager == "local":
         bin_dir = str(Path(sys.executable).parent)
         path = os.environ.get("PATH", "")
@@ -599,8 +601,10 @@ def run_pipeline(env_manager: str, use_cache: bool, opts: dict[str, Any]) -> Non
         if is_verbose:
             runtime.echo(STEP, f"{step}: starting")
         params = step_params(step, upstream_id, opts)
-        launched = launch(step, params, env_manager, experiment_id, new_log(step, is_verbose), gate)
-        live.append(launched)
+        log = new_log(step, is_verbose)
+        with runtime.interrupts_deferred():  # a started child is always in `live`
+            launched = launch(step, params, env_manager, experiment_id, log, gate)
+            live.append(launched)
         return launched
 
     results: list[StepResult] = []

@@ -203,11 +203,45 @@ def wait_for_upstream(warm: Sequence[str] = ()) -> None:
     gate = os.environ.pop(config.START_AFTER_ENV, None)
     if not gate:
         return
+    main_pid = int(os.environ.get(config.MAIN_PID_ENV) or os.getppid())
     for module in warm:
         importlib.import_module(module)
     Path(f"{gate}{READY_SUFFIX}").touch()  # main may start the step after this one now
     while not os.path.exists(gate):
+        # main may die before it could stop us (or before it knew we had started)
+        if not process_alive(main_pid):
+            raise KeyboardInterrupt("main is gone")
         time.sleep(0.02)
+
+
+def process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, owned by someone else
+        return True
+    return True
+
+
+@contextlib.contextmanager
+def interrupts_deferred() -> Iterator[None]:
+    """Hold SIGINT/SIGTERM back for the duration of the block, then raise
+    KeyboardInterrupt if one came. main starts a child inside: interrupted half-way, it
+    would not know the child it must stop. Handlers, unlike a blocked signal mask, are
+    reset when the child execs, so the child stays interruptible."""
+    received: list[int] = []
+    saved = {
+        signum: signal.signal(signum, lambda got, _frame: received.append(got))
+        for signum in (signal.SIGINT, signal.SIGTERM)
+    }
+    try:
+        yield
+    finally:
+        for signum, handler in saved.items():
+            signal.signal(signum, handler)
+    if received and saved[received[0]] is not signal.SIG_IGN:
+        raise KeyboardInterrupt(f"signal {received[0]}")
 
 
 @contextlib.contextmanager

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import os
+import signal
 import subprocess
 import sys
 import textwrap
 
-from steps import config
+import pytest
+
+from steps import config, runtime
 
 EXIT_PROBE = textwrap.dedent(
     """
@@ -48,3 +52,39 @@ def test_only_generated_run_names_are_replaced_by_the_step_name():
     assert not is_generated_name("three_rows-workspace")
     assert not is_generated_name("nightly-retrain")
     assert not is_generated_name("main · lightgbm · v5@champion")
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_an_interrupt_during_a_launch_is_raised_once_the_launch_is_done(signum):
+    done = []
+    saved = signal.signal(signal.SIGTERM, runtime.raise_interrupt)
+    try:
+        with pytest.raises(KeyboardInterrupt), runtime.interrupts_deferred():
+            os.kill(os.getpid(), signum)
+            done.append("launched")  # the signal did not cut the block short
+        assert signal.getsignal(signal.SIGTERM) is runtime.raise_interrupt
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    finally:
+        signal.signal(signal.SIGTERM, saved)
+    assert done == ["launched"]
+
+
+def test_a_step_waiting_for_its_upstream_gives_up_when_main_is_gone(tmp_path, monkeypatch):
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    gate = tmp_path / "upstream-run-id"
+    monkeypatch.setenv(config.START_AFTER_ENV, str(gate))
+    monkeypatch.setenv(config.MAIN_PID_ENV, str(gone.pid))
+    with pytest.raises(KeyboardInterrupt, match="main is gone"):
+        runtime.wait_for_upstream(warm=("json",))
+    assert (tmp_path / f"upstream-run-id{runtime.READY_SUFFIX}").exists()
+    assert config.START_AFTER_ENV not in os.environ  # not handed on to its own children
+
+
+def test_a_step_waits_for_its_gate_while_main_lives(tmp_path, monkeypatch):
+    gate = tmp_path / "upstream-run-id"
+    gate.touch()
+    monkeypatch.setenv(config.START_AFTER_ENV, str(gate))
+    monkeypatch.setenv(config.MAIN_PID_ENV, str(os.getpid()))
+    runtime.wait_for_upstream()  # returns: the gate is open and main (us) is alive
+    assert runtime.process_alive(os.getpid())
