@@ -18,4 +18,15 @@ Library modules (imported by entry points; entry points never import each other)
 - ``gate``: the champion gate and alias settle rule; ``registry``: alias state, lineage
   and history; ``loading``: registry URIs to pinned versions and skops-loaded pipelines
 - ``protocols``: other clients' request bodies (MLflow's /invocations) as rows for serve
+- ``forkserver``: under main, runs each step in a fork of one process that imported the
+  libraries once; ``python -m steps.<step>`` hands itself over here, before its own imports
 """
+
+import os as _os
+
+from steps import config as _config
+
+if _os.environ.get(_config.FORKSERVER_ENV):  # only main sets it, for its children
+    from steps import forkserver as _forkserver
+
+    _forkserver.delegate()

@@ -83,6 +83,8 @@ DATA_URL_ENV = "HOUSING_DATA_URL"
 START_AFTER_ENV = "PIPELINE_START_AFTER"
 # main's pid, for its children: a step waiting for its upstream gives up if main is gone.
 MAIN_PID_ENV = "PIPELINE_MAIN_PID"
+# Set by main for its children: the Unix socket of its fork server (steps.forkserver).
+FORKSERVER_ENV = "PIPELINE_FORKSERVER"
 
 TARGET = "median_house_value"
 NUMERIC_FEATURES: tuple[str, ...] = (

@@ -25,6 +25,7 @@ import os
 import shlex
 import shutil
 import signal
+import subprocess
 import sys
 import tempfile
 import time
@@ -517,21 +518,51 @@ def key_metric(step: str, run: Any) -> str:
 @click.option("--env-manager", default=config.DEFAULT_ENV_MANAGER, show_default=True)
 @click.option("--use-cache", type=bool, default=config.DEFAULT_USE_CACHE, show_default=True)
 def cli(env_manager: str, use_cache: bool, **opts: Any) -> None:
-    from mlflow.entities import RunStatus
-
     for name, value in HTTP_DEFAULTS.items():
         os.environ.setdefault(name, value)
     signal.signal(signal.SIGTERM, runtime.raise_interrupt)
     runtime.die_with_parent()
     runtime.skip_exit_collection()
+    child_environment(env_manager, verbose())
+    with fork_server():
+        try:
+            run_pipeline(env_manager, use_cache, opts)
+        except Exception as exc:
+            if not runtime.tracking_unreachable(exc):
+                raise
+            from mlflow.entities import RunStatus
+
+            runtime.end_run_safely(RunStatus.to_string(RunStatus.FAILED))
+            click.echo(
+                f"error: {STEP}: tracking server unreachable: {runtime.one_line(exc)}", err=True
+            )
+            raise SystemExit(1) from None
+
+
+@contextlib.contextmanager
+def fork_server() -> Iterator[None]:
+    """Run steps.forkserver for our children while the block runs: each step then starts in
+    a fork of one process that imported MLflow, pandas and scikit-learn once (it falls back
+    to its own process if the server cannot serve it)."""
+    socket_dir = Path(tempfile.mkdtemp(prefix="pipeline-fork-"))
+    path = socket_dir / "socket"
+    quiet = None if verbose() else subprocess.DEVNULL
+    server = subprocess.Popen(
+        [sys.executable, "-m", "steps.forkserver", str(path)],
+        stdin=subprocess.DEVNULL,
+        stdout=quiet,
+        stderr=quiet,
+        cwd=config.PROJECT_ROOT,
+    )
+    os.environ[config.FORKSERVER_ENV] = str(path)
     try:
-        run_pipeline(env_manager, use_cache, opts)
-    except Exception as exc:
-        if not runtime.tracking_unreachable(exc):
-            raise
-        runtime.end_run_safely(RunStatus.to_string(RunStatus.FAILED))
-        click.echo(f"error: {STEP}: tracking server unreachable: {runtime.one_line(exc)}", err=True)
-        raise SystemExit(1) from None
+        yield
+    finally:
+        os.environ.pop(config.FORKSERVER_ENV, None)
+        server.terminate()
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            server.wait(timeout=5)
+        shutil.rmtree(socket_dir, ignore_errors=True)
 
 
 def end_orphaned_launcher_run(launcher_id: str | None, launcher_pid: int) -> None:
@@ -577,7 +608,6 @@ def run_pipeline(env_manager: str, use_cache: bool, opts: dict[str, Any]) -> Non
     launcher_id, launcher_pid = os.environ.get("MLFLOW_RUN_ID"), os.getppid()
     opts["hyperparam_names"] = list(DEFAULT_HYPERPARAMS)
     is_verbose = verbose()
-    child_environment(env_manager, is_verbose)
     parent = open_parent_run()
     experiment_id = parent.info.experiment_id
     client = mlflow.MlflowClient()

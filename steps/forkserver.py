@@ -1,0 +1,253 @@
+"""A fork server for main's steps: import MLflow, pandas and scikit-learn once, not per step.
+
+Every step is its own process (MLflow Projects starts ``python -m steps.<step>`` per child
+run), and each spent 3–6 s of CPU importing the same libraries before any work. Under main,
+``serve()`` runs in one process that imports them once and listens on a Unix socket
+(``config.FORKSERVER_ENV``). A step's ``python -m steps.<step>`` still starts as MLflow
+starts it, but ``delegate()`` (called from ``steps/__init__``, before the step's own imports)
+hands its argv, environment, working directory and stdin/stdout/stderr to the server, which
+forks a worker that runs the step module as ``__main__`` with them. The started process
+stays what MLflow watches: it forwards SIGINT/SIGTERM/SIGHUP to the worker and exits with
+the worker's exit code, so runs, logs, cancellation and exit codes are as without the server.
+
+When the socket does not answer, the interpreter differs, or the module is not a step,
+``delegate()`` returns and the step runs in its own process as usual.
+
+In: the socket path (``python -m steps.forkserver <path>``). Out: nothing logged; the
+server exits when its parent (main) dies or sends SIGTERM.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import socket
+import struct
+import sys
+
+from steps import config
+
+# The entry points main starts; only these are served.
+SERVED = ("steps.load_data", "steps.preprocess", "steps.train", "steps.register")
+# Imported once by the server: what the served steps spend their start-up on.
+PRELOAD = (
+    "numpy",
+    "pandas",
+    "sklearn.pipeline",
+    "sklearn.metrics",
+    "mlflow",
+    "mlflow.sklearn",
+    "mlflow.models.evaluation.default_evaluator",
+    "mlflow.store.tracking.sqlalchemy_store",
+    "mlflow.store.model_registry.sqlalchemy_store",
+    "skops.io",
+    "lightgbm",
+    "matplotlib.pyplot",
+    *SERVED,
+)
+_LENGTH = struct.Struct("!I")
+_FORWARDED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+MAX_MESSAGE = 1 << 20
+
+
+def _send(sock: socket.socket, payload: dict, fds: list[int] | None = None) -> None:
+    data = json.dumps(payload).encode()
+    message = _LENGTH.pack(len(data)) + data
+    if fds:
+        socket.send_fds(sock, [message], fds)
+    else:
+        sock.sendall(message)
+
+
+def _recv_exact(sock: socket.socket, size: int) -> bytes:
+    chunks = b""
+    while len(chunks) < size:
+        chunk = sock.recv(size - len(chunks))
+        if not chunk:
+            raise EOFError("fork server connection closed")
+        chunks += chunk
+    return chunks
+
+
+def _recv(sock: socket.socket) -> dict:
+    (size,) = _LENGTH.unpack(_recv_exact(sock, _LENGTH.size))
+    if size > MAX_MESSAGE:
+        raise EOFError("fork server message too large")
+    return json.loads(_recv_exact(sock, size))
+
+
+def served_module(orig_argv: list[str]) -> str | None:
+    """The step module of ``python [opts] -m <module> ...`` if it is one we serve."""
+    if "-m" not in orig_argv:
+        return None
+    index = orig_argv.index("-m")
+    module = orig_argv[index + 1] if index + 1 < len(orig_argv) else None
+    return module if module in SERVED else None
+
+
+# --- client: the process MLflow started -----------------------------------------------------
+def delegate() -> None:
+    """Run this ``python -m steps.<step>`` in a worker of the fork server and exit with its
+    code; return (run here instead) when there is no usable server."""
+    path = os.environ.get(config.FORKSERVER_ENV)
+    module = served_module(list(getattr(sys, "orig_argv", [])))
+    if not path or module is None:
+        return
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        sock.connect(path)
+        args = sys.orig_argv[sys.orig_argv.index("-m") + 2 :]
+        request = {
+            "module": module,
+            "args": args,
+            "env": dict(os.environ),
+            "cwd": os.getcwd(),
+            "executable": sys.executable,
+        }
+        sys.stdout.flush()
+        sys.stderr.flush()
+        _send(sock, request, [0, 1, 2])
+        reply = _recv(sock)
+    except (OSError, EOFError, ValueError):
+        sock.close()
+        return
+    if "pid" not in reply:  # refused: run here
+        sock.close()
+        return
+    worker = int(reply["pid"])
+
+    def forward(signum: int, _frame: object) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(worker, signum)
+
+    for signum in _FORWARDED:
+        signal.signal(signum, forward)
+    try:
+        code = int(_recv(sock).get("exit", 1))
+    except (OSError, EOFError, ValueError):
+        code = 1  # the worker died without a word (SIGKILL)
+    os._exit(code)
+
+
+# --- server ---------------------------------------------------------------------------------
+def _run_worker(conn: socket.socket, request: dict, fds: list[int]) -> None:
+    """In the forked worker: become the step's process, run it, report its exit code."""
+    import atexit
+    import runpy
+    import threading
+
+    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGCHLD):
+        signal.signal(signum, signal.SIG_DFL)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    os.setpgid(0, 0)  # group signals reach the client, which forwards them once
+    for target, fd in enumerate(fds[:3]):
+        os.dup2(fd, target)
+    for fd in fds:
+        if fd > 2:
+            os.close(fd)
+    # The server's streams were buffered for its own stdout; the step's may be a terminal.
+    sys.stdout.reconfigure(
+        line_buffering=os.isatty(1), write_through=bool(request["env"].get("PYTHONUNBUFFERED"))
+    )
+    os.chdir(request["cwd"])
+    os.environ.clear()
+    os.environ.update(request["env"])
+    sys.path[0] = request["cwd"]
+    module = request["module"]
+    sys.modules.pop(module, None)  # runs afresh as __main__, as `python -m` would
+    sys.argv = [module, *request["args"]]
+    _send(conn, {"pid": os.getpid()})
+
+    def client_gone() -> None:
+        # The client exits only after our exit code; EOF earlier means it was killed.
+        with contextlib.suppress(OSError):
+            conn.recv(1)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    threading.Thread(target=client_gone, daemon=True).start()
+    code: int = 0
+    try:
+        runpy.run_module(module, run_name="__main__", alter_sys=True)
+    except SystemExit as exc:
+        if exc.code is None:
+            code = 0
+        elif isinstance(exc.code, int):
+            code = exc.code
+        else:
+            print(exc.code, file=sys.stderr)
+            code = 1
+    except KeyboardInterrupt:
+        code = 130
+    except BaseException:
+        import traceback
+
+        traceback.print_exc()
+        code = 1
+    try:
+        atexit._run_exitfuncs()
+    finally:
+        for signum in (signal.SIGINT, signal.SIGTERM):  # nothing may skip the _exit below
+            signal.signal(signum, signal.SIG_IGN)
+        for stream in (sys.stdout, sys.stderr):
+            with contextlib.suppress(Exception):
+                stream.flush()
+        try:
+            _send(conn, {"exit": code})
+        finally:
+            os._exit(code)
+
+
+def serve(path: str) -> None:
+    """Import PRELOAD, then fork one worker per connection until told to stop."""
+    import importlib
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # main decides; a Ctrl-C is for it
+    signal.signal(signal.SIGTERM, lambda *_: os._exit(0))
+    signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # workers report through their sockets
+    from steps import runtime
+
+    runtime.die_with_parent()
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(path)
+    listener.listen(16)  # clients queue here while we import
+    for name in PRELOAD:
+        importlib.import_module(name)
+    while True:
+        conn, _ = listener.accept()
+        try:
+            message, fds, _flags, _addr = socket.recv_fds(conn, _LENGTH.size + MAX_MESSAGE, 3)
+            (size,) = _LENGTH.unpack(message[: _LENGTH.size])
+            data = message[_LENGTH.size :]
+            if len(data) < size:
+                data += _recv_exact(conn, size - len(data))
+            request = json.loads(data)
+        except (OSError, EOFError, ValueError, struct.error):
+            conn.close()
+            continue
+        if (
+            request.get("executable") != sys.executable
+            or request.get("module") not in SERVED
+            or len(fds) != 3
+        ):
+            _send(conn, {"refused": "not served here"})
+            conn.close()
+            for fd in fds:
+                os.close(fd)
+            continue
+        sys.stdout.flush()
+        sys.stderr.flush()
+        if os.fork() == 0:
+            try:
+                listener.close()
+                _run_worker(conn, request, fds)
+            finally:
+                os._exit(1)  # a worker never returns to the accept loop
+        conn.close()
+        for fd in fds:
+            os.close(fd)
+
+
+if __name__ == "__main__":
+    serve(sys.argv[1])
