@@ -31,21 +31,24 @@ from steps import config
 
 # The entry points main starts; only these are served.
 SERVED = ("steps.load_data", "steps.preprocess", "steps.train", "steps.register")
-# Imported once by the server: what the served steps spend their start-up on.
+# Imported once by the server, in the order the steps need them; a step that connects
+# meanwhile is served between two imports and imports what is still missing itself.
 PRELOAD = (
-    "numpy",
-    "pandas",
-    "sklearn.pipeline",
-    "sklearn.metrics",
+    "steps.load_data",
     "mlflow",
+    "mlflow.store.tracking.sqlalchemy_store",
+    "pandera.pandas",
+    "dvc_data.hashfile.build",
+    "dvc.repo",
+    "matplotlib.figure",
+    "steps.preprocess",
+    "skops.io",
+    "steps.train",
+    "lightgbm",
     "mlflow.sklearn",
     "mlflow.models.evaluation.default_evaluator",
-    "mlflow.store.tracking.sqlalchemy_store",
+    "steps.register",
     "mlflow.store.model_registry.sqlalchemy_store",
-    "skops.io",
-    "lightgbm",
-    "matplotlib.pyplot",
-    *SERVED,
 )
 _LENGTH = struct.Struct("!I")
 _FORWARDED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
@@ -199,8 +202,42 @@ def _run_worker(conn: socket.socket, request: dict, fds: list[int]) -> None:
             os._exit(code)
 
 
+def _serve_one(listener: socket.socket, conn: socket.socket) -> None:
+    """Read one client's request and fork its worker (or refuse: it then runs itself)."""
+    try:
+        message, fds, _flags, _addr = socket.recv_fds(conn, _LENGTH.size + MAX_MESSAGE, 3)
+        (size,) = _LENGTH.unpack(message[: _LENGTH.size])
+        data = message[_LENGTH.size :]
+        if len(data) < size:
+            data += _recv_exact(conn, size - len(data))
+        request = json.loads(data)
+    except (OSError, EOFError, ValueError, struct.error):
+        conn.close()
+        return
+    if (
+        request.get("executable") != sys.executable
+        or request.get("module") not in SERVED
+        or len(fds) != 3
+    ):
+        with contextlib.suppress(OSError):
+            _send(conn, {"refused": "not served here"})
+    else:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        if os.fork() == 0:
+            try:
+                listener.close()
+                _run_worker(conn, request, fds)
+            finally:
+                os._exit(1)  # a worker never returns to the accept loop
+    conn.close()
+    for fd in fds:
+        os.close(fd)
+
+
 def serve(path: str) -> None:
-    """Import PRELOAD, then fork one worker per connection until told to stop."""
+    """Import PRELOAD, then fork one worker per connection until told to stop. Nothing here
+    may run computations: OpenMP (LightGBM) does not survive a fork once it has started."""
     import importlib
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # main decides; a Ctrl-C is for it
@@ -212,41 +249,16 @@ def serve(path: str) -> None:
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     listener.bind(path)
     listener.listen(16)  # clients queue here while we import
-    for name in PRELOAD:
-        importlib.import_module(name)
+    pending = list(PRELOAD)
     while True:
-        conn, _ = listener.accept()
+        listener.setblocking(not pending)
         try:
-            message, fds, _flags, _addr = socket.recv_fds(conn, _LENGTH.size + MAX_MESSAGE, 3)
-            (size,) = _LENGTH.unpack(message[: _LENGTH.size])
-            data = message[_LENGTH.size :]
-            if len(data) < size:
-                data += _recv_exact(conn, size - len(data))
-            request = json.loads(data)
-        except (OSError, EOFError, ValueError, struct.error):
-            conn.close()
+            conn, _ = listener.accept()
+        except BlockingIOError:
+            importlib.import_module(pending.pop(0))
             continue
-        if (
-            request.get("executable") != sys.executable
-            or request.get("module") not in SERVED
-            or len(fds) != 3
-        ):
-            _send(conn, {"refused": "not served here"})
-            conn.close()
-            for fd in fds:
-                os.close(fd)
-            continue
-        sys.stdout.flush()
-        sys.stderr.flush()
-        if os.fork() == 0:
-            try:
-                listener.close()
-                _run_worker(conn, request, fds)
-            finally:
-                os._exit(1)  # a worker never returns to the accept loop
-        conn.close()
-        for fd in fds:
-            os.close(fd)
+        conn.setblocking(True)
+        _serve_one(listener, conn)
 
 
 if __name__ == "__main__":
