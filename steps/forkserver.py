@@ -29,27 +29,28 @@ import sys
 
 from steps import config
 
-# The entry points main starts; only these are served.
-SERVED = ("steps.load_data", "steps.preprocess", "steps.train", "steps.register")
-# Imported once by the server, in the order the steps need them; a step that connects
-# meanwhile is served between two imports and imports what is still missing itself.
+# Imported once by the server, in the order main's steps need them. A step is served once
+# the imports up to its own module are done (a fork that still had to import its libraries
+# would only compete with the server importing them).
 PRELOAD = (
-    "steps.load_data",
     "mlflow",
     "mlflow.store.tracking.sqlalchemy_store",
     "pandera.pandas",
     "dvc_data.hashfile.build",
     "dvc.repo",
     "matplotlib.figure",
-    "steps.preprocess",
+    "steps.load_data",
     "skops.io",
-    "steps.train",
+    "steps.preprocess",
     "lightgbm",
     "mlflow.sklearn",
     "mlflow.models.evaluation.default_evaluator",
-    "steps.register",
+    "steps.train",
     "mlflow.store.model_registry.sqlalchemy_store",
+    "steps.register",
 )
+# The entry points main starts; only these are served.
+SERVED = ("steps.load_data", "steps.preprocess", "steps.train", "steps.register")
 _LENGTH = struct.Struct("!I")
 _FORWARDED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 MAX_MESSAGE = 1 << 20
@@ -202,23 +203,22 @@ def _run_worker(conn: socket.socket, request: dict, fds: list[int]) -> None:
             os._exit(code)
 
 
-def _serve_one(listener: socket.socket, conn: socket.socket) -> None:
-    """Read one client's request and fork its worker (or refuse: it then runs itself)."""
+def _read_request(conn: socket.socket) -> tuple[dict, list[int]] | None:
     try:
         message, fds, _flags, _addr = socket.recv_fds(conn, _LENGTH.size + MAX_MESSAGE, 3)
         (size,) = _LENGTH.unpack(message[: _LENGTH.size])
         data = message[_LENGTH.size :]
         if len(data) < size:
             data += _recv_exact(conn, size - len(data))
-        request = json.loads(data)
+        return json.loads(data), fds
     except (OSError, EOFError, ValueError, struct.error):
         conn.close()
-        return
-    if (
-        request.get("executable") != sys.executable
-        or request.get("module") not in SERVED
-        or len(fds) != 3
-    ):
+        return None
+
+
+def _serve_one(listener: socket.socket, conn: socket.socket, request: dict, fds: list[int]) -> None:
+    """Fork the worker of one request (or refuse it: the client then runs the step itself)."""
+    if request.get("executable") != sys.executable or len(fds) != 3:
         with contextlib.suppress(OSError):
             _send(conn, {"refused": "not served here"})
     else:
@@ -236,8 +236,9 @@ def _serve_one(listener: socket.socket, conn: socket.socket) -> None:
 
 
 def serve(path: str) -> None:
-    """Import PRELOAD, then fork one worker per connection until told to stop. Nothing here
-    may run computations: OpenMP (LightGBM) does not survive a fork once it has started."""
+    """Import PRELOAD, forking one worker per request as soon as its step's imports are done,
+    until told to stop. Nothing here may compute: OpenMP (LightGBM) does not survive a fork
+    once it has started threads."""
     import importlib
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # main decides; a Ctrl-C is for it
@@ -250,7 +251,11 @@ def serve(path: str) -> None:
     listener.bind(path)
     listener.listen(16)  # clients queue here while we import
     pending = list(PRELOAD)
+    waiting: list[tuple[socket.socket, dict, list[int]]] = []
     while True:
+        for item in [w for w in waiting if w[1].get("module") not in pending]:
+            waiting.remove(item)
+            _serve_one(listener, *item)
         listener.setblocking(not pending)
         try:
             conn, _ = listener.accept()
@@ -258,7 +263,12 @@ def serve(path: str) -> None:
             importlib.import_module(pending.pop(0))
             continue
         conn.setblocking(True)
-        _serve_one(listener, conn)
+        received = _read_request(conn)
+        if received is not None:
+            request, fds = received
+            if request.get("module") not in SERVED:
+                request["executable"] = None  # refused below
+            waiting.append((conn, request, fds))
 
 
 if __name__ == "__main__":
