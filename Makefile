@@ -67,8 +67,10 @@ lock: ## re-resolve requirements*.in into the hashed requirements*.lock files
 	uv pip compile --quiet --universal --generate-hashes --python-version 3.11 \
 	  requirements-docs.in -o requirements-docs.lock
 
+# steps.forkserver imports the steps' libraries once, while `mlflow run` starts; main's
+# steps then start as forks of it (main starts its own server when run without make).
 run: setup ## run the whole pipeline: mlflow run . -e main (data: HOUSING_DATA_URL or DVC)
-	mlflow run . -e main --env-manager local --experiment-name $(PIPELINE_EXPERIMENT)
+	python -m steps.forkserver run mlflow run . -e main --env-manager local --experiment-name $(PIPELINE_EXPERIMENT)
 
 steps: setup ## run the entry points one by one; each takes the latest finished upstream run
 	mlflow run . -e load_data --env-manager local --experiment-name $(PIPELINE_EXPERIMENT)

@@ -85,6 +85,13 @@ START_AFTER_ENV = "PIPELINE_START_AFTER"
 MAIN_PID_ENV = "PIPELINE_MAIN_PID"
 # Set by main for its children: the Unix socket of its fork server (steps.forkserver).
 FORKSERVER_ENV = "PIPELINE_FORKSERVER"
+# 1/true/yes: main streams every step's output as it happens (make run VERBOSE=1).
+VERBOSE_ENV = "PIPELINE_VERBOSE"
+
+
+def verbose() -> bool:
+    return os.environ.get(VERBOSE_ENV, "").lower() in {"1", "true", "yes"}
+
 
 TARGET = "median_house_value"
 NUMERIC_FEATURES: tuple[str, ...] = (

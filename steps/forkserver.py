@@ -26,6 +26,7 @@ import signal
 import socket
 import struct
 import sys
+from collections.abc import Iterator
 
 from steps import config
 
@@ -271,5 +272,63 @@ def serve(path: str) -> None:
             waiting.append((conn, request, fds))
 
 
+@contextlib.contextmanager
+def running() -> Iterator[None]:
+    """A fork server for the block's children (``config.FORKSERVER_ENV``). One inherited
+    from the caller is used as it is; otherwise one is started here and stopped after."""
+    inherited = os.environ.get(config.FORKSERVER_ENV)
+    if inherited and os.path.exists(inherited):
+        yield
+        return
+    import shutil
+    import subprocess
+    import tempfile
+
+    socket_dir = tempfile.mkdtemp(prefix="pipeline-fork-")
+    path = os.path.join(socket_dir, "socket")
+    env = {k: v for k, v in os.environ.items() if k != config.FORKSERVER_ENV}
+    server = subprocess.Popen(
+        [sys.executable, "-m", "steps.forkserver", "serve", path],
+        stdin=subprocess.DEVNULL,
+        # its imports' warnings would reach the terminal, not a step's log
+        stdout=subprocess.DEVNULL,
+        stderr=None if config.verbose() else subprocess.DEVNULL,
+        cwd=config.PROJECT_ROOT,
+        env=env,
+    )
+    os.environ[config.FORKSERVER_ENV] = path
+    try:
+        yield
+    finally:
+        os.environ.pop(config.FORKSERVER_ENV, None)
+        server.terminate()
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            server.wait(timeout=5)
+        shutil.rmtree(socket_dir, ignore_errors=True)
+
+
+def run_command(command: list[str]) -> int:
+    """Run ``command`` with a fork server started beside it (``make run``: the server's
+    imports overlap the `mlflow run` launcher's own start-up instead of following it)."""
+    import subprocess
+
+    if not command:
+        print("usage: python -m steps.forkserver run COMMAND...", file=sys.stderr)
+        return 2
+    with running():
+        child = subprocess.Popen(command)
+        # A Ctrl-C reaches the command's whole process group; a SIGTERM for us is passed on.
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, lambda signum, _f: child.send_signal(signum))
+        code = child.wait()
+    return 128 - code if code < 0 else code
+
+
 if __name__ == "__main__":
-    serve(sys.argv[1])
+    if sys.argv[1:2] == ["serve"] and len(sys.argv) == 3:
+        serve(sys.argv[2])
+    elif sys.argv[1:2] == ["run"]:
+        sys.exit(run_command(sys.argv[2:]))
+    else:
+        print("usage: python -m steps.forkserver serve SOCKET | run COMMAND...", file=sys.stderr)
+        sys.exit(2)

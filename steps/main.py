@@ -25,7 +25,6 @@ import os
 import shlex
 import shutil
 import signal
-import subprocess
 import sys
 import tempfile
 import time
@@ -36,7 +35,7 @@ from typing import Any
 
 import click
 
-from steps import config, fingerprint, runtime
+from steps import config, fingerprint, forkserver, runtime
 from steps.hyperparams import DEFAULT_HYPERPARAMS, hyperparameter_options
 from steps.runtime import StepError
 
@@ -53,7 +52,6 @@ HTTP_DEFAULTS = {
     "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
     "MLFLOW_HTTP_REQUEST_TIMEOUT": "30",
 }
-VERBOSE_ENV = "PIPELINE_VERBOSE"
 # What the children print unless the user asks for detail: no INFO chatter from MLflow, no
 # per-file progress bars (the run's log artifact keeps whatever they print anyway).
 QUIET_DEFAULTS = {
@@ -488,10 +486,6 @@ class Chain:
         return launched
 
 
-def verbose() -> bool:
-    return os.environ.get(VERBOSE_ENV, "").lower() in {"1", "true", "yes"}
-
-
 def key_metric(step: str, run: Any) -> str:
     metrics, tags = run.data.metrics, run.data.tags
     if step == "load_data":
@@ -523,8 +517,8 @@ def cli(env_manager: str, use_cache: bool, **opts: Any) -> None:
     signal.signal(signal.SIGTERM, runtime.raise_interrupt)
     runtime.die_with_parent()
     runtime.skip_exit_collection()
-    child_environment(env_manager, verbose())
-    with fork_server():
+    child_environment(env_manager, config.verbose())
+    with forkserver.running():  # before our own MLflow import: the two overlap
         try:
             run_pipeline(env_manager, use_cache, opts)
         except Exception as exc:
@@ -537,32 +531,6 @@ def cli(env_manager: str, use_cache: bool, **opts: Any) -> None:
                 f"error: {STEP}: tracking server unreachable: {runtime.one_line(exc)}", err=True
             )
             raise SystemExit(1) from None
-
-
-@contextlib.contextmanager
-def fork_server() -> Iterator[None]:
-    """Run steps.forkserver for our children while the block runs: each step then starts in
-    a fork of one process that imported MLflow, pandas and scikit-learn once (it falls back
-    to its own process if the server cannot serve it)."""
-    socket_dir = Path(tempfile.mkdtemp(prefix="pipeline-fork-"))
-    path = socket_dir / "socket"
-    quiet = None if verbose() else subprocess.DEVNULL
-    server = subprocess.Popen(
-        [sys.executable, "-m", "steps.forkserver", str(path)],
-        stdin=subprocess.DEVNULL,
-        stdout=quiet,
-        stderr=quiet,
-        cwd=config.PROJECT_ROOT,
-    )
-    os.environ[config.FORKSERVER_ENV] = str(path)
-    try:
-        yield
-    finally:
-        os.environ.pop(config.FORKSERVER_ENV, None)
-        server.terminate()
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            server.wait(timeout=5)
-        shutil.rmtree(socket_dir, ignore_errors=True)
 
 
 def end_orphaned_launcher_run(launcher_id: str | None, launcher_pid: int) -> None:
@@ -607,7 +575,7 @@ def run_pipeline(env_manager: str, use_cache: bool, opts: dict[str, Any]) -> Non
     mlflow.set_tracking_uri(config.tracking_uri())
     launcher_id, launcher_pid = os.environ.get("MLFLOW_RUN_ID"), os.getppid()
     opts["hyperparam_names"] = list(DEFAULT_HYPERPARAMS)
-    is_verbose = verbose()
+    is_verbose = config.verbose()
     parent = open_parent_run()
     experiment_id = parent.info.experiment_id
     client = mlflow.MlflowClient()
