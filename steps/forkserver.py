@@ -36,6 +36,8 @@ from steps import config
 PRELOAD = (
     "mlflow",
     "mlflow.store.tracking.sqlalchemy_store",
+    "mlflow.projects",
+    "steps.main",
     "pandera.pandas",
     "dvc_data.hashfile.build",
     "dvc.repo",
@@ -50,9 +52,11 @@ PRELOAD = (
     "mlflow.store.model_registry.sqlalchemy_store",
     "steps.register",
 )
-# The entry points main starts; only these are served.
-SERVED = ("steps.load_data", "steps.preprocess", "steps.train", "steps.register")
+# main and the entry points it starts; only these are served.
+SERVED = ("steps.main", "steps.load_data", "steps.preprocess", "steps.train", "steps.register")
 _LENGTH = struct.Struct("!I")
+# In a worker: the pid of the process MLflow started, which waits for us (client_parent_pid).
+_client_pid: int | None = None
 _FORWARDED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 MAX_MESSAGE = 1 << 20
 
@@ -83,6 +87,18 @@ def _recv(sock: socket.socket) -> dict:
     return json.loads(_recv_exact(sock, size))
 
 
+def client_parent_pid() -> int | None:
+    """In a worker: the parent of the process MLflow started for us (1 once that process is
+    gone, as for an orphan); elsewhere None."""
+    if _client_pid is None:
+        return None
+    try:
+        with open(f"/proc/{_client_pid}/stat") as stat:
+            return int(stat.read().rsplit(")", 1)[1].split()[1])
+    except (OSError, IndexError, ValueError):
+        return 1
+
+
 def served_module(orig_argv: list[str]) -> str | None:
     """The step module of ``python [opts] -m <module> ...`` if it is one we serve."""
     if "-m" not in orig_argv:
@@ -100,6 +116,10 @@ def delegate() -> None:
     module = served_module(list(getattr(sys, "orig_argv", [])))
     if not path or module is None:
         return
+    # Our parent's death must still reach the worker (through us): see runtime.die_with_parent.
+    from steps import runtime
+
+    runtime.die_with_parent()
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
         sock.connect(path)
@@ -110,6 +130,7 @@ def delegate() -> None:
             "env": dict(os.environ),
             "cwd": os.getcwd(),
             "executable": sys.executable,
+            "pid": os.getpid(),
         }
         sys.stdout.flush()
         sys.stderr.flush()
@@ -163,6 +184,8 @@ def _run_worker(conn: socket.socket, request: dict, fds: list[int]) -> None:
     module = request["module"]
     sys.modules.pop(module, None)  # runs afresh as __main__, as `python -m` would
     sys.argv = [module, *request["args"]]
+    global _client_pid
+    _client_pid = int(request["pid"])
     _send(conn, {"pid": os.getpid()})
 
     def client_gone() -> None:
@@ -277,7 +300,8 @@ def running() -> Iterator[None]:
     """A fork server for the block's children (``config.FORKSERVER_ENV``). One inherited
     from the caller is used as it is; otherwise one is started here and stopped after."""
     inherited = os.environ.get(config.FORKSERVER_ENV)
-    if inherited and os.path.exists(inherited):
+    # fork() is only safe to rely on here on Linux (macOS: Objective-C runtimes abort)
+    if (inherited and os.path.exists(inherited)) or not sys.platform.startswith("linux"):
         yield
         return
     import shutil

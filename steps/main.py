@@ -538,7 +538,7 @@ def end_orphaned_launcher_run(launcher_id: str | None, launcher_pid: int) -> Non
     import mlflow
     from mlflow.exceptions import MlflowException
 
-    if not launcher_id or os.getppid() == launcher_pid:
+    if not launcher_id or runtime.parent_pid() == launcher_pid:
         return
     client = mlflow.MlflowClient()
     with contextlib.suppress(MlflowException):
@@ -573,7 +573,7 @@ def run_pipeline(env_manager: str, use_cache: bool, opts: dict[str, Any]) -> Non
     from mlflow.entities import RunStatus
 
     mlflow.set_tracking_uri(config.tracking_uri())
-    launcher_id, launcher_pid = os.environ.get("MLFLOW_RUN_ID"), os.getppid()
+    launcher_id, launcher_pid = os.environ.get("MLFLOW_RUN_ID"), runtime.parent_pid()
     opts["hyperparam_names"] = list(DEFAULT_HYPERPARAMS)
     is_verbose = config.verbose()
     parent = open_parent_run()

@@ -203,7 +203,7 @@ def wait_for_upstream(warm: Sequence[str] = ()) -> None:
     gate = os.environ.pop(config.START_AFTER_ENV, None)
     if not gate:
         return
-    main_pid = int(os.environ.get(config.MAIN_PID_ENV) or os.getppid())
+    main_pid = int(os.environ.get(config.MAIN_PID_ENV) or parent_pid())
     for module in warm:
         importlib.import_module(module)
     Path(f"{gate}{READY_SUFFIX}").touch()  # main may start the step after this one now
@@ -212,6 +212,14 @@ def wait_for_upstream(warm: Sequence[str] = ()) -> None:
         if not process_alive(main_pid):
             raise KeyboardInterrupt("main is gone")
         time.sleep(0.02)
+
+
+def parent_pid() -> int:
+    """The pid of the process that started us: for a step run by the fork server, the parent
+    of the ``python -m steps.<step>`` process MLflow started (``forkserver``)."""
+    from steps import forkserver
+
+    return forkserver.client_parent_pid() or os.getppid()
 
 
 def process_alive(pid: int) -> bool:
