@@ -18,7 +18,9 @@ back from the store as serving reads it, and a linear baseline's: register's gat
 
 from __future__ import annotations
 
+import copy
 import time
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import click
@@ -164,19 +166,34 @@ def log_gate_predictions(logged: Pipeline, train: pd.DataFrame, test: pd.DataFra
         mlflow.log_artifact(str(path), str(Path(config.GATE_PREDICTIONS_FILE).parent))
 
 
-def log_evaluation(
-    pipeline: Pipeline, test: pd.DataFrame, test_dataset: Any, metrics: dict[str, float]
-) -> None:
-    """The evaluation report under ``evaluation/`` plus MLflow's regressor evaluation."""
+def rendered_report(
+    pipeline: Pipeline, test: pd.DataFrame, metrics: dict[str, float]
+) -> tuple[report.Report, dict[str, bytes]]:
+    """The evaluation report with its figures rendered as PNG (no MLflow: safe in a thread)."""
+    evaluation = report.build_report(pipeline, test, metrics)
+    return evaluation, {name: report.png(fig) for name, fig in evaluation.figures.items()}
+
+
+def log_report(evaluation: report.Report, pngs: dict[str, bytes]) -> None:
+    """The evaluation report under ``evaluation/``."""
+    import tempfile
+    from pathlib import Path
+
     import mlflow
 
-    evaluation = report.build_report(pipeline, test, metrics)
-    for name, figure in evaluation.figures.items():
-        mlflow.log_figure(figure, f"{EVALUATION_DIR}/{name}.png")
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, data in pngs.items():
+            (Path(tmp) / f"{name}.png").write_bytes(data)
+        mlflow.log_artifacts(tmp, EVALUATION_DIR)
     for name, table in evaluation.tables.items():
         mlflow.log_table(table, f"{EVALUATION_DIR}/{name}.json")
     mlflow.log_text(evaluation.summary, f"{EVALUATION_DIR}/summary.md")
-    # MLflow's own regressor metrics (MAPE, max error, …) on the same test rows.
+
+
+def log_mlflow_evaluation(pipeline: Pipeline, test_dataset: Any) -> None:
+    """MLflow's own regressor metrics (MAPE, max error, …) on the test rows."""
+    import mlflow
+
     runtime.with_unique_race_retry(
         lambda: mlflow.models.evaluate(
             model=pipeline.predict,
@@ -209,14 +226,20 @@ def cli(upstream_run_id: str, model_kind: str, **hyperparams: Any) -> None:
         f"test RMSE ${metrics['test_rmse']:,.0f}, R² {metrics['test_r2']:.3f} "
         f"({metrics['fit_seconds']:.1f} s)",
     )
-    mlflow.set_tag("model.kind", model_kind)
-    datasets = lineage.log_split_inputs(train, test)
-    model_info = log_model(pipeline, features_and_target(train)[0])
-    mlflow.set_tag(config.TAG_LOGGED_MODEL, model_info.model_id)
-    log_metrics(metrics, model_info.model_id, datasets)
-    log_evaluation(pipeline, test, datasets["test"], metrics)
-    logged = reload_logged_model(model_info.model_id, pipeline, features_and_target(test)[0])
-    log_gate_predictions(logged, train, test)
+    # The report (permutation importance, figures: ~3 s of CPU) is computed on the second
+    # core while the model is logged, evaluated and read back; it gets its own copy of the
+    # pipeline, so no estimator is used by two threads at once.
+    with ThreadPoolExecutor(max_workers=1) as background:
+        rendering = background.submit(rendered_report, copy.deepcopy(pipeline), test, metrics)
+        mlflow.set_tag("model.kind", model_kind)
+        datasets = lineage.log_split_inputs(train, test)
+        model_info = log_model(pipeline, features_and_target(train)[0])
+        mlflow.set_tag(config.TAG_LOGGED_MODEL, model_info.model_id)
+        log_metrics(metrics, model_info.model_id, datasets)
+        log_mlflow_evaluation(pipeline, datasets["test"])
+        logged = reload_logged_model(model_info.model_id, pipeline, features_and_target(test)[0])
+        log_gate_predictions(logged, train, test)
+        log_report(*rendering.result())
 
 
 if __name__ == "__main__":
