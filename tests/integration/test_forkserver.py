@@ -4,7 +4,6 @@ the server, keeps its exit code, output and signals, and runs itself when there 
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 import time
