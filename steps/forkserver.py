@@ -30,30 +30,40 @@ from collections.abc import Iterator
 
 from steps import config
 
-# Imported once by the server, in the order main's steps need them. A step is served once
-# the imports up to its own module are done (a fork that still had to import its libraries
-# would only compete with the server importing them).
-PRELOAD = (
-    "mlflow",
-    "mlflow.store.tracking.sqlalchemy_store",
-    "mlflow.projects",
-    "steps.main",
-    "pandera.pandas",
-    "dvc_data.hashfile.build",
-    "dvc.repo",
-    "matplotlib.figure",
-    "steps.load_data",
-    "skops.io",
-    "steps.preprocess",
-    "lightgbm",
-    "mlflow.sklearn",
-    "mlflow.models.evaluation.default_evaluator",
-    "steps.train",
-    "mlflow.store.model_registry.sqlalchemy_store",
-    "steps.register",
-)
-# main and the entry points it starts; only these are served.
-SERVED = ("steps.main", "steps.load_data", "steps.preprocess", "steps.train", "steps.register")
+# What each served module needs imported before it is forked (a fork that still had to import
+# its libraries would only compete with the server importing them), in the order main runs
+# them. The server imports them all once, but a waiting request's needs first: a warm run,
+# where only register runs, does not wait for the other steps' libraries.
+_COMMON = ("mlflow", "mlflow.store.tracking.sqlalchemy_store")
+NEEDS: dict[str, tuple[str, ...]] = {
+    "steps.main": (*_COMMON, "mlflow.projects", "steps.main"),
+    "steps.load_data": (
+        *_COMMON,
+        "pandera.pandas",
+        "dvc_data.hashfile.build",
+        "dvc.repo",
+        "matplotlib.figure",
+        "steps.load_data",
+    ),
+    "steps.preprocess": (*_COMMON, "skops.io", "steps.preprocess"),
+    "steps.train": (
+        *_COMMON,
+        "skops.io",
+        "lightgbm",
+        "mlflow.sklearn",
+        "mlflow.models.evaluation.default_evaluator",
+        "matplotlib.figure",
+        "steps.train",
+    ),
+    "steps.register": (
+        *_COMMON,
+        "skops.io",
+        "mlflow.store.model_registry.sqlalchemy_store",
+        "steps.register",
+    ),
+}
+SERVED = tuple(NEEDS)
+PRELOAD = tuple(dict.fromkeys(name for needs in NEEDS.values() for name in needs))
 _LENGTH = struct.Struct("!I")
 # In a worker: the pid of the process MLflow started, which waits for us (client_parent_pid).
 _client_pid: int | None = None
@@ -274,24 +284,31 @@ def serve(path: str) -> None:
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     listener.bind(path)
     listener.listen(16)  # clients queue here while we import
-    pending = list(PRELOAD)
+    imported: set[str] = set()
     waiting: list[tuple[socket.socket, dict, list[int]]] = []
     while True:
-        for item in [w for w in waiting if w[1].get("module") not in pending]:
-            waiting.remove(item)
-            _serve_one(listener, *item)
-        listener.setblocking(not pending)
+        for item in list(waiting):
+            if set(NEEDS.get(item[1].get("module"), ())) <= imported:
+                waiting.remove(item)
+                _serve_one(listener, *item)
+        missing = [m for m in PRELOAD if m not in imported]
+        for item in waiting:  # first what a waiting step needs
+            missing = [m for m in NEEDS.get(item[1]["module"], ()) if m not in imported] + missing
+        listener.setblocking(not missing)
         try:
             conn, _ = listener.accept()
         except BlockingIOError:
-            importlib.import_module(pending.pop(0))
+            # a module that fails here fails again in the step, which reports it in its run
+            with contextlib.suppress(Exception):
+                importlib.import_module(missing[0])
+            imported.add(missing[0])
             continue
         conn.setblocking(True)
         received = _read_request(conn)
         if received is not None:
             request, fds = received
             if request.get("module") not in SERVED:
-                request["executable"] = None  # refused below
+                request["module"], request["executable"] = None, None  # refused when served
             waiting.append((conn, request, fds))
 
 
