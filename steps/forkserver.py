@@ -269,7 +269,7 @@ def _serve_one(listener: socket.socket, conn: socket.socket, request: dict, fds:
         os.close(fd)
 
 
-def serve(path: str) -> None:
+def serve(path: str, first: tuple[str, ...] = ()) -> None:
     """Import PRELOAD, forking one worker per request as soon as its step's imports are done,
     until told to stop. Nothing here may compute: OpenMP (LightGBM) does not survive a fork
     once it has started threads."""
@@ -291,7 +291,7 @@ def serve(path: str) -> None:
             if set(NEEDS.get(item[1].get("module"), ())) <= imported:
                 waiting.remove(item)
                 _serve_one(listener, *item)
-        missing = [m for m in PRELOAD if m not in imported]
+        missing = [m for m in (*first, *PRELOAD) if m not in imported]
         for item in waiting:  # first what a waiting step needs
             missing = [m for m in NEEDS.get(item[1]["module"], ()) if m not in imported] + missing
         listener.setblocking(not missing)
@@ -313,9 +313,10 @@ def serve(path: str) -> None:
 
 
 @contextlib.contextmanager
-def running() -> Iterator[None]:
+def running(first: tuple[str, ...] = ()) -> Iterator[None]:
     """A fork server for the block's children (``config.FORKSERVER_ENV``). One inherited
-    from the caller is used as it is; otherwise one is started here and stopped after."""
+    from the caller is used as it is; otherwise one is started here and stopped after, and
+    imports the modules ``first`` before the others (see ``run_command``)."""
     inherited = os.environ.get(config.FORKSERVER_ENV)
     # fork() is only safe to rely on here on Linux (macOS: Objective-C runtimes abort)
     if (inherited and os.path.exists(inherited)) or not sys.platform.startswith("linux"):
@@ -329,7 +330,7 @@ def running() -> Iterator[None]:
     path = os.path.join(socket_dir, "socket")
     env = {k: v for k, v in os.environ.items() if k != config.FORKSERVER_ENV}
     server = subprocess.Popen(
-        [sys.executable, "-m", "steps.forkserver", "serve", path],
+        [sys.executable, "-m", "steps.forkserver", "serve", path, *first],
         stdin=subprocess.DEVNULL,
         # its imports' warnings would reach the terminal, not a step's log
         stdout=subprocess.DEVNULL,
@@ -356,7 +357,10 @@ def run_command(command: list[str]) -> int:
     if not command:
         print("usage: python -m steps.forkserver run COMMAND...", file=sys.stderr)
         return 2
-    with running():
+    # main connects once the launcher has imported MLflow and set up the store (~5 s on two
+    # cores): time enough for its own needs and for skops.io (~2.5 s: skops lists every
+    # scikit-learn estimator), which would otherwise hold main up, in between two imports.
+    with running(first=(*NEEDS["steps.main"], "skops.io")):
         child = subprocess.Popen(command)
         # A Ctrl-C reaches the command's whole process group; a SIGTERM for us is passed on.
         signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -366,10 +370,13 @@ def run_command(command: list[str]) -> int:
 
 
 if __name__ == "__main__":
-    if sys.argv[1:2] == ["serve"] and len(sys.argv) == 3:
-        serve(sys.argv[2])
+    if sys.argv[1:2] == ["serve"] and len(sys.argv) >= 3:
+        serve(sys.argv[2], tuple(sys.argv[3:]))
     elif sys.argv[1:2] == ["run"]:
         sys.exit(run_command(sys.argv[2:]))
     else:
-        print("usage: python -m steps.forkserver serve SOCKET | run COMMAND...", file=sys.stderr)
+        print(
+            "usage: python -m steps.forkserver serve SOCKET [MODULE...] | run COMMAND...",
+            file=sys.stderr,
+        )
         sys.exit(2)
