@@ -12,8 +12,8 @@ from pathlib import Path
 import psutil
 import pytest
 
-from steps import config, forkserver
-from tests.support import project_env, wait_for_run
+from steps import config, forkserver, runtime
+from tests.support import project_env
 
 pytestmark = pytest.mark.skipif(
     not sys.platform.startswith("linux"), reason="the fork server runs on Linux only"
@@ -97,7 +97,14 @@ def test_stopping_the_started_process_stops_the_forked_step(server, tmp_path, ho
     )
     proc = step_process("steps.preprocess", [], env)
     try:
-        run = wait_for_run(tracking_uri, "preprocess", proc, timeout=120)
+        # the step touches <gate>.ready once its run is open, then waits at the gate
+        ready = tmp_path / f"never-opened{runtime.READY_SUFFIX}"
+        deadline = time.monotonic() + 120
+        while not ready.exists():
+            assert proc.poll() is None, proc.communicate()
+            assert time.monotonic() < deadline, "the step never reached its gate"
+            time.sleep(0.1)
+        (run,) = client.search_runs([experiment_id], "attributes.status = 'RUNNING'")
         started = psutil.Process(proc.pid)
         forked = [p for p in psutil.Process(server_pid(server)).children() if p.is_running()]
         assert forked, "no worker forked by the server"
