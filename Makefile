@@ -55,6 +55,7 @@ $(BIN)/.installed: requirements.lock requirements-dev.lock
 	@echo "installing the locked dependencies into .venv (uv pip install --require-hashes)"
 	@uv pip install --quiet --compile-bytecode --require-hashes --python $(BIN)/python \
 	  -r requirements-dev.lock
+	@$(BIN)/python -m steps.storetemplate build
 	@touch $@
 
 setup: $(BIN)/.installed ## create .venv with the locked dependencies (requirements-dev.lock)
@@ -68,8 +69,10 @@ lock: ## re-resolve requirements*.in into the hashed requirements*.lock files
 	  requirements-docs.in -o requirements-docs.lock
 
 # steps.forkserver imports the steps' libraries once, while `mlflow run` starts; main's
-# steps then start as forks of it (main starts its own server when run without make).
+# steps then start as forks of it (main starts its own server when run without make). A new
+# ./mlflow.db starts as a copy of the empty store built by `make setup` (steps.storetemplate).
 run: setup ## run the whole pipeline: mlflow run . -e main (data: HOUSING_DATA_URL or DVC)
+	@python -m steps.storetemplate place
 	python -m steps.forkserver run mlflow run . -e main --env-manager local --experiment-name $(PIPELINE_EXPERIMENT)
 
 steps: setup ## run the entry points one by one; each takes the latest finished upstream run

@@ -20,6 +20,8 @@ Library modules (imported by entry points; entry points never import each other)
 - ``protocols``: other clients' request bodies (MLflow's /invocations) as rows for serve
 - ``forkserver``: under main, runs each step in a fork of one process that imported the
   libraries once; ``python -m steps.<step>`` hands itself over here, before its own imports
+- ``storetemplate``: the empty SQLite tracking store built at set-up, copied into place for a
+  new ``./mlflow.db``
 """
 
 import os as _os
