@@ -2,8 +2,9 @@
 
 Every step is its own process (MLflow Projects starts ``python -m steps.<step>`` per child
 run), and each spent 3–6 s of CPU importing the same libraries before any work. Under main,
-``serve()`` runs in one process that imports them once and listens on a Unix socket
-(``config.FORKSERVER_ENV``). A step's ``python -m steps.<step>`` still starts as MLflow
+``serve()`` imports them once and listens on Unix sockets (``config.FORKSERVER_ENV`` names
+the first; main and load_data are served there, the other steps by a fork of the server on
+the second). A step's ``python -m steps.<step>`` still starts as MLflow
 starts it, but ``delegate()`` (called from ``steps/__init__``, before the step's own imports)
 hands its argv, environment, working directory and stdin/stdout/stderr to the server, which
 forks a worker that runs the step module as ``__main__`` with them. The started process
@@ -13,8 +14,9 @@ the worker's exit code, so runs, logs, cancellation and exit codes are as withou
 When the socket does not answer, the interpreter differs, or the module is not a step,
 ``delegate()`` returns and the step runs in its own process as usual.
 
-In: the socket path (``python -m steps.forkserver <path>``). Out: nothing logged; the
-server exits when its parent (main) dies or sends SIGTERM.
+In: the socket path (``python -m steps.forkserver serve <path>``; ``run COMMAND...`` runs a
+command beside a server, as ``make run`` does). Out: nothing logged; the server exits when
+its parent dies or sends SIGTERM.
 """
 
 from __future__ import annotations
@@ -32,8 +34,8 @@ from steps import config
 
 # What each served module needs imported before it is forked (a fork that still had to import
 # its libraries would only compete with the server importing them), in the order main runs
-# them. The server imports them all once, but a waiting request's needs first: a warm run,
-# where only register runs, does not wait for the other steps' libraries.
+# them. Each server process imports its steps' needs once, a waiting request's needs first: a
+# warm run, where only register runs, does not wait for the other steps' libraries.
 _COMMON = ("mlflow", "mlflow.store.tracking.sqlalchemy_store")
 NEEDS: dict[str, tuple[str, ...]] = {
     "steps.main": (*_COMMON, "mlflow.projects", "steps.main"),
@@ -63,7 +65,10 @@ NEEDS: dict[str, tuple[str, ...]] = {
     ),
 }
 SERVED = tuple(NEEDS)
-PRELOAD = tuple(dict.fromkeys(name for needs in NEEDS.values() for name in needs))
+# Served by the server itself / by its fork (see serve), each importing only its steps' needs.
+LIGHT = ("steps.main", "steps.load_data")
+HEAVY = ("steps.preprocess", "steps.train", "steps.register")
+HEAVY_SUFFIX = ".heavy"
 _LENGTH = struct.Struct("!I")
 # In a worker: the pid of the process MLflow started, which waits for us (client_parent_pid).
 _client_pid: int | None = None
@@ -132,7 +137,7 @@ def delegate() -> None:
     runtime.die_with_parent()
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
-        sock.connect(path)
+        sock.connect(path + HEAVY_SUFFIX if module in HEAVY else path)
         args = sys.orig_argv[sys.orig_argv.index("-m") + 2 :]
         request = {
             "module": module,
@@ -269,10 +274,20 @@ def _serve_one(listener: socket.socket, conn: socket.socket, request: dict, fds:
         os.close(fd)
 
 
-def serve(path: str, first: tuple[str, ...] = ()) -> None:
-    """Import PRELOAD, forking one worker per request as soon as its step's imports are done,
-    until told to stop. Nothing here may compute: OpenMP (LightGBM) does not survive a fork
-    once it has started threads."""
+def _bind(path: str) -> socket.socket:
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(path)
+    listener.listen(16)  # clients queue here while we import
+    return listener
+
+
+def serve(path: str) -> None:
+    """Import MLflow and the tracking store, then split in two: this process serves
+    ``LIGHT`` on ``path`` and a fork of it serves ``HEAVY`` on ``path + HEAVY_SUFFIX``, each
+    importing its steps' needs and forking one worker per request as soon as that step's
+    imports are done, until told to stop. (One process would hold main up while it imports
+    skops, whose start-up lists every scikit-learn estimator for ~2.5 s.) Nothing here may
+    compute: OpenMP (LightGBM) does not survive a fork once it has started threads."""
     import importlib
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # main decides; a Ctrl-C is for it
@@ -281,17 +296,30 @@ def serve(path: str, first: tuple[str, ...] = ()) -> None:
     from steps import runtime
 
     runtime.die_with_parent()
-    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    listener.bind(path)
-    listener.listen(16)  # clients queue here while we import
-    imported: set[str] = set()
+    light, heavy = _bind(path), _bind(path + HEAVY_SUFFIX)
+    for name in _COMMON:
+        with contextlib.suppress(Exception):  # the step will report it
+            importlib.import_module(name)
+    if os.fork() == 0:
+        light.close()
+        runtime.die_with_parent()
+        _serve_loop(heavy, HEAVY)
+    heavy.close()
+    _serve_loop(light, LIGHT)
+
+
+def _serve_loop(listener: socket.socket, modules: tuple[str, ...]) -> None:
+    import importlib
+
+    preload = tuple(dict.fromkeys(name for module in modules for name in NEEDS[module]))
+    imported: set[str] = set(_COMMON)
     waiting: list[tuple[socket.socket, dict, list[int]]] = []
     while True:
         for item in list(waiting):
             if set(NEEDS.get(item[1].get("module"), ())) <= imported:
                 waiting.remove(item)
                 _serve_one(listener, *item)
-        missing = [m for m in (*first, *PRELOAD) if m not in imported]
+        missing = [m for m in preload if m not in imported]
         for item in waiting:  # first what a waiting step needs
             missing = [m for m in NEEDS.get(item[1]["module"], ()) if m not in imported] + missing
         listener.setblocking(not missing)
@@ -307,16 +335,15 @@ def serve(path: str, first: tuple[str, ...] = ()) -> None:
         received = _read_request(conn)
         if received is not None:
             request, fds = received
-            if request.get("module") not in SERVED:
+            if request.get("module") not in modules:
                 request["module"], request["executable"] = None, None  # refused when served
             waiting.append((conn, request, fds))
 
 
 @contextlib.contextmanager
-def running(first: tuple[str, ...] = ()) -> Iterator[None]:
+def running() -> Iterator[None]:
     """A fork server for the block's children (``config.FORKSERVER_ENV``). One inherited
-    from the caller is used as it is; otherwise one is started here and stopped after, and
-    imports the modules ``first`` before the others (see ``run_command``)."""
+    from the caller is used as it is; otherwise one is started here and stopped after."""
     inherited = os.environ.get(config.FORKSERVER_ENV)
     # fork() is only safe to rely on here on Linux (macOS: Objective-C runtimes abort)
     if (inherited and os.path.exists(inherited)) or not sys.platform.startswith("linux"):
@@ -330,7 +357,7 @@ def running(first: tuple[str, ...] = ()) -> Iterator[None]:
     path = os.path.join(socket_dir, "socket")
     env = {k: v for k, v in os.environ.items() if k != config.FORKSERVER_ENV}
     server = subprocess.Popen(
-        [sys.executable, "-m", "steps.forkserver", "serve", path, *first],
+        [sys.executable, "-m", "steps.forkserver", "serve", path],
         stdin=subprocess.DEVNULL,
         # its imports' warnings would reach the terminal, not a step's log
         stdout=subprocess.DEVNULL,
@@ -357,10 +384,7 @@ def run_command(command: list[str]) -> int:
     if not command:
         print("usage: python -m steps.forkserver run COMMAND...", file=sys.stderr)
         return 2
-    # main connects once the launcher has imported MLflow and set up the store (~5 s on two
-    # cores): time enough for its own needs and for skops.io (~2.5 s: skops lists every
-    # scikit-learn estimator), which would otherwise hold main up, in between two imports.
-    with running(first=(*NEEDS["steps.main"], "skops.io")):
+    with running():
         child = subprocess.Popen(command)
         # A Ctrl-C reaches the command's whole process group; a SIGTERM for us is passed on.
         signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -370,13 +394,13 @@ def run_command(command: list[str]) -> int:
 
 
 if __name__ == "__main__":
-    if sys.argv[1:2] == ["serve"] and len(sys.argv) >= 3:
-        serve(sys.argv[2], tuple(sys.argv[3:]))
+    if sys.argv[1:2] == ["serve"] and len(sys.argv) == 3:
+        serve(sys.argv[2])
     elif sys.argv[1:2] == ["run"]:
         sys.exit(run_command(sys.argv[2:]))
     else:
         print(
-            "usage: python -m steps.forkserver serve SOCKET [MODULE...] | run COMMAND...",
+            "usage: python -m steps.forkserver serve SOCKET | run COMMAND...",
             file=sys.stderr,
         )
         sys.exit(2)
