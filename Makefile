@@ -55,10 +55,14 @@ $(BIN)/.installed: requirements.lock requirements-dev.lock
 	@echo "installing the locked dependencies into .venv (uv pip install --require-hashes)"
 	@uv pip install --quiet --compile-bytecode --require-hashes --python $(BIN)/python \
 	  -r requirements-dev.lock
+	@touch $@
+
+# The empty tracking store `make run` starts a new ./mlflow.db from (steps.storetemplate).
+$(BIN)/.store-template: $(BIN)/.installed
 	@$(BIN)/python -m steps.storetemplate build
 	@touch $@
 
-setup: $(BIN)/.installed ## create .venv with the locked dependencies (requirements-dev.lock)
+setup: $(BIN)/.installed $(BIN)/.store-template ## create .venv with the locked dependencies (requirements-dev.lock)
 
 lock: ## re-resolve requirements*.in into the hashed requirements*.lock files
 	uv pip compile --quiet --universal --generate-hashes --python-version 3.11 \
