@@ -49,12 +49,14 @@ from fastapi.responses import Response
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
 
 from steps import config, schema
+from steps.follower import DEFAULT_RELOAD_INTERVAL_S, ModelFollower
 from steps.loading import (
     DEFAULT_MODEL_URI,
     ModelLoadError,
     ModelRef,
     download_model,
     load_skops_pipeline,
+    parse_registry_uri,
     resolve_model_version,
 )
 from steps.protocols import V2_OUTPUT, invocation_rows, v2_metadata, v2_rows
@@ -209,41 +211,56 @@ class MicroBatcher:
     the other requests that arrived in the same event-loop tick have queued their rows.
     No timer, so a lone request never waits. Predict runs on the loop thread: it is
     CPU-bound and GIL-heavy, and while it runs new requests pile up for the next batch.
+    Each request names the pipeline it started with: after a model swap, requests already
+    in flight are still answered by the model their response will name.
     """
 
-    def __init__(self, predict: Callable[[Sequence[HousingRow]], np.ndarray]) -> None:
+    def __init__(self, predict: Callable[[Any, Sequence[HousingRow]], np.ndarray]) -> None:
         self._predict = predict
-        self._pending: list[tuple[Sequence[HousingRow], asyncio.Future[np.ndarray]]] = []
+        self._pending: list[tuple[Any, Sequence[HousingRow], asyncio.Future[np.ndarray]]] = []
 
-    def submit(self, rows: Sequence[HousingRow]) -> Awaitable[np.ndarray]:
+    def submit(self, pipeline: Any, rows: Sequence[HousingRow]) -> Awaitable[np.ndarray]:
         loop = asyncio.get_running_loop()
         future: asyncio.Future[np.ndarray] = loop.create_future()
         if not self._pending:
             loop.call_soon(self._flush)
-        self._pending.append((rows, future))
+        self._pending.append((pipeline, rows, future))
         return future
 
     def _flush(self) -> None:
-        batch, self._pending = self._pending, []
+        pending, self._pending = self._pending, []
+        groups: dict[int, list[tuple[Any, Sequence[HousingRow], asyncio.Future[np.ndarray]]]]
+        groups = {}
+        for item in pending:
+            groups.setdefault(id(item[0]), []).append(item)
+        for batch in groups.values():
+            self._flush_group(batch)
+
+    def _flush_group(
+        self, batch: list[tuple[Any, Sequence[HousingRow], asyncio.Future[np.ndarray]]]
+    ) -> None:
         if len(batch) == 1:
             self._run_one(*batch[0])
             return
+        pipeline = batch[0][0]
         try:
-            predictions = self._predict([row for rows, _ in batch for row in rows])
+            predictions = self._predict(pipeline, [row for _, rows, _ in batch for row in rows])
         except Exception:
             # Isolate the failure: rerun each request alone so only the culprit fails.
-            for rows, future in batch:
-                self._run_one(rows, future)
+            for item in batch:
+                self._run_one(*item)
             return
         start = 0
-        for rows, future in batch:
+        for _, rows, future in batch:
             if not future.done():  # a cancelled (disconnected) request has no reader
                 future.set_result(predictions[start : start + len(rows)])
             start += len(rows)
 
-    def _run_one(self, rows: Sequence[HousingRow], future: asyncio.Future[np.ndarray]) -> None:
+    def _run_one(
+        self, pipeline: Any, rows: Sequence[HousingRow], future: asyncio.Future[np.ndarray]
+    ) -> None:
         try:
-            result = self._predict(rows)
+            result = self._predict(pipeline, rows)
         except Exception as exc:
             if not future.done():
                 future.set_exception(exc)
@@ -279,9 +296,23 @@ def error_detail(exc: ValidationError, root: str = "data") -> list[dict[str, Any
     return detail
 
 
-def json_response(payload: dict[str, Any], status_code: int = 200) -> Response:
+def json_response(
+    payload: dict[str, Any], status_code: int = 200, served: ServedModel | None = None
+) -> Response:
+    """``served``: the model that made the answer, named in ``x-model-name`` and
+    ``x-model-version`` whatever the protocol's body says (the alias may move under load)."""
     # json.dumps of plain lists/dicts is ~3x cheaper than FastAPI's jsonable_encoder path.
-    return Response(json.dumps(payload), status_code=status_code, media_type="application/json")
+    headers = (
+        {"x-model-name": served.ref.name, "x-model-version": served.ref.version}
+        if served is not None
+        else None
+    )
+    return Response(
+        json.dumps(payload),
+        status_code=status_code,
+        media_type="application/json",
+        headers=headers,
+    )
 
 
 class BodySizeLimit:
@@ -401,7 +432,9 @@ def create_app(
     max_rows: int = DEFAULT_MAX_ROWS,
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
 ) -> FastAPI:
-    """The ASGI app serving ``model`` (None: not ready, /predict and /ready answer 503)."""
+    """The ASGI app serving ``model`` (None: not ready, /predict and /ready answer 503).
+    ``app.state.model`` is what a follower swaps; ``app.state.follower`` (if any) is
+    reported by /ready."""
     request_schema = request_model(max_rows)
     app = FastAPI(
         title="California housing price API",
@@ -409,7 +442,8 @@ def create_app(
         description="Median house value (dollars) of California census block groups.",
     )
     app.state.model = model
-    batcher = MicroBatcher(lambda rows: predict_rows(app.state.model.pipeline, rows))
+    app.state.follower = None
+    batcher = MicroBatcher(predict_rows)
 
     def not_ready() -> Response:
         return json_response({"detail": "model not loaded"}, 503)
@@ -459,7 +493,12 @@ def create_app(
         if served is None:
             return json_response({"detail": "model not loaded"}, 503)
         return json_response(
-            {"status": "ready", "model_name": served.ref.name, "model_version": served.ref.version}
+            {
+                "status": "ready",
+                "model_name": served.ref.name,
+                "model_version": served.ref.version,
+                "reload": app.state.follower.status() if app.state.follower else None,
+            }
         )
 
     @app.get("/version", response_model=VersionInfo, summary="Served model and its lineage")
@@ -487,13 +526,14 @@ def create_app(
         rows = rows_or_error(lambda: request_schema.model_validate_json(raw))
         if isinstance(rows, Response):
             return rows
-        predictions = await batcher.submit(rows)
+        predictions = await batcher.submit(served.pipeline, rows)
         return json_response(
             {
                 "predictions": predictions.tolist(),
                 "model_name": served.ref.name,
                 "model_version": served.ref.version,
-            }
+            },
+            served=served,
         )
 
     @app.post(
@@ -522,8 +562,8 @@ def create_app(
         rows = rows_or_error(lambda: request_schema.model_validate({"data": records}), root)
         if isinstance(rows, Response):
             return rows
-        predictions = await batcher.submit(rows)
-        return json_response({"predictions": predictions.tolist()})
+        predictions = await batcher.submit(served.pipeline, rows)
+        return json_response({"predictions": predictions.tolist()}, served=served)
 
     # --- Open Inference Protocol (V2): KServe, Triton and MLServer clients ---------------------
     @app.get("/v2/health/live", summary="V2: process is up")
@@ -573,7 +613,7 @@ def create_app(
         )
         if isinstance(rows, Response):
             return rows
-        predictions = (await batcher.submit(rows)).tolist()
+        predictions = (await batcher.submit(served.pipeline, rows)).tolist()
         answer: dict[str, Any] = {
             "model_name": served.ref.name,
             "model_version": served.ref.version,
@@ -588,7 +628,7 @@ def create_app(
         }
         if isinstance(payload.get("id"), str):
             answer["id"] = payload["id"]
-        return json_response(answer)
+        return json_response(answer, served=served)
 
     _install_openapi(app, request_schema)
     app.add_middleware(BodySizeLimit, max_bytes=max_body_bytes)
@@ -596,19 +636,82 @@ def create_app(
 
 
 # --- processes ----------------------------------------------------------------------------
+PROBE_ROW = HousingRow(
+    **{
+        name: field.examples[0]
+        for name, field in HousingRow.model_fields.items()
+        if field.examples is not None
+    },
+    ocean_proximity="NEAR BAY",
+)
+
+
+def load_checked(ref: ModelRef) -> Any:
+    """Download and load a pinned version, and predict one row with it: a version that does
+    not load or predict a finite number is never served (follower: never swapped in)."""
+    with tempfile.TemporaryDirectory(prefix="serve-model-") as tmp:
+        pipeline = load_skops_pipeline(download_model(ref, Path(tmp)))
+    try:
+        probe = predict_rows(pipeline, [PROBE_ROW])
+    except Exception as exc:
+        raise ModelLoadError(f"v{ref.version} cannot predict: {exc}") from exc
+    if probe.shape != (1,) or not np.isfinite(probe).all():
+        raise ModelLoadError(f"v{ref.version} predicts {probe!r} for a valid row")
+    return pipeline
+
+
+def follow(app: FastAPI, model_uri: str, interval_s: float) -> ModelFollower | None:
+    """Start following ``model_uri``'s alias for ``app`` (None: a pinned version or 0 s)."""
+    if interval_s <= 0 or parse_registry_uri(model_uri)[2] is None:
+        return None
+
+    def swap(pipeline: Any, ref: ModelRef) -> None:
+        app.state.model = ServedModel(pipeline, ref)  # one assignment: requests see old or new
+
+    def report(event: str, ref: ModelRef | None, error: str | None) -> None:
+        if event == "loaded" and ref is not None:
+            click.echo(f"[serve] {model_uri} moved: now serving v{ref.version}", err=True)
+        elif error:
+            click.echo(f"[serve] still serving v{app.state.model.ref.version}: {error}", err=True)
+
+    follower = ModelFollower(
+        model_uri,
+        app.state.model.ref,
+        interval_s,
+        resolve=resolve_model_version,
+        load=load_checked,
+        swap=swap,
+        on_event=report,
+    )
+    follower.start()
+    return follower
+
+
+def serving_app(
+    model: ServedModel, model_uri: str, reload_interval: float, max_rows: int, max_body_bytes: int
+) -> FastAPI:
+    """The app for ``model``, following ``model_uri`` every ``reload_interval`` seconds."""
+    app = create_app(model, max_rows, max_body_bytes)
+    app.state.follower = follow(app, model_uri, reload_interval)
+    return app
+
+
 def worker_app() -> FastAPI:
     """uvicorn app factory for ``--workers`` > 1: runs in each worker process.
 
-    The parent already resolved, downloaded and test-loaded the model; a worker only loads
-    that local copy, so all workers serve the same version and none touches the registry.
+    The parent already resolved, downloaded and test-loaded the model; a worker starts from
+    that local copy, so all workers start on the same version. Each then follows the alias
+    on its own (same registry, same interval), so they converge on the version it names.
     """
     settings = json.loads(os.environ[WORKER_SETTINGS_ENV])
     pipeline = load_skops_pipeline(Path(settings["model_dir"]))
     tune_process_for_serving()
-    return create_app(
+    return serving_app(
         ServedModel(pipeline=pipeline, ref=ModelRef(**settings["ref"])),
-        max_rows=settings["max_rows"],
-        max_body_bytes=settings["max_body_bytes"],
+        settings["model_uri"],
+        settings["reload_interval"],
+        settings["max_rows"],
+        settings["max_body_bytes"],
     )
 
 
@@ -620,6 +723,7 @@ def run_server(
     max_rows: int,
     max_body_bytes: int,
     access_log: bool,
+    reload_interval: float,
 ) -> None:
     """Load the model (errors surface here, before any port is bound), then serve."""
     import uvicorn
@@ -628,15 +732,18 @@ def run_server(
         ref = resolve_model_version(model_uri)
         model_dir = download_model(ref, Path(tmp))
         pipeline = load_skops_pipeline(model_dir)
+        follows = f", following the alias every {reload_interval:g} s" if reload_interval else ""
         click.echo(
             f"[serve] {ref.name} v{ref.version} ({model_uri}) on http://{host}:{port}, "
-            f"{workers} worker(s)",
+            f"{workers} worker(s){follows}",
             err=True,
         )
         options = {"host": host, "port": port, "access_log": access_log, "log_level": "info"}
         if workers == 1:
             tune_process_for_serving()
-            app = create_app(ServedModel(pipeline, ref), max_rows, max_body_bytes)
+            app = serving_app(
+                ServedModel(pipeline, ref), model_uri, reload_interval, max_rows, max_body_bytes
+            )
             uvicorn.run(app, **options)
             return
         del pipeline  # the parent only supervises
@@ -644,6 +751,8 @@ def run_server(
             {
                 "model_dir": str(model_dir),
                 "ref": asdict(ref),
+                "model_uri": model_uri,
+                "reload_interval": reload_interval,
                 "max_rows": max_rows,
                 "max_body_bytes": max_body_bytes,
             }
@@ -687,6 +796,14 @@ def run_server(
     help="Largest request body (larger: 413).",
 )
 @click.option("--access-log", type=bool, default=False, show_default=True)
+@click.option(
+    "--reload-interval",
+    type=click.FloatRange(min=0),
+    default=DEFAULT_RELOAD_INTERVAL_S,
+    show_default=True,
+    help="Seconds between checks of the alias; a moved alias is loaded and swapped in "
+    "without a restart (0: serve the start-up version only).",
+)
 def cli(**options: Any) -> None:
     import mlflow
 

@@ -85,7 +85,12 @@ def test_health(client):
 def test_ready_reports_the_model(client):
     r = client.get("/ready")
     assert r.status_code == 200
-    assert r.json() == {"status": "ready", "model_name": config.MODEL_NAME, "model_version": "7"}
+    assert r.json() == {
+        "status": "ready",
+        "model_name": config.MODEL_NAME,
+        "model_version": "7",
+        "reload": None,
+    }
 
 
 def test_version_comes_from_the_version_tags(client):
@@ -467,14 +472,14 @@ def test_batch_validation_agrees_with_the_api(change):
 def test_microbatcher_gives_each_request_its_own_rows():
     calls: list[int] = []
 
-    def fake_predict(rows):  # a stand-in model: identity on a number per row
+    def fake_predict(pipeline, rows):  # a stand-in model: identity on a number per row
         calls.append(len(rows))
         return np.array([float(r) for r in rows])
 
     async def main():
         batcher = serve.MicroBatcher(fake_predict)
         requests = [[1], [2, 3], [4], [5, 6, 7]]
-        return await asyncio.gather(*(batcher.submit(r) for r in requests))
+        return await asyncio.gather(*(batcher.submit("model", r) for r in requests))
 
     results = asyncio.run(main())
     assert [r.tolist() for r in results] == [[1.0], [2.0, 3.0], [4.0], [5.0, 6.0, 7.0]]
@@ -482,19 +487,38 @@ def test_microbatcher_gives_each_request_its_own_rows():
 
 
 def test_microbatcher_isolates_a_failing_request():
-    def picky_predict(rows):
+    def picky_predict(pipeline, rows):
         if "bad" in rows:
             raise ValueError("bad row")
         return np.zeros(len(rows))
 
     async def main():
         batcher = serve.MicroBatcher(picky_predict)
-        futures = [batcher.submit(["ok"]), batcher.submit(["bad"]), batcher.submit(["ok", "ok"])]
+        futures = [batcher.submit("m", ["ok"]), batcher.submit("m", ["bad"])]
+        futures.append(batcher.submit("m", ["ok", "ok"]))
         return await asyncio.gather(*futures, return_exceptions=True)
 
     ok1, bad, ok2 = asyncio.run(main())
     assert ok1.tolist() == [0.0] and ok2.tolist() == [0.0, 0.0]
     assert isinstance(bad, ValueError)
+
+
+def test_microbatcher_answers_each_request_with_the_model_it_started_with():
+    """A swap while requests are queued: each is predicted by its own model, one batch each."""
+    calls: list[tuple[str, int]] = []
+
+    def predict(pipeline, rows):
+        calls.append((pipeline, len(rows)))
+        return np.array([1.0 if pipeline == "old" else 2.0] * len(rows))
+
+    async def main():
+        batcher = serve.MicroBatcher(predict)
+        models = ["old", "old", "new", "old", "new"]
+        return await asyncio.gather(*(batcher.submit(m, [0, 0]) for m in models))
+
+    results = asyncio.run(main())
+    assert [r.tolist() for r in results] == [[1.0] * 2, [1.0] * 2, [2.0] * 2, [1.0] * 2, [2.0] * 2]
+    assert sorted(calls) == [("new", 4), ("old", 6)]
 
 
 # --- model loading ------------------------------------------------------------------------

@@ -1,0 +1,149 @@
+"""The API follows ``@champion`` without a restart, under load: a real server with two
+workers, a real registry, a load generator on keep-alive connections, and the alias moved
+forward, to a version that cannot load, and back."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import sys
+import threading
+import time
+from pathlib import Path
+from urllib.parse import urlparse
+
+import numpy as np
+import pytest
+
+from steps import config
+from steps.loading import load_version
+from tests.integration.test_serving import child_env, get, records, server, tracking
+from tests.support import demo_pipeline, housing_csv, housing_sample, register_demo_model
+
+pytestmark = [pytest.mark.slow, pytest.mark.integration]
+
+MODEL_URI = f"models:/{config.MODEL_NAME}@{config.CHAMPION_ALIAS}"
+RELOAD_S = 1.0
+# a moved alias must be served within the interval plus a load (download + skops + probe)
+CONVERGE_S = RELOAD_S + 20
+
+
+@pytest.fixture(scope="module")
+def versions(tmp_path_factory) -> dict:
+    """v1 and v2 (different models) and v3, whose model file is corrupted; @champion → v1."""
+    import mlflow
+
+    workdir = tmp_path_factory.mktemp("reload")
+    uri = f"sqlite:///{(workdir / 'mlflow.db').resolve()}"
+    X, y = housing_sample(housing_csv(), n_rows=2_000, seed=5)
+    with tracking(uri):
+        v1 = register_demo_model(uri, demo_pipeline(X, y, n_estimators=40), X, workdir / "a")
+        v2 = register_demo_model(uri, demo_pipeline(X, y, n_estimators=5), X, workdir / "a")
+        v3 = register_demo_model(uri, demo_pipeline(X, y, n_estimators=7), X, workdir / "a")
+        client = mlflow.MlflowClient()
+        source = client.get_model_version(config.MODEL_NAME, v3).source
+        model_id = source.removeprefix("models:/")
+        location = Path(urlparse(client.get_logged_model(model_id).artifact_location).path)
+        (skops_file,) = location.rglob("*.skops")
+        skops_file.write_bytes(b"not a skops file")
+        client.set_registered_model_alias(config.MODEL_NAME, config.CHAMPION_ALIAS, v1)
+        row = records(X.head(1))[0]
+        expected = {
+            v: float(load_version(f"models:/{config.MODEL_NAME}/{v}")[0].predict(X.head(1))[0])
+            for v in (v1, v2)
+        }
+    assert expected[v1] != expected[v2]
+    return {"uri": uri, "workdir": workdir, "v": (v1, v2, v3), "row": row, "expected": expected}
+
+
+class Load:
+    """Threads POSTing one row each over keep-alive connections, recording every answer."""
+
+    def __init__(self, url: str, row: dict, threads: int = 4) -> None:
+        self.target = urlparse(url)
+        self.body = json.dumps({"data": [row]})
+        self.answers: list[tuple[float, int, str | None, dict]] = []
+        self.errors: list[str] = []
+        self._stop = threading.Event()
+        self._threads = [threading.Thread(target=self._run, daemon=True) for _ in range(threads)]
+
+    def _run(self) -> None:
+        conn = http.client.HTTPConnection(self.target.hostname, self.target.port, timeout=30)
+        while not self._stop.is_set():
+            try:
+                conn.request("POST", "/predict", self.body, {"Content-Type": "application/json"})
+                response = conn.getresponse()
+                payload = json.loads(response.read())
+                header = response.getheader("x-model-version")
+                self.answers.append((time.monotonic(), response.status, header, payload))
+            except (OSError, http.client.HTTPException, ValueError) as exc:
+                self.errors.append(repr(exc))
+                conn.close()
+                conn = http.client.HTTPConnection(self.target.hostname, self.target.port)
+
+    def __enter__(self) -> Load:
+        for thread in self._threads:
+            thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        for thread in self._threads:
+            thread.join(timeout=30)
+
+    def since(self, start: float) -> list[tuple[float, int, str | None, dict]]:
+        return [a for a in list(self.answers) if a[0] >= start]
+
+    def wait_for(self, version: str, timeout: float) -> float:
+        """Seconds until every answer of a stretch of 40 comes from ``version``."""
+        start = time.monotonic()
+        while time.monotonic() - start < timeout:
+            recent = self.since(start)[-40:]
+            if len(recent) == 40 and all(a[2] == version for a in recent):
+                return time.monotonic() - start
+            time.sleep(0.1)
+        seen = sorted({a[2] for a in self.since(start)[-40:]}, key=str)
+        raise AssertionError(f"v{version} not served by every worker after {timeout} s: {seen}")
+
+
+def test_the_api_follows_the_alias_under_load_without_a_failed_request(versions):
+    import mlflow
+
+    v1, v2, v3 = versions["v"]
+    args = [sys.executable, "-m", "steps.serve", "--model-uri", MODEL_URI, "--workers", "2"]
+    args += ["--reload-interval", str(RELOAD_S)]
+    env = child_env(versions["uri"], allow_pickle=False)
+    client = mlflow.MlflowClient(versions["uri"])
+
+    def move(version: str) -> None:
+        client.set_registered_model_alias(config.MODEL_NAME, config.CHAMPION_ALIAS, version)
+
+    serving = server(args, env, versions["workdir"], "/ready")
+    with serving as url, Load(url, versions["row"]) as load:
+        load.wait_for(v1, CONVERGE_S)
+        move(v2)
+        took = load.wait_for(v2, CONVERGE_S)
+        assert took <= CONVERGE_S
+        move(v3)  # cannot load: v2 keeps serving, and /ready says why
+        deadline = time.monotonic() + CONVERGE_S
+        while True:
+            status, ready = get(f"{url}/ready")
+            if status == 200 and (ready["reload"] or {}).get("refused_version") == v3:
+                break
+            assert time.monotonic() < deadline, ready
+            time.sleep(0.2)
+        assert ready["model_version"] == v2 and f"v{v3}" in ready["reload"]["last_error"]
+        refused_at = time.monotonic()
+        time.sleep(3 * RELOAD_S)
+        assert {a[2] for a in load.since(refused_at)} == {v2}
+        move(v1)
+        load.wait_for(v1, CONVERGE_S)
+
+    answers = load.answers
+    assert not load.errors, load.errors[:5]
+    assert len(answers) > 200
+    assert {a[1] for a in answers} == {200}
+    for _, _, header, payload in answers:  # every answer names the version that made it
+        assert payload["model_version"] == header
+        assert np.isclose(payload["predictions"][0], versions["expected"][header], rtol=1e-9)
+    assert {a[2] for a in answers} == {v1, v2}
