@@ -48,7 +48,7 @@ from fastapi.openapi.utils import get_openapi
 from fastapi.responses import Response
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
 
-from steps import config, schema
+from steps import config, metrics, schema
 from steps.follower import DEFAULT_RELOAD_INTERVAL_S, ModelFollower
 from steps.loading import (
     DEFAULT_MODEL_URI,
@@ -443,7 +443,15 @@ def create_app(
     )
     app.state.model = model
     app.state.follower = None
-    batcher = MicroBatcher(predict_rows)
+    if model is not None:
+        metrics.serving(model.ref.name, model.ref.version)
+
+    def predict_and_count(pipeline: Any, rows: Sequence[HousingRow]) -> np.ndarray:
+        predictions = predict_rows(pipeline, rows)
+        metrics.observe_predictions(predictions)
+        return predictions
+
+    batcher = MicroBatcher(predict_and_count)
 
     def not_ready() -> Response:
         return json_response({"detail": "model not loaded"}, 503)
@@ -486,6 +494,14 @@ def create_app(
     @app.get("/ping", summary="Process is up (MLflow scoring-server clients probe this)")
     async def ping() -> dict[str, str]:
         return {"status": "ok"}
+
+    @app.get(
+        "/metrics",
+        summary="Prometheus metrics of every worker (text format)",
+        response_class=Response,
+    )
+    async def prometheus_metrics() -> Response:
+        return Response(metrics.exposition(), media_type=metrics.CONTENT_TYPE)
 
     @app.get("/ready", summary="Model is loaded", responses={503: {"description": "Not ready"}})
     async def ready() -> Response:
@@ -632,6 +648,7 @@ def create_app(
 
     _install_openapi(app, request_schema)
     app.add_middleware(BodySizeLimit, max_bytes=max_body_bytes)
+    app.add_middleware(metrics.RequestMetrics)  # outermost: 413s from the limit count too
     return app
 
 
@@ -666,9 +683,12 @@ def follow(app: FastAPI, model_uri: str, interval_s: float) -> ModelFollower | N
         return None
 
     def swap(pipeline: Any, ref: ModelRef) -> None:
+        previous = app.state.model.ref.version
         app.state.model = ServedModel(pipeline, ref)  # one assignment: requests see old or new
+        metrics.serving(ref.name, ref.version, previous)
 
     def report(event: str, ref: ModelRef | None, error: str | None) -> None:
+        metrics.model_event(event)
         if event == "loaded" and ref is not None:
             click.echo(f"[serve] {model_uri} moved: now serving v{ref.version}", err=True)
         elif error:
@@ -729,6 +749,9 @@ def run_server(
     import uvicorn
 
     with tempfile.TemporaryDirectory(prefix="serve-model-") as tmp:
+        # every worker writes its samples here; /metrics in any of them adds them up
+        os.environ[metrics.MULTIPROC_ENV] = str(Path(tmp) / "metrics")
+        (Path(tmp) / "metrics").mkdir()
         ref = resolve_model_version(model_uri)
         model_dir = download_model(ref, Path(tmp))
         pipeline = load_skops_pipeline(model_dir)

@@ -637,3 +637,48 @@ def test_read_table_errors_are_one_line(tmp_path):
 def test_rejected_path():
     assert predict.rejected_path(Path("out/p.parquet")) == Path("out/p.rejected.csv")
     assert predict.rejected_path(Path("p.csv.gz")) == Path("p.rejected.csv")
+
+
+# --- metrics and versions -----------------------------------------------------------------
+def sample_value(text: str, name: str, **labels: str) -> float:
+    """The value of one sample of the Prometheus text format (0 if absent)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
+                return sample.value
+    return 0.0
+
+
+def test_metrics_count_requests_rows_and_name_the_served_version(client, sample):
+    before = client.get("/metrics").text
+    rows = records(sample[0].head(3))
+    assert client.post("/predict", json={"data": rows}).status_code == 200
+    assert client.post("/predict", json={"data": [{"bad": 1}]}).status_code == 422
+    r = client.get("/metrics")
+    assert r.status_code == 200 and r.headers["content-type"].startswith("text/plain")
+    after = r.text
+
+    def grew(name: str, **labels: str) -> float:
+        return sample_value(after, name, **labels) - sample_value(before, name, **labels)
+
+    ok = {"endpoint": "/predict", "method": "POST"}
+    assert grew("housing_api_requests_total", status="200", **ok) == 1
+    assert grew("housing_api_requests_total", status="422", **ok) == 1
+    assert grew("housing_api_request_duration_seconds_count", endpoint="/predict") == 2
+    assert grew("housing_api_predicted_rows_total") == 3
+    assert grew("housing_api_batch_rows_count") == 1
+    assert grew("housing_api_prediction_dollars_count") == 3
+    assert sample_value(after, "housing_api_model_info", version="7") == 1
+
+
+def test_every_prediction_names_its_version_in_a_header(client, sample):
+    row = records(sample[0].head(1))
+    answers = [
+        client.post("/predict", json={"data": row}),
+        client.post("/invocations", json={"dataframe_records": row}),
+    ]
+    for r in answers:
+        assert r.status_code == 200
+        assert (r.headers["x-model-name"], r.headers["x-model-version"]) == (config.MODEL_NAME, "7")

@@ -1,0 +1,136 @@
+"""Prometheus metrics of the prediction API, shared by all its worker processes.
+
+In: ``PROMETHEUS_MULTIPROC_DIR`` (``serve`` sets it to a fresh temp dir before any worker
+imports prometheus-client: each process writes its samples there, and ``GET /metrics`` from
+any worker adds them all up). Out: the metrics below, in Prometheus' text format.
+
+- ``housing_api_requests_total{endpoint,method,status}``, ``housing_api_request_duration_
+  seconds{endpoint}``: every HTTP request, by route template (``other`` for unknown paths);
+- ``housing_api_predicted_rows_total``, ``housing_api_batch_rows`` (rows per predict call,
+  after micro-batching), ``housing_api_prediction_dollars`` (predicted values: a cheap drift
+  signal);
+- ``housing_api_model_info{name,version}`` = 1 for the version each worker serves (0 once
+  replaced), ``housing_api_model_loads_total{result}`` (``loaded``, ``failed``,
+  ``unreachable``: the alias follower's outcomes).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable
+from functools import cache
+from typing import Any
+
+import numpy as np
+
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 10)
+ROW_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 4096, 16384)
+DOLLAR_BUCKETS = tuple(range(50_000, 550_001, 50_000))
+
+
+@cache
+def instruments() -> dict[str, Any]:
+    """Created on first use, after ``MULTIPROC_ENV`` is set (prometheus-client picks its
+    storage when the metric is made)."""
+    from prometheus_client import Counter, Gauge, Histogram
+
+    return {
+        "requests": Counter(
+            "housing_api_requests", "HTTP requests", ["endpoint", "method", "status"]
+        ),
+        "latency": Histogram(
+            "housing_api_request_duration_seconds",
+            "Time from request to response",
+            ["endpoint"],
+            buckets=LATENCY_BUCKETS,
+        ),
+        "rows": Counter("housing_api_predicted_rows", "Rows predicted"),
+        "batch": Histogram(
+            "housing_api_batch_rows", "Rows per predict call (after batching)", buckets=ROW_BUCKETS
+        ),
+        "dollars": Histogram(
+            "housing_api_prediction_dollars", "Predicted values", buckets=DOLLAR_BUCKETS
+        ),
+        "model": Gauge(
+            "housing_api_model_info",
+            "1 for the model version this worker serves",
+            ["name", "version"],
+            multiprocess_mode="liveall",
+        ),
+        "loads": Counter("housing_api_model_loads", "Alias follower outcomes", ["result"]),
+    }
+
+
+def exposition() -> bytes:
+    """All processes' metrics, in the text format (``GET /metrics``)."""
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    registry = CollectorRegistry()
+    if os.environ.get(MULTIPROC_ENV):
+        from prometheus_client import multiprocess
+
+        multiprocess.MultiProcessCollector(registry)
+    else:  # one process without a shared dir: its own samples
+        from prometheus_client import REGISTRY
+
+        registry = REGISTRY
+    return generate_latest(registry)
+
+
+# Predicted values observed per predict call: a large batch is sampled evenly (each observation
+# costs a few microseconds; the distribution, not every value, is the drift signal).
+MAX_OBSERVED_VALUES = 64
+
+
+def observe_predictions(predictions: np.ndarray) -> None:
+    m = instruments()
+    m["rows"].inc(len(predictions))
+    m["batch"].observe(len(predictions))
+    step = max(1, len(predictions) // MAX_OBSERVED_VALUES)
+    dollars = m["dollars"]
+    for value in predictions[::step].tolist():
+        dollars.observe(value)
+
+
+def serving(name: str, version: str, previous: str | None = None) -> None:
+    model = instruments()["model"]
+    if previous is not None and previous != version:
+        model.labels(name, previous).set(0)
+    model.labels(name, version).set(1)
+
+
+def model_event(result: str) -> None:
+    instruments()["loads"].labels(result).inc()
+
+
+class RequestMetrics:
+    """Pure ASGI middleware: count and time every HTTP request by its route template."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+        m = instruments()
+        self._requests, self._latency = m["requests"], m["latency"]
+
+    async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        status = 500
+
+        async def send_and_see(message: dict) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_and_see)
+        finally:
+            route = scope.get("route")
+            endpoint = getattr(route, "path", None) or "other"
+            self._requests.labels(endpoint, scope["method"], str(status)).inc()
+            self._latency.labels(endpoint).observe(time.perf_counter() - started)
