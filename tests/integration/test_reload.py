@@ -9,6 +9,7 @@ import json
 import sys
 import threading
 import time
+import urllib.request
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -60,7 +61,7 @@ class Load:
     """Threads POSTing one row each over keep-alive connections, recording every answer."""
 
     def __init__(self, url: str, row: dict, threads: int = 4) -> None:
-        self.target = urlparse(url)
+        self.url, self.target = url, urlparse(url)
         self.body = json.dumps({"data": [row]})
         self.answers: list[tuple[float, int, str | None, dict]] = []
         self.errors: list[str] = []
@@ -95,15 +96,45 @@ class Load:
         return [a for a in list(self.answers) if a[0] >= start]
 
     def wait_for(self, version: str, timeout: float) -> float:
-        """Seconds until every answer of a stretch of 40 comes from ``version``."""
+        """Seconds until every worker serves ``version`` (its /metrics model_info, one
+        sample per worker pid) and every answer of a stretch of 40 comes from it."""
         start = time.monotonic()
         while time.monotonic() - start < timeout:
             recent = self.since(start)[-40:]
-            if len(recent) == 40 and all(a[2] == version for a in recent):
+            answered = len(recent) == 40 and all(a[2] == version for a in recent)
+            if answered and set(served_versions(self.url).values()) == {version}:
                 return time.monotonic() - start
             time.sleep(0.1)
         seen = sorted({a[2] for a in self.since(start)[-40:]}, key=str)
-        raise AssertionError(f"v{version} not served by every worker after {timeout} s: {seen}")
+        workers = served_versions(self.url)
+        raise AssertionError(f"v{version} not served after {timeout} s: {seen}, {workers}")
+
+
+def served_versions(url: str) -> dict[str, str]:
+    """Worker pid -> the version it serves, from /metrics (model_info is 1 for it)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    with urllib.request.urlopen(f"{url}/metrics", timeout=10) as r:
+        text = r.read().decode()
+    return {
+        sample.labels["pid"]: sample.labels["version"]
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if sample.name == "housing_api_model_info" and sample.value == 1
+    }
+
+
+def metric(url: str, name: str, **labels: str) -> float:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    with urllib.request.urlopen(f"{url}/metrics", timeout=10) as r:
+        text = r.read().decode()
+    return sum(
+        s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+        if s.name == name and all(s.labels.get(k) == v for k, v in labels.items())
+    )
 
 
 def test_the_api_follows_the_alias_under_load_without_a_failed_request(versions):
@@ -138,6 +169,11 @@ def test_the_api_follows_the_alias_under_load_without_a_failed_request(versions)
         assert {a[2] for a in load.since(refused_at)} == {v2}
         move(v1)
         load.wait_for(v1, CONVERGE_S)
+        assert len(served_versions(url)) == 2  # both workers, each on v1
+        # each worker loaded v2 then v1 and refused v3 once
+        assert metric(url, "housing_api_model_loads_total", result="loaded") == 4
+        assert metric(url, "housing_api_model_loads_total", result="failed") == 2
+        assert metric(url, "housing_api_requests_total", endpoint="/predict", status="200") > 0
 
     answers = load.answers
     assert not load.errors, load.errors[:5]
