@@ -17,7 +17,8 @@ Library modules (imported by entry points; entry points never import each other)
   signals; ``fingerprint``: the code hash behind step reuse
 - ``gate``: the champion gate and alias settle rule; ``registry``: alias state, lineage
   and history; ``loading``: registry URIs to pinned versions and skops-loaded pipelines
-- ``protocols``: other clients' request bodies (MLflow's /invocations) as rows for serve
+- ``protocols``: other clients' request bodies (MLflow's /invocations) as rows for serve;
+  ``follower``: serve's alias following; ``metrics``: serve's Prometheus metrics
 - ``forkserver``: under main, runs each step in a fork of one process that imported the
   libraries once; ``python -m steps.<step>`` hands itself over here, before its own imports
 - ``storetemplate``: the empty SQLite tracking store built at set-up, copied into place for a

@@ -1,14 +1,17 @@
 """Online prediction API: raw housing rows in, dollar predictions out.
 
-``python -m steps.serve`` loads ONE registered model version (default
+``python -m steps.serve`` loads the registered model version an alias names (default
 ``models:/CaliforniaHousingRegressor@champion``) from the MLflow registry at start-up and
-serves it with FastAPI/uvicorn on 127.0.0.1:8000:
+serves it with FastAPI/uvicorn on 127.0.0.1:8000; every ``reload_interval`` seconds each
+worker looks at the alias again and swaps a new version in once it has loaded
+(``steps.follower``). Every prediction answer names its version (``x-model-version``).
 
 * ``POST /predict`` ``{"data": [row, ...]}`` -> ``{"predictions": [...], "model_name",
   "model_version"}``; a row holds the nine raw feature columns of ``config.FEATURES``.
 * ``POST /invocations``: MLflow's scoring protocol (``dataframe_split``,
   ``dataframe_records``, ``instances`` or ``inputs``) -> ``{"predictions": [...]}``, as
   ``mlflow models serve`` answers; the rows go through /predict's validation and batcher.
+* ``GET /metrics``: Prometheus metrics of all workers (``steps.metrics``).
 * ``GET /health`` and ``GET /ping`` (process up), ``GET /ready`` (model loaded, else 503),
   ``GET /version`` (name, version, run id, dataset md5, git commit from the version's tags),
   ``/docs``.
