@@ -55,6 +55,7 @@ NEEDS: dict[str, tuple[str, ...]] = {
         "mlflow.sklearn",
         "mlflow.models.evaluation.default_evaluator",
         "matplotlib.figure",
+        "matplotlib.backends.backend_agg",
         "steps.train",
     ),
     "steps.register": (

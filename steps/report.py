@@ -16,6 +16,7 @@ from itertools import pairwise
 
 import numpy as np
 import pandas as pd
+from matplotlib.backends import backend_agg
 from matplotlib.figure import Figure
 from sklearn.inspection import permutation_importance
 
@@ -120,7 +121,13 @@ def _bar(table: pd.DataFrame, x: str, y: str, title: str) -> Figure:
 
 
 def png(figure: Figure) -> bytes:
-    """The figure as PNG bytes (what ``mlflow.log_figure`` would write)."""
+    """The figure as PNG bytes (what ``mlflow.log_figure`` would write).
+
+    The Agg canvas is attached here from a module imported with this one: left to
+    ``savefig``, matplotlib imports its backend lazily, and that import is not thread-safe
+    (train renders the report in a thread while MLflow's evaluation runs in another:
+    ``KeyError: 'matplotlib.backends.backend_agg'``)."""
+    backend_agg.FigureCanvasAgg(figure)
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png")
     return buffer.getvalue()
