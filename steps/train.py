@@ -18,9 +18,7 @@ back from the store as serving reads it, and a linear baseline's: register's gat
 
 from __future__ import annotations
 
-import copy
 import time
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import click
@@ -220,29 +218,24 @@ def cli(upstream_run_id: str, model_kind: str, **hyperparams: Any) -> None:
     check_trainable(train, test, preprocessor)
     estimator = models.build_estimator(model_kind, **hyperparams)
     run_id = mlflow.active_run().info.run_id
-    # LightGBM fits on one core: the splits are logged on the other meanwhile. After the fit,
-    # the report (permutation importance, figures: ~3 s of CPU) is computed there while the
-    # model is logged, evaluated and read back, on its own copy of the pipeline, so no
-    # estimator is used by two threads at once.
-    with ThreadPoolExecutor(max_workers=1) as background:
-        inputs = background.submit(lineage.log_split_inputs, train, test, run_id)
-        runtime.echo(STEP, f"fitting {model_kind} on {len(train)} rows")
-        pipeline, metrics = fit_and_score(build_pipeline(preprocessor, estimator), train, test)
-        runtime.echo(
-            STEP,
-            f"test RMSE ${metrics['test_rmse']:,.0f}, R² {metrics['test_r2']:.3f} "
-            f"({metrics['fit_seconds']:.1f} s)",
-        )
-        rendering = background.submit(rendered_report, copy.deepcopy(pipeline), test, metrics)
-        mlflow.set_tag("model.kind", model_kind)
-        model_info = log_model(pipeline, features_and_target(train)[0])
-        mlflow.set_tag(config.TAG_LOGGED_MODEL, model_info.model_id)
-        datasets = inputs.result()
-        log_metrics(metrics, model_info.model_id, datasets)
-        log_mlflow_evaluation(pipeline, datasets["test"])
-        logged = reload_logged_model(model_info.model_id, pipeline, features_and_target(test)[0])
-        log_gate_predictions(logged, train, test)
-        log_report(*rendering.result())
+    runtime.echo(STEP, f"fitting {model_kind} on {len(train)} rows")
+    pipeline, metrics = fit_and_score(build_pipeline(preprocessor, estimator), train, test)
+    runtime.echo(
+        STEP,
+        f"test RMSE ${metrics['test_rmse']:,.0f}, R² {metrics['test_r2']:.3f} "
+        f"({metrics['fit_seconds']:.1f} s)",
+    )
+    # Sequential on purpose: rendering the report in a thread beside MLflow's logging
+    # deadlocked on CPython 3.11's import lock (two threads importing at once).
+    mlflow.set_tag("model.kind", model_kind)
+    datasets = lineage.log_split_inputs(train, test, run_id)
+    model_info = log_model(pipeline, features_and_target(train)[0])
+    mlflow.set_tag(config.TAG_LOGGED_MODEL, model_info.model_id)
+    log_metrics(metrics, model_info.model_id, datasets)
+    log_mlflow_evaluation(pipeline, datasets["test"])
+    log_report(*rendered_report(pipeline, test, metrics))
+    logged = reload_logged_model(model_info.model_id, pipeline, features_and_target(test)[0])
+    log_gate_predictions(logged, train, test)
 
 
 if __name__ == "__main__":
