@@ -134,7 +134,7 @@ def cli(upstream_run_id: str, test_size: float, split_seed: int, split_strategy:
         skops.io.dump(preprocessor, pre_dir / config.PREPROCESSOR_FILE)
         (pre_dir / "feature_names.txt").write_text("\n".join(feature_names) + "\n")
         mlflow.log_artifacts(str(pre_dir), artifact_path=config.PREPROCESSOR_ARTIFACT)
-    lineage.log_split_inputs(train, test, mlflow.active_run().info.run_id)
+    lineage.log_split_inputs(train, test)
 
 
 if __name__ == "__main__":

@@ -4,19 +4,16 @@ In: the fitted pipeline and the raw test rows (features + target). Out: tables (
 ocean_proximity and by price band, permutation importance of the raw columns), matplotlib
 figures (predicted vs actual, residual histogram, residual map) and a markdown summary.
 Figures are built on ``matplotlib.figure.Figure`` directly (no pyplot, no global backend
-state); ``png`` renders one to bytes. Nothing here logs or writes files; ``train`` logs the
-results under ``evaluation/``.
+state). Nothing here logs or writes files; ``train`` logs the results under ``evaluation/``.
 """
 
 from __future__ import annotations
 
-import io
 from dataclasses import dataclass
 from itertools import pairwise
 
 import numpy as np
 import pandas as pd
-from matplotlib.backends import backend_agg
 from matplotlib.figure import Figure
 from sklearn.inspection import permutation_importance
 
@@ -118,19 +115,6 @@ def _bar(table: pd.DataFrame, x: str, y: str, title: str) -> Figure:
     ax.tick_params(axis="x", rotation=30)
     fig.tight_layout()
     return fig
-
-
-def png(figure: Figure) -> bytes:
-    """The figure as PNG bytes (what ``mlflow.log_figure`` would write).
-
-    The Agg canvas is attached here from a module imported with this one: left to
-    ``savefig``, matplotlib imports its backend lazily, and that import is not thread-safe
-    (train renders the report in a thread while MLflow's evaluation runs in another:
-    ``KeyError: 'matplotlib.backends.backend_agg'``)."""
-    backend_agg.FigureCanvasAgg(figure)
-    buffer = io.BytesIO()
-    figure.savefig(buffer, format="png")
-    return buffer.getvalue()
 
 
 def build_report(pipeline, test: pd.DataFrame, metrics: dict[str, float]) -> Report:

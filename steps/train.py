@@ -164,34 +164,19 @@ def log_gate_predictions(logged: Pipeline, train: pd.DataFrame, test: pd.DataFra
         mlflow.log_artifact(str(path), str(Path(config.GATE_PREDICTIONS_FILE).parent))
 
 
-def rendered_report(
-    pipeline: Pipeline, test: pd.DataFrame, metrics: dict[str, float]
-) -> tuple[report.Report, dict[str, bytes]]:
-    """The evaluation report with its figures rendered as PNG (no MLflow: safe in a thread)."""
-    evaluation = report.build_report(pipeline, test, metrics)
-    return evaluation, {name: report.png(fig) for name, fig in evaluation.figures.items()}
-
-
-def log_report(evaluation: report.Report, pngs: dict[str, bytes]) -> None:
-    """The evaluation report under ``evaluation/``."""
-    import tempfile
-    from pathlib import Path
-
+def log_evaluation(
+    pipeline: Pipeline, test: pd.DataFrame, test_dataset: Any, metrics: dict[str, float]
+) -> None:
+    """The evaluation report under ``evaluation/`` plus MLflow's regressor evaluation."""
     import mlflow
 
-    with tempfile.TemporaryDirectory() as tmp:
-        for name, data in pngs.items():
-            (Path(tmp) / f"{name}.png").write_bytes(data)
-        mlflow.log_artifacts(tmp, EVALUATION_DIR)
+    evaluation = report.build_report(pipeline, test, metrics)
+    for name, figure in evaluation.figures.items():
+        mlflow.log_figure(figure, f"{EVALUATION_DIR}/{name}.png")
     for name, table in evaluation.tables.items():
         mlflow.log_table(table, f"{EVALUATION_DIR}/{name}.json")
     mlflow.log_text(evaluation.summary, f"{EVALUATION_DIR}/summary.md")
-
-
-def log_mlflow_evaluation(pipeline: Pipeline, test_dataset: Any) -> None:
-    """MLflow's own regressor metrics (MAPE, max error, …) on the test rows."""
-    import mlflow
-
+    # MLflow's own regressor metrics (MAPE, max error, …) on the same test rows.
     runtime.with_unique_race_retry(
         lambda: mlflow.models.evaluate(
             model=pipeline.predict,
@@ -217,7 +202,6 @@ def cli(upstream_run_id: str, model_kind: str, **hyperparams: Any) -> None:
     train, test, preprocessor = lineage.read_preprocess_outputs(upstream.info.run_id)
     check_trainable(train, test, preprocessor)
     estimator = models.build_estimator(model_kind, **hyperparams)
-    run_id = mlflow.active_run().info.run_id
     runtime.echo(STEP, f"fitting {model_kind} on {len(train)} rows")
     pipeline, metrics = fit_and_score(build_pipeline(preprocessor, estimator), train, test)
     runtime.echo(
@@ -225,15 +209,12 @@ def cli(upstream_run_id: str, model_kind: str, **hyperparams: Any) -> None:
         f"test RMSE ${metrics['test_rmse']:,.0f}, R² {metrics['test_r2']:.3f} "
         f"({metrics['fit_seconds']:.1f} s)",
     )
-    # Sequential on purpose: rendering the report in a thread beside MLflow's logging
-    # deadlocked on CPython 3.11's import lock (two threads importing at once).
     mlflow.set_tag("model.kind", model_kind)
-    datasets = lineage.log_split_inputs(train, test, run_id)
+    datasets = lineage.log_split_inputs(train, test)
     model_info = log_model(pipeline, features_and_target(train)[0])
     mlflow.set_tag(config.TAG_LOGGED_MODEL, model_info.model_id)
     log_metrics(metrics, model_info.model_id, datasets)
-    log_mlflow_evaluation(pipeline, datasets["test"])
-    log_report(*rendered_report(pipeline, test, metrics))
+    log_evaluation(pipeline, test, datasets["test"], metrics)
     logged = reload_logged_model(model_info.model_id, pipeline, features_and_target(test)[0])
     log_gate_predictions(logged, train, test)
 
