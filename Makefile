@@ -37,7 +37,7 @@ INPUT ?=
 OUTPUT ?= predictions.parquet
 
 .DEFAULT_GOAL := help
-.PHONY: help setup lock run steps run-from-git serve predict test test-unit test-integration test-git-url \
+.PHONY: help setup spark-setup lock run steps run-from-git serve predict test test-unit test-integration test-git-url \
 	test-envmanagers bench lint format server server-postgres ui clean
 
 help: ## list targets
@@ -64,6 +64,15 @@ $(BIN)/.store-template: $(BIN)/.installed
 
 setup: $(BIN)/.installed $(BIN)/.store-template ## create .venv with the locked dependencies (requirements-dev.lock)
 
+# PySpark (~450 MB) only for Spark scoring and the tests; `make run` never needs it.
+$(BIN)/.spark-installed: $(BIN)/.installed requirements-spark.lock
+	@echo "installing PySpark into .venv (requirements-spark.lock)"
+	@uv pip install --quiet --compile-bytecode --require-hashes --python $(BIN)/python \
+	  -r requirements-spark.lock
+	@touch $@
+
+spark-setup: $(BIN)/.spark-installed ## add PySpark to .venv (predict -P engine=spark; needs a Java runtime)
+
 lock: ## re-resolve requirements*.in into the hashed requirements*.lock files
 	uv pip compile --quiet --universal --generate-hashes --python-version 3.11 \
 	  requirements.in -o requirements.lock
@@ -71,6 +80,8 @@ lock: ## re-resolve requirements*.in into the hashed requirements*.lock files
 	  requirements-dev.in -o requirements-dev.lock
 	uv pip compile --quiet --universal --generate-hashes --python-version 3.11 \
 	  requirements-docs.in -o requirements-docs.lock
+	uv pip compile --quiet --universal --generate-hashes --python-version 3.11 \
+	  requirements-spark.in -o requirements-spark.lock
 
 # steps.forkserver imports the steps' libraries once, while `mlflow run` starts; main's
 # steps then start as forks of it (main starts its own server when run without make). A new
@@ -98,7 +109,7 @@ predict: setup ## batch predictions with the champion: make predict INPUT=rows.c
 	mlflow run . -e predict --env-manager local --experiment-name $(PIPELINE_EXPERIMENT) \
 	  -P input=$(abspath $(INPUT)) -P output=$(abspath $(OUTPUT))
 
-test: setup lint ## lint, then every unit and integration test, with coverage of steps/
+test: setup spark-setup lint ## lint, then every unit and integration test, with coverage of steps/
 	pytest $(PYTEST_ARGS); rc=$$?; [ $$rc -eq 5 ] && echo "no tests collected" && exit 1; exit $$rc
 
 test-unit: setup ## fast unit tests only
