@@ -1,9 +1,12 @@
-"""Benchmark the prediction API against ``mlflow models serve`` on the same registered model.
+"""Benchmark the prediction API against ``mlflow models serve`` and against the HTTP floor.
 
-Starts both servers on loopback ports, loads each with ``wrk`` (8 connections, 10 s) with
-single-row and 1,000-row POSTs, and times ``steps.predict`` on 1,000,000 rows resampled from
-housing.csv. Prints req/s, p50 and p99 for each, the throughput ratio and the batch seconds;
-``--json`` prints one JSON document instead.
+Starts three servers on loopback ports: ours (``steps.serve``), ``mlflow models serve`` on the
+same registered version, and the floor, a FastAPI + uvicorn app with the same worker count that
+only parses the same JSON body and answers a constant (``bench/json_floor.py``). Loads
+each with ``wrk`` (8 connections, 10 s), alternating, with single-row and 1,000-row POSTs, and
+times ``steps.predict`` on 1,000,000 rows resampled from housing.csv. Prints req/s, p50 and p99
+for each, our throughput as a share of the floor and as a multiple of MLflow's, and the batch
+seconds; ``--json`` prints one JSON document instead.
 
     python bench/api_bench.py                       # temp tracking store + demo model
     python bench/api_bench.py --tracking-uri sqlite:////abs/mlflow.db --json
@@ -138,11 +141,20 @@ def wrk(url: str, body: Path, connections: int, seconds: float) -> dict[str, flo
     }
 
 
+# (server, path, body key): the floor gets our body, so it parses exactly what we parse.
+ENDPOINTS = {
+    "api": ("/predict", "data"),
+    "mlflow": ("/invocations", "dataframe_records"),
+    "floor": ("/predict", "data"),
+}
+
+
 def request_bodies(X: pd.DataFrame, workdir: Path, n_rows: int) -> dict[str, Path]:
-    """Request files for both APIs: our {"data": ...} and mlflow's {"dataframe_records": ...}."""
+    """Request files per server: {"data": ...} for ours and the floor, mlflow's
+    {"dataframe_records": ...} for ``mlflow models serve``."""
     rows = json.loads(X.head(n_rows).to_json(orient="records"))
     bodies = {}
-    for api, key in (("api", "data"), ("mlflow", "dataframe_records")):
+    for api, (_, key) in ENDPOINTS.items():
         path = workdir / f"{api}_{n_rows}.json"
         path.write_text(json.dumps({key: rows}))
         bodies[api] = path
@@ -150,13 +162,12 @@ def request_bodies(X: pd.DataFrame, workdir: Path, n_rows: int) -> dict[str, Pat
 
 
 def load_test(urls: dict[str, str], X: pd.DataFrame, workdir: Path, opts: dict) -> dict:
-    """wrk both servers, alternating, single-row then 1,000-row requests."""
-    paths = {"api": "/predict", "mlflow": "/invocations"}
-    results: dict[str, dict] = {"api": {}, "mlflow": {}}
+    """wrk every server, alternating, single-row then 1,000-row requests."""
+    results: dict[str, dict] = {api: {} for api in urls}
     for label, n_rows, connections in scenarios(opts["connections"]):
         bodies = request_bodies(X, workdir, n_rows)
         for api, base in urls.items():
-            url = base + paths[api]
+            url = base + ENDPOINTS[api][0]
             wrk(url, bodies[api], connections, 2)  # warm-up: caches, lazy imports
             results[api][label] = wrk(url, bodies[api], connections, opts["seconds"])
     return results
@@ -213,13 +224,16 @@ def summary_lines(report: dict) -> list[str]:
         f"load average before/after: {report['loadavg_before']} / {report['loadavg_after']}"
     )
     for label, _, _ in scenarios(report["connections"]):
-        for api in ("api", "mlflow"):
+        for api in ("floor", "api", "mlflow"):
             r = report["load"][api][label]
             lines.append(
                 f"{label:15s} {api:6s} {r['req_per_s']:8.1f} req/s  p50 {r['p50_ms']:7.2f} ms  "
                 f"p99 {r['p99_ms']:7.2f} ms  non-2xx {r['non_2xx']}  errors {r['socket_errors']}"
             )
-        lines.append(f"{label:15s} ratio  {report['ratio'][label]:.2f}x")
+        lines.append(
+            f"{label:15s} ours = {report['of_floor'][label]:.0%} of the floor, "
+            f"{report['ratio'][label]:.2f}x mlflow models serve"
+        )
     lines.append(f"max |api - mlflow| on 100 rows: {report['max_abs_diff_dollars']}")
     if report.get("batch"):
         b = report["batch"]
@@ -265,13 +279,19 @@ def main(tracking_uri, model_uri, csv_path, workers, connections, seconds, batch
         api_args += ["--workers", str(workers)]
         mlflow_args = [sys.executable, "-m", "mlflow", "models", "serve", "-m", model_uri]
         mlflow_args += ["--env-manager", "local", "--host", LOOPBACK]
+        floor_args = [sys.executable, "-m", "uvicorn", "--app-dir", str(PROJECT_ROOT / "bench")]
+        floor_args += ["json_floor:app"]
+        floor_args += ["--workers", str(workers), "--host", LOOPBACK, "--no-access-log"]
         with (
             server(api_args, child_env(tracking_uri, False), "/ready", workdir / "api.log") as api,
             server(
                 mlflow_args, child_env(tracking_uri, True), "/ping", workdir / "mlflow.log"
             ) as ml,
+            server(
+                floor_args, child_env(tracking_uri, False), "/docs", workdir / "floor.log"
+            ) as fl,
         ):
-            urls = {"api": api, "mlflow": ml}
+            urls = {"floor": fl, "api": api, "mlflow": ml}
             report["max_abs_diff_dollars"] = check_agreement(urls, X)
             opts = {"connections": connections, "seconds": seconds}
             report["load"] = load_test(urls, X, workdir, opts)
@@ -280,6 +300,14 @@ def main(tracking_uri, model_uri, csv_path, workers, connections, seconds, batch
                 report["load"]["api"][label]["req_per_s"]
                 / max(report["load"]["mlflow"][label]["req_per_s"], 1e-9),
                 2,
+            )
+            for label, _, _ in scenarios(connections)
+        }
+        report["of_floor"] = {
+            label: round(
+                report["load"]["api"][label]["req_per_s"]
+                / max(report["load"]["floor"][label]["req_per_s"], 1e-9),
+                3,
             )
             for label, _, _ in scenarios(connections)
         }

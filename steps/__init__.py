@@ -17,8 +17,11 @@ Library modules (imported by entry points; entry points never import each other)
   signals; ``fingerprint``: the code hash behind step reuse
 - ``gate``: the champion gate and alias settle rule; ``registry``: alias state, lineage
   and history; ``loading``: registry URIs to pinned versions and skops-loaded pipelines
-- ``protocols``: other clients' request bodies (MLflow's /invocations) as rows for serve;
-  ``follower``: serve's alias following; ``metrics``: serve's Prometheus metrics
+- ``api``: serve's ASGI app (FastAPI, plus a lean lane for POST /predict and /invocations);
+  ``apischema``: what a valid request row is; ``batching``: rows to predictions, concurrent
+  requests micro-batched; ``protocols``: other clients' request bodies (MLflow's
+  /invocations, V2) as rows; ``follower``: serve's alias following; ``metrics``: serve's
+  Prometheus metrics
 - ``forkserver``: under main, runs each step in a fork of one process that imported the
   libraries once; ``python -m steps.<step>`` hands itself over here, before its own imports
 - ``storetemplate``: the empty SQLite tracking store built at set-up, copied into place for a

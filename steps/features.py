@@ -60,18 +60,27 @@ _STAT_NAMES: tuple[str, ...] = (
 )
 
 
-def _raw_arrays(X: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
-    """Raw feature DataFrame -> (float64 matrix of the numeric columns, ocean_proximity objects).
+def _raw_arrays(X: pd.DataFrame | np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Raw rows -> (float64 matrix of the numeric columns, ocean_proximity strings).
 
-    Fast path: when the columns are exactly ``config.FEATURES`` in order, one ``to_numpy``
-    (~25 us for a row) beats per-column selection (~12 us per column in pandas 3).
+    X is a DataFrame with the ``config.FEATURES`` columns, or a 2-D object array whose
+    columns are ``config.FEATURES`` in order (the online API's rows: building a DataFrame
+    for a few rows costs more than scoring them). Fast path for a DataFrame: when the
+    columns are exactly ``config.FEATURES`` in order, one ``to_numpy`` (~25 us for a row)
+    beats per-column selection (~12 us per column in pandas 3).
     """
-    if tuple(X.columns) != config.FEATURES:
+    if isinstance(X, np.ndarray):
+        if X.ndim != 2 or X.shape[1] != len(config.FEATURES):
+            raise ValueError(
+                f"raw rows as an array need {len(config.FEATURES)} columns "
+                f"{config.FEATURES}, got shape {X.shape}"
+            )
+    elif tuple(X.columns) != config.FEATURES:
         missing = sorted(set(config.FEATURES) - set(X.columns))
         if missing:
             raise ValueError(f"missing feature columns: {missing}")
         X = X[list(config.FEATURES)]
-    values = X.to_numpy()
+    values = X if isinstance(X, np.ndarray) else X.to_numpy()
     n_numeric = len(_NUMERIC)
     # str(): pd.NA / None / NaN become strings matching no category (-> all-zero one-hot).
     return values[:, :n_numeric].astype(np.float64), values[:, n_numeric].astype(str)

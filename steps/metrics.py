@@ -19,7 +19,7 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Callable
-from functools import cache
+from functools import cache, lru_cache
 from typing import Any
 
 import numpy as np
@@ -106,13 +106,25 @@ def model_event(result: str) -> None:
     instruments()["loads"].labels(result).inc()
 
 
+@lru_cache(maxsize=1024)
+def _request_series(endpoint: str, method: str, status: str) -> tuple[Any, Any]:
+    # labels() takes a lock and builds a key per call: worth caching on the hot path
+    m = instruments()
+    return m["requests"].labels(endpoint, method, status), m["latency"].labels(endpoint)
+
+
+def record_request(endpoint: str, method: str, status: int, seconds: float) -> None:
+    """Count one answered HTTP request and its latency under its route template."""
+    count, latency = _request_series(endpoint, method, str(status))
+    count.inc()
+    latency.observe(seconds)
+
+
 class RequestMetrics:
     """Pure ASGI middleware: count and time every HTTP request by its route template."""
 
     def __init__(self, app: Any) -> None:
         self.app = app
-        m = instruments()
-        self._requests, self._latency = m["requests"], m["latency"]
 
     async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
         if scope["type"] != "http":
@@ -132,5 +144,4 @@ class RequestMetrics:
         finally:
             route = scope.get("route")
             endpoint = getattr(route, "path", None) or "other"
-            self._requests.labels(endpoint, scope["method"], str(status)).inc()
-            self._latency.labels(endpoint).observe(time.perf_counter() - started)
+            record_request(endpoint, scope["method"], status, time.perf_counter() - started)

@@ -12,7 +12,7 @@ from hypothesis.errors import Unsatisfiable
 from schemathesis import GenerationMode
 from schemathesis.checks import not_a_server_error
 
-from steps import config, loading, serve
+from steps import api, config, loading
 from tests.support import demo_pipeline, housing_csv, housing_sample
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -30,8 +30,8 @@ def api_schema():
         run_id="fuzz",
         tags={config.VERSION_TAG_TRAIN_RUN: "fuzz", config.TAG_DVC_MD5: "md5"},
     )
-    model = serve.ServedModel(demo_pipeline(X, y, n_estimators=20), ref)
-    return schemathesis.openapi.from_asgi("/openapi.json", serve.create_app(model, 50, 40_000))
+    model = api.ServedModel(demo_pipeline(X, y, n_estimators=20), ref)
+    return schemathesis.openapi.from_asgi("/openapi.json", api.create_app(model, 50, 40_000))
 
 
 def fuzz(operation, mode: GenerationMode, statuses: Counter[int]) -> int:

@@ -1,4 +1,5 @@
-"""The online API (steps.serve) and the batch validation/IO core (steps.predict).
+"""The online API (steps.api, steps.apischema, steps.batching) and the batch validation/IO
+core (steps.predict).
 
 The app is the real one (``create_app``) around a small real pipeline fitted on a sample of
 housing.csv; FastAPI's TestClient drives it in-process. Nothing of ours is mocked.
@@ -16,7 +17,7 @@ import pandas as pd
 import pytest
 from fastapi.testclient import TestClient
 
-from steps import config, loading, predict, schema, serve
+from steps import api, apischema, batching, config, loading, predict, schema
 from steps.runtime import StepError
 from tests.support import demo_pipeline, housing_csv, housing_sample
 
@@ -50,7 +51,7 @@ def pipeline(sample):
 
 @pytest.fixture(scope="module")
 def client(pipeline) -> TestClient:
-    app = serve.create_app(serve.ServedModel(pipeline, REF), MAX_ROWS, MAX_BODY)
+    app = api.create_app(api.ServedModel(pipeline, REF), MAX_ROWS, MAX_BODY)
     with TestClient(app) as c:
         yield c
 
@@ -106,7 +107,7 @@ def test_version_comes_from_the_version_tags(client):
 
 
 def test_without_a_model_not_ready_and_predict_503_but_healthy():
-    with TestClient(serve.create_app(None)) as c:
+    with TestClient(api.create_app(None)) as c:
         assert c.get("/health").status_code == 200
         assert c.get("/ready").status_code == 503
         assert c.get("/version").status_code == 503
@@ -304,14 +305,65 @@ def test_v2_errors_name_the_problem(client, sample):
     assert client.post(url, json=too_many).status_code == 413
 
 
-def test_rows_to_frame_has_training_dtypes(sample):
-    X = sample[0].head(3)
-    rows = [serve.HousingRow(**r) for r in records(X)]
-    frame = serve.rows_to_frame(rows)
-    assert list(frame.columns) == list(config.FEATURES)
-    assert all(frame[c].dtype == np.float64 for c in config.NUMERIC_FEATURES)
-    assert frame[config.CATEGORICAL_FEATURE].dtype == X[config.CATEGORICAL_FEATURE].dtype
-    pd.testing.assert_frame_equal(frame, X.reset_index(drop=True))
+def test_raw_row_array_predicts_exactly_like_the_training_frame(pipeline, sample):
+    """The API scores rows as a raw-value array, not a DataFrame: same numbers to the bit,
+    missing bedrooms included."""
+    X = sample[0].head(200)
+    assert X["total_bedrooms"].isna().any()
+    rows = [apischema.HousingRow(**r) for r in records(X)]
+    array = apischema.rows_to_array(rows)
+    assert array.shape == (200, len(config.FEATURES))
+    np.testing.assert_array_equal(pipeline.predict(array), pipeline.predict(X))
+    np.testing.assert_array_equal(
+        batching.predict_rows(pipeline, rows[:1]), pipeline.predict(X[:1])
+    )
+
+
+def test_raw_row_array_must_have_every_column(pipeline):
+    with pytest.raises(ValueError, match="9 columns"):
+        pipeline.predict(apischema.rows_to_array([apischema.PROBE_ROW])[:, :8])
+
+
+LANE_CASES = [
+    ("/predict", "application/json", {"data": [good_row()]}),
+    (
+        "/predict",
+        "application/json",
+        {"data": [good_row(), {**good_row(), "total_bedrooms": None}]},
+    ),
+    ("/predict", "application/json", {"data": [{**good_row(), "latitude": "north"}]}),
+    ("/predict", "application/json", {"data": [good_row()] * (MAX_ROWS + 1)}),
+    ("/predict", "application/json", {"rows": []}),
+    ("/invocations", "application/json", {"dataframe_records": [good_row()]}),
+    ("/invocations", "application/json", {"instances": [{**good_row(), "population": -1}]}),
+    ("/invocations", "text/csv", {"dataframe_records": [good_row()]}),
+    ("/invocations", "application/json", {"neither": 1}),
+]
+
+
+@pytest.fixture(scope="module")
+def without_lane(pipeline) -> TestClient:
+    """The same app with api.HotLane taken out: POSTs reach the FastAPI routes."""
+    app = api.create_app(api.ServedModel(pipeline, REF), MAX_ROWS, MAX_BODY)
+    app.user_middleware = [m for m in app.user_middleware if m.cls is not api.HotLane]
+    with TestClient(app) as c:
+        yield c
+
+
+@pytest.mark.parametrize(("path", "content_type", "body"), LANE_CASES)
+def test_hot_lane_answers_exactly_like_the_fastapi_route(
+    client, without_lane, path, content_type, body
+):
+    """POST /predict and /invocations skip FastAPI's routing (api.HotLane); the routes behind
+    it call the same handlers. Same status, body and model headers either way."""
+    raw = json.dumps(body)
+    headers = {"content-type": content_type}
+    lane = client.post(path, content=raw, headers=headers)
+    route = without_lane.post(path, content=raw, headers=headers)
+    assert lane.status_code == route.status_code
+    assert lane.json() == route.json()
+    for name in ("content-type", "x-model-name", "x-model-version"):
+        assert lane.headers.get(name) == route.headers.get(name)
 
 
 # --- 422 ----------------------------------------------------------------------------------
@@ -430,7 +482,7 @@ def test_chunked_body_under_the_limit_is_served(client):
 
 # --- schema agreement ---------------------------------------------------------------------
 def test_row_fields_and_bounds_come_from_config_and_schema():
-    fields = serve.HousingRow.model_fields
+    fields = apischema.HousingRow.model_fields
     assert tuple(fields) == config.FEATURES
     for name in config.NUMERIC_FEATURES:
         col = schema.NUMERIC_BY_NAME[name]
@@ -461,7 +513,7 @@ def test_batch_validation_agrees_with_the_api(change):
     row = good_row() | change
     api_ok = True
     try:
-        serve.HousingRow.model_validate_json(json.dumps(row))
+        apischema.HousingRow.model_validate_json(json.dumps(row))
     except ValueError:
         api_ok = False
     frame = pd.DataFrame([row])
@@ -477,7 +529,7 @@ def test_microbatcher_gives_each_request_its_own_rows():
         return np.array([float(r) for r in rows])
 
     async def main():
-        batcher = serve.MicroBatcher(fake_predict)
+        batcher = batching.MicroBatcher(fake_predict)
         requests = [[1], [2, 3], [4], [5, 6, 7]]
         return await asyncio.gather(*(batcher.submit("model", r) for r in requests))
 
@@ -493,7 +545,7 @@ def test_microbatcher_isolates_a_failing_request():
         return np.zeros(len(rows))
 
     async def main():
-        batcher = serve.MicroBatcher(picky_predict)
+        batcher = batching.MicroBatcher(picky_predict)
         futures = [batcher.submit("m", ["ok"]), batcher.submit("m", ["bad"])]
         futures.append(batcher.submit("m", ["ok", "ok"]))
         return await asyncio.gather(*futures, return_exceptions=True)
@@ -512,7 +564,7 @@ def test_microbatcher_answers_each_request_with_the_model_it_started_with():
         return np.array([1.0 if pipeline == "old" else 2.0] * len(rows))
 
     async def main():
-        batcher = serve.MicroBatcher(predict)
+        batcher = batching.MicroBatcher(predict)
         models = ["old", "old", "new", "old", "new"]
         return await asyncio.gather(*(batcher.submit(m, [0, 0]) for m in models))
 

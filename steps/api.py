@@ -1,0 +1,511 @@
+"""The prediction API as an ASGI app: FastAPI for every endpoint, plus a lean lane for the
+hot ones.
+
+In: a ``ServedModel`` (a loaded pipeline and its registry version; None = not ready) and the
+request limits. Out: ``create_app(...)``, the app uvicorn serves:
+
+* ``POST /predict`` ``{"data": [row, ...]}`` -> ``{"predictions": [...], "model_name",
+  "model_version"}``; ``POST /invocations`` (MLflow's scoring protocol, answered like
+  ``mlflow models serve``); ``POST /v2/models/{name}/infer`` and the rest of the Open
+  Inference Protocol (V2). Every protocol's rows go through the same validation
+  (``steps.apischema``) and the same batcher (``steps.batching``); every prediction answer
+  names its model in ``x-model-name``/``x-model-version``.
+* ``GET /metrics`` (``steps.metrics``), ``/health``, ``/ping``, ``/ready``, ``/version``,
+  ``/docs``.
+
+Errors: invalid body -> 422 with field-level ``detail`` (V2: 400 with ``error``); more rows
+than ``max_rows`` or a body over ``max_body_bytes`` -> 413; no model -> 503. Never a 500 for
+bad input.
+
+Why two paths (measured, see docs/api.md): FastAPI's routing, its exception and exit-stack
+middlewares and the Request object cost as much per single-row request as scoring the row.
+``HotLane``, the outermost middleware, answers ``POST /predict`` and ``/invocations`` from the
+raw ASGI messages with the same handler functions the FastAPI routes call; the routes stay
+for everything else, for /docs and as the reference the tests compare the lane against.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from fastapi import FastAPI, Request
+from fastapi.openapi.utils import get_openapi
+from fastapi.responses import Response
+from pydantic import BaseModel, ValidationError
+
+from steps import metrics
+from steps.apischema import (
+    DEFAULT_MAX_ROWS,
+    HousingRow,
+    PredictResponse,
+    VersionInfo,
+    error_detail,
+    request_model,
+    version_info,
+)
+from steps.batching import MicroBatcher, predict_rows
+from steps.loading import ModelRef
+from steps.protocols import V2_OUTPUT, invocation_rows, v2_metadata, v2_rows
+
+# A compact row is ~190 bytes of JSON: 4 MiB fits DEFAULT_MAX_ROWS rows, even pretty-printed.
+DEFAULT_MAX_BODY_BYTES = 4 * 1024 * 1024
+
+# (status, body, headers): what a handler answers, whichever path carries it.
+Answer = tuple[int, bytes, list[tuple[bytes, bytes]]]
+JSON_HEADER = (b"content-type", b"application/json")
+
+
+@dataclass(frozen=True)
+class ServedModel:
+    """A loaded pipeline and the registry version it came from."""
+
+    pipeline: Any
+    ref: ModelRef
+
+
+def answer(payload: dict[str, Any], status: int = 200, served: ServedModel | None = None) -> Answer:
+    """A JSON answer; ``served``: the model that made it, named in ``x-model-name`` and
+    ``x-model-version`` whatever the protocol's body says (the alias may move under load)."""
+    # json.dumps of plain lists/dicts is ~3x cheaper than FastAPI's jsonable_encoder path.
+    headers = [JSON_HEADER]
+    if served is not None:
+        headers += [
+            (b"x-model-name", served.ref.name.encode()),
+            (b"x-model-version", served.ref.version.encode()),
+        ]
+    return status, json.dumps(payload).encode(), headers
+
+
+def to_response(reply: Answer) -> Response:
+    status, body, headers = reply
+    return Response(body, status_code=status, headers={k.decode(): v.decode() for k, v in headers})
+
+
+def json_response(payload: dict[str, Any], status: int = 200) -> Response:
+    return to_response(answer(payload, status))
+
+
+def header(scope: dict, name: bytes) -> bytes | None:
+    for key, value in scope["headers"]:
+        if key == name:
+            return value
+    return None
+
+
+class ClientGoneError(Exception):
+    """The client disconnected before its body arrived: nobody to answer."""
+
+
+async def read_body(scope: dict, receive: Callable, max_bytes: int) -> bytes | None:
+    """The request body, or None when it is larger than ``max_bytes``: a declared
+    Content-Length is checked before reading (the server never delivers more than it
+    declares), a chunked body while it arrives."""
+    declared = header(scope, b"content-length")
+    if declared is not None and int(declared) > max_bytes:
+        return None
+    chunks, size = [], 0
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise ClientGoneError
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > max_bytes:
+            return None
+        chunks.append(chunk)
+        if not message.get("more_body"):
+            return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+
+def too_large(max_bytes: int) -> Answer:
+    return answer({"detail": f"request body exceeds {max_bytes} bytes"}, 413)
+
+
+async def send_answer(send: Callable, reply: Answer) -> None:
+    status, body, headers = reply
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [*headers, (b"content-length", str(len(body)).encode())],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})
+
+
+class BodySizeLimit:
+    """Pure ASGI middleware: 413 for bodies over ``max_bytes`` before the app reads them.
+
+    A body within a declared Content-Length passes straight through; a chunked one is read
+    up to the limit and replayed to the app.
+    """
+
+    def __init__(self, app: Any, max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = header(scope, b"content-length")
+        chunked = (header(scope, b"transfer-encoding") or b"").lower() == b"chunked"
+        if (declared is None and not chunked) or (
+            declared is not None and int(declared) <= self.max_bytes
+        ):
+            await self.app(scope, receive, send)
+            return
+        try:
+            body = await read_body(scope, receive, self.max_bytes)
+        except ClientGoneError:
+            return
+        if body is None:
+            await send_answer(send, too_large(self.max_bytes))
+            return
+        replayed = False
+
+        async def replay() -> dict:
+            nonlocal replayed
+            if replayed:
+                return await receive()
+            replayed = True
+            return {"type": "http.request", "body": body, "more_body": False}
+
+        await self.app(scope, replay, send)
+
+
+Handler = Callable[[bytes, str], Awaitable[Answer]]
+
+
+class HotLane:
+    """Pure ASGI middleware, outermost: ``POST`` to a path in ``handlers`` is read, answered
+    and counted here, with the handler its FastAPI route also calls; anything else goes on
+    to FastAPI. An exception propagates to Starlette's error middleware (a 500), counted."""
+
+    def __init__(self, app: Any, handlers: dict[str, Handler], max_bytes: int) -> None:
+        self.app = app
+        self.handlers = handlers
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
+        handler = (
+            self.handlers.get(scope["path"])
+            if scope["type"] == "http" and scope["method"] == "POST"
+            else None
+        )
+        if handler is None:
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        status = 500
+        try:
+            body = await read_body(scope, receive, self.max_bytes)
+            if body is None:
+                reply = too_large(self.max_bytes)
+            else:
+                content_type = (header(scope, b"content-type") or b"").decode("latin-1")
+                reply = await handler(body, content_type)
+            status = reply[0]
+            await send_answer(send, reply)
+        except ClientGoneError:
+            status = 499  # nginx's "client closed request": nobody read an answer
+        finally:
+            metrics.record_request(scope["path"], "POST", status, time.perf_counter() - started)
+
+
+def _install_openapi(app: FastAPI, request_schema: type[BaseModel]) -> None:
+    """Document the request bodies that /predict and /invocations validate by hand.
+
+    The endpoint reads raw bytes (so FastAPI does not parse and validate twice), hence
+    FastAPI cannot infer the schema; add it, with its nested models, to the generated spec.
+    """
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema:
+            return app.openapi_schema
+        spec = get_openapi(title=app.title, version=app.version, routes=app.routes)
+        body = request_schema.model_json_schema(ref_template="#/components/schemas/{model}")
+        components = spec.setdefault("components", {}).setdefault("schemas", {})
+        components.update(body.pop("$defs", {}))
+        components["PredictRequest"] = body
+        spec["paths"]["/predict"]["post"]["requestBody"] = {
+            "required": True,
+            "content": {
+                "application/json": {"schema": {"$ref": "#/components/schemas/PredictRequest"}}
+            },
+        }
+        rows = {"type": "array", "items": {"$ref": "#/components/schemas/HousingRow"}}
+        columns = {"type": "object", "additionalProperties": {"type": "array"}}
+        formats = {
+            "dataframe_split": {
+                "type": "object",
+                "properties": {
+                    "columns": {"type": "array", "items": {"type": "string"}},
+                    "data": {"type": "array", "items": {"type": "array"}},
+                },
+                "required": ["columns", "data"],
+            },
+            "dataframe_records": rows,
+            "instances": {"anyOf": [rows, columns]},
+            "inputs": {"anyOf": [rows, columns]},
+        }
+        spec["paths"]["/invocations"]["post"]["requestBody"] = {
+            "required": True,
+            "content": {
+                "application/json": {
+                    "schema": {
+                        "oneOf": [
+                            {"type": "object", "properties": {k: v}, "required": [k]}
+                            for k, v in formats.items()
+                        ]
+                    }
+                }
+            },
+        }
+        app.openapi_schema = spec
+        return spec
+
+    app.openapi = openapi  # type: ignore[method-assign]
+
+
+def create_app(
+    model: ServedModel | None,
+    max_rows: int = DEFAULT_MAX_ROWS,
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+) -> FastAPI:
+    """The ASGI app serving ``model`` (None: not ready, predictions and /ready answer 503).
+    ``app.state.model`` is what a follower swaps; ``app.state.follower`` (if any) is
+    reported by /ready."""
+    request_schema = request_model(max_rows)
+    app = FastAPI(
+        title="California housing price API",
+        version="1.0",
+        description="Median house value (dollars) of California census block groups.",
+    )
+    app.state.model = model
+    app.state.follower = None
+    if model is not None:
+        metrics.serving(model.ref.name, model.ref.version)
+
+    def predict_and_count(pipeline: Any, rows: Sequence[HousingRow]) -> np.ndarray:
+        predictions = predict_rows(pipeline, rows)
+        metrics.observe_predictions(predictions)
+        return predictions
+
+    batcher = MicroBatcher(predict_and_count)
+    not_ready = answer({"detail": "model not loaded"}, 503)
+
+    def detail_error(status: int, detail: Any) -> Answer:
+        return answer({"detail": detail}, status)
+
+    def v2_error(status: int, detail: Any) -> Answer:
+        # the Open Inference Protocol answers errors as {"error": "<message>"}
+        if isinstance(detail, str):
+            return answer({"error": detail}, status)
+        message = "; ".join(f"{'.'.join(map(str, d['loc'][1:]))}: {d['msg']}" for d in detail)
+        return answer({"error": message, "detail": detail}, 400)
+
+    def rows_or_error(
+        validate: Callable[[], Any],
+        root: str = "data",
+        respond: Callable[[int, Any], Answer] = detail_error,
+    ) -> list[HousingRow] | Answer:
+        """The validated rows, or the 413/422 answer: one validation path for every protocol
+        (``respond`` shapes the error body the protocol's clients expect)."""
+        try:
+            return validate().data
+        except ValidationError as exc:
+            if any(e["type"] == "too_long" and e["loc"] == ("data",) for e in exc.errors()):
+                return respond(413, f"too many rows: the maximum per request is {max_rows}")
+            return respond(422, error_detail(exc, root))
+
+    async def handle_predict(raw: bytes, content_type: str) -> Answer:
+        served: ServedModel | None = app.state.model
+        if served is None:
+            return not_ready
+        rows = rows_or_error(lambda: request_schema.model_validate_json(raw))
+        if isinstance(rows, tuple):
+            return rows
+        predictions = await batcher.submit(served.pipeline, rows)
+        return answer(
+            {
+                "predictions": predictions.tolist(),
+                "model_name": served.ref.name,
+                "model_version": served.ref.version,
+            },
+            served=served,
+        )
+
+    async def handle_invocations(raw: bytes, content_type: str) -> Answer:
+        served: ServedModel | None = app.state.model
+        if served is None:
+            return not_ready
+        content_type = content_type.split(";")[0].strip().lower()
+        if content_type != "application/json":
+            detail = f"send application/json (MLflow's JSON formats), not {content_type!r}"
+            return answer({"detail": detail}, 415)
+        try:
+            root, records = invocation_rows(json.loads(raw))
+        except (ValueError, RecursionError) as exc:  # bad JSON or none of the formats
+            item = {"type": "invalid_payload", "loc": ["body"], "msg": str(exc)[:300]}
+            return answer({"detail": [item]}, 422)
+        rows = rows_or_error(lambda: request_schema.model_validate({"data": records}), root)
+        if isinstance(rows, tuple):
+            return rows
+        predictions = await batcher.submit(served.pipeline, rows)
+        return answer({"predictions": predictions.tolist()}, served=served)
+
+    def v2_model(model_name: str) -> ServedModel | Answer:
+        served: ServedModel | None = app.state.model
+        if served is None:
+            return answer({"error": "model not loaded"}, 503)
+        if model_name != served.ref.name:
+            return answer({"error": f"unknown model {model_name!r}"}, 404)
+        return served
+
+    async def handle_v2_infer(model_name: str, raw: bytes) -> Answer:
+        served = v2_model(model_name)
+        if isinstance(served, tuple):
+            return served
+        try:
+            payload = json.loads(raw)
+            records = v2_rows(payload)
+        except (ValueError, RecursionError) as exc:  # bad JSON or not a V2 request
+            return answer({"error": str(exc)[:300]}, 400)
+        rows = rows_or_error(
+            lambda: request_schema.model_validate({"data": records}), "rows", v2_error
+        )
+        if isinstance(rows, tuple):
+            return rows
+        predictions = (await batcher.submit(served.pipeline, rows)).tolist()
+        reply: dict[str, Any] = {
+            "model_name": served.ref.name,
+            "model_version": served.ref.version,
+            "outputs": [
+                {
+                    "name": V2_OUTPUT,
+                    "datatype": "FP64",
+                    "shape": [len(predictions)],
+                    "data": predictions,
+                }
+            ],
+        }
+        if isinstance(payload.get("id"), str):
+            reply["id"] = payload["id"]
+        return answer(reply, served=served)
+
+    @app.get("/health", summary="Process is up")
+    async def health() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/ping", summary="Process is up (MLflow scoring-server clients probe this)")
+    async def ping() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get(
+        "/metrics",
+        summary="Prometheus metrics of every worker (text format)",
+        response_class=Response,
+    )
+    async def prometheus_metrics() -> Response:
+        return Response(metrics.exposition(), media_type=metrics.CONTENT_TYPE)
+
+    @app.get("/ready", summary="Model is loaded", responses={503: {"description": "Not ready"}})
+    async def ready() -> Response:
+        served: ServedModel | None = app.state.model
+        if served is None:
+            return to_response(not_ready)
+        return json_response(
+            {
+                "status": "ready",
+                "model_name": served.ref.name,
+                "model_version": served.ref.version,
+                "reload": app.state.follower.status() if app.state.follower else None,
+            }
+        )
+
+    @app.get("/version", response_model=VersionInfo, summary="Served model and its lineage")
+    async def version() -> Response:
+        served: ServedModel | None = app.state.model
+        if served is None:
+            return to_response(not_ready)
+        return json_response(version_info(served.ref).model_dump())
+
+    too_big = f"More than {max_rows} rows or more than {max_body_bytes} bytes"
+
+    @app.post(
+        "/predict",
+        response_model=PredictResponse,
+        summary="Predict median house values for raw rows",
+        responses={
+            413: {"description": too_big},
+            422: {"description": "Invalid body; `detail` lists each bad field"},
+            503: {"description": "Model not loaded"},
+        },
+    )
+    async def predict(request: Request) -> Response:
+        content_type = request.headers.get("content-type", "")
+        return to_response(await handle_predict(await request.body(), content_type))
+
+    @app.post(
+        "/invocations",
+        summary="MLflow's scoring protocol, as `mlflow models serve` answers it",
+        responses={
+            413: {"description": too_big},
+            415: {"description": "Not application/json"},
+            422: {"description": "Not one of MLflow's input formats, or invalid rows"},
+            503: {"description": "Model not loaded"},
+        },
+    )
+    async def invocations(request: Request) -> Response:
+        content_type = request.headers.get("content-type", "")
+        return to_response(await handle_invocations(await request.body(), content_type))
+
+    # --- Open Inference Protocol (V2): KServe, Triton and MLServer clients ---------------------
+    @app.get("/v2/health/live", summary="V2: process is up")
+    async def v2_live() -> dict[str, bool]:
+        return {"live": True}
+
+    @app.get("/v2/health/ready", summary="V2: model loaded", responses={503: {}})
+    async def v2_ready() -> Response:
+        ready = app.state.model is not None
+        return json_response({"ready": ready}, 200 if ready else 503)
+
+    @app.get("/v2/models/{model_name}", summary="V2: model metadata", responses={404: {}, 503: {}})
+    async def v2_model_metadata(model_name: str) -> Response:
+        served = v2_model(model_name)
+        if isinstance(served, tuple):
+            return to_response(served)
+        return json_response(v2_metadata(served.ref.name, served.ref.version))
+
+    @app.get("/v2/models/{model_name}/ready", summary="V2: model ready", responses={404: {}})
+    async def v2_model_ready(model_name: str) -> Response:
+        served = v2_model(model_name)
+        if isinstance(served, tuple):
+            return to_response(served)
+        return json_response({"name": served.ref.name, "ready": True})
+
+    @app.post(
+        "/v2/models/{model_name}/infer",
+        summary="V2: predict; one input tensor per raw column",
+        responses={
+            400: {"description": "Not a V2 request of our columns, or invalid values"},
+            404: {"description": "Unknown model"},
+            413: {"description": too_big},
+            503: {"description": "Model not loaded"},
+        },
+    )
+    async def v2_infer(model_name: str, request: Request) -> Response:
+        return to_response(await handle_v2_infer(model_name, await request.body()))
+
+    _install_openapi(app, request_schema)
+    app.add_middleware(BodySizeLimit, max_bytes=max_body_bytes)
+    app.add_middleware(metrics.RequestMetrics)  # 413s from the limit count too
+    hot = {"/predict": handle_predict, "/invocations": handle_invocations}
+    app.add_middleware(HotLane, handlers=hot, max_bytes=max_body_bytes)  # outermost
+    return app
