@@ -19,14 +19,15 @@ bad input.
 
 Why two paths (measured, see docs/api.md): FastAPI's routing, its exception and exit-stack
 middlewares and the Request object cost as much per single-row request as scoring the row.
-``HotLane``, the outermost middleware, answers ``POST /predict`` and ``/invocations`` from the
-raw ASGI messages with the same handler functions the FastAPI routes call; the routes stay
-for everything else, for /docs and as the reference the tests compare the lane against.
+``HousingAPI`` hands ``POST /predict`` and ``/invocations`` to ``HotLane`` before any of that:
+it answers from the raw ASGI messages with the same handler functions the FastAPI routes
+call. The routes stay for /docs and as the reference the tests compare the lane against.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
@@ -183,39 +184,56 @@ Handler = Callable[[bytes, str], Awaitable[Answer]]
 
 
 class HotLane:
-    """Pure ASGI middleware, outermost: ``POST`` to a path in ``handlers`` is read, answered
-    and counted here, with the handler its FastAPI route also calls; anything else goes on
-    to FastAPI. An exception propagates to Starlette's error middleware (a 500), counted."""
+    """``POST`` to a path in ``handlers``, read, answered and counted straight from the ASGI
+    messages with the handler its FastAPI route also calls. An unexpected exception is a
+    logged 500, as Starlette's error middleware would answer it."""
 
-    def __init__(self, app: Any, handlers: dict[str, Handler], max_bytes: int) -> None:
-        self.app = app
+    def __init__(self, handlers: dict[str, Handler], max_bytes: int) -> None:
         self.handlers = handlers
         self.max_bytes = max_bytes
 
-    async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
-        handler = (
-            self.handlers.get(scope["path"])
-            if scope["type"] == "http" and scope["method"] == "POST"
-            else None
-        )
-        if handler is None:
-            await self.app(scope, receive, send)
-            return
+    def handler_for(self, scope: dict) -> Handler | None:
+        if scope["type"] == "http" and scope["method"] == "POST":
+            return self.handlers.get(scope["path"])
+        return None
+
+    async def serve(self, handler: Handler, scope: dict, receive: Callable, send: Callable) -> None:
         started = time.perf_counter()
-        status = 500
+        path = scope["path"]
         try:
-            body = await read_body(scope, receive, self.max_bytes)
-            if body is None:
-                reply = too_large(self.max_bytes)
-            else:
-                content_type = (header(scope, b"content-type") or b"").decode("latin-1")
-                reply = await handler(body, content_type)
-            status = reply[0]
+            reply = await self._answer(handler, scope, receive)
+        except ClientGoneError:  # nginx's 499, "client closed request": nobody to answer
+            metrics.record_request(path, "POST", 499, time.perf_counter() - started)
+            return
+        try:
             await send_answer(send, reply)
-        except ClientGoneError:
-            status = 499  # nginx's "client closed request": nobody read an answer
         finally:
-            metrics.record_request(scope["path"], "POST", status, time.perf_counter() - started)
+            metrics.record_request(path, "POST", reply[0], time.perf_counter() - started)
+
+    async def _answer(self, handler: Handler, scope: dict, receive: Callable) -> Answer:
+        body = await read_body(scope, receive, self.max_bytes)
+        if body is None:
+            return too_large(self.max_bytes)
+        content_type = (header(scope, b"content-type") or b"").decode("latin-1")
+        try:
+            return await handler(body, content_type)
+        except Exception:
+            logging.getLogger("uvicorn.error").exception("POST %s failed", scope["path"])
+            return answer({"detail": "internal error"}, 500)
+
+
+class HousingAPI(FastAPI):
+    """FastAPI, except that the hot POST paths (``hot_lane``; None = off) skip Starlette's
+    middleware stack and FastAPI's routing."""
+
+    hot_lane: HotLane | None = None
+
+    async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
+        handler = self.hot_lane.handler_for(scope) if self.hot_lane is not None else None
+        if handler is None:
+            await super().__call__(scope, receive, send)
+        else:
+            await self.hot_lane.serve(handler, scope, receive, send)
 
 
 def _install_openapi(app: FastAPI, request_schema: type[BaseModel]) -> None:
@@ -277,12 +295,12 @@ def create_app(
     model: ServedModel | None,
     max_rows: int = DEFAULT_MAX_ROWS,
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
-) -> FastAPI:
+) -> HousingAPI:
     """The ASGI app serving ``model`` (None: not ready, predictions and /ready answer 503).
     ``app.state.model`` is what a follower swaps; ``app.state.follower`` (if any) is
     reported by /ready."""
     request_schema = request_model(max_rows)
-    app = FastAPI(
+    app = HousingAPI(
         title="California housing price API",
         version="1.0",
         description="Median house value (dollars) of California census block groups.",
@@ -506,6 +524,7 @@ def create_app(
     _install_openapi(app, request_schema)
     app.add_middleware(BodySizeLimit, max_bytes=max_body_bytes)
     app.add_middleware(metrics.RequestMetrics)  # 413s from the limit count too
-    hot = {"/predict": handle_predict, "/invocations": handle_invocations}
-    app.add_middleware(HotLane, handlers=hot, max_bytes=max_body_bytes)  # outermost
+    app.hot_lane = HotLane(
+        {"/predict": handle_predict, "/invocations": handle_invocations}, max_body_bytes
+    )
     return app

@@ -345,7 +345,7 @@ LANE_CASES = [
 def without_lane(pipeline) -> TestClient:
     """The same app with api.HotLane taken out: POSTs reach the FastAPI routes."""
     app = api.create_app(api.ServedModel(pipeline, REF), MAX_ROWS, MAX_BODY)
-    app.user_middleware = [m for m in app.user_middleware if m.cls is not api.HotLane]
+    app.hot_lane = None
     with TestClient(app) as c:
         yield c
 
