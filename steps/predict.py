@@ -321,15 +321,16 @@ def predict_on_spark(
     rejected_output = sparkscore.rejected_location(output)
     mlflow.set_tags({TAG_OUTPUT: output, TAG_REJECTED_OUTPUT: rejected_output})
     runtime.echo(STEP, f"starting Spark on {master}; model {ref.name} v{ref.version}")
-    spark = sparkscore.start_session(master)
-    try:
-        started = time.perf_counter()
-        counts = sparkscore.run(
-            spark, input_uri, kind, f"models:/{ref.name}/{ref.version}", output, env_manager
-        )
-        predict_seconds = time.perf_counter() - started
-    finally:
-        spark.stop()
+    with tempfile.TemporaryDirectory(prefix="predict-spark-") as tmp:
+        spark = sparkscore.start_session(master, Path(tmp))
+        try:
+            started = time.perf_counter()
+            counts = sparkscore.run(
+                spark, input_uri, kind, f"models:/{ref.name}/{ref.version}", output, env_manager
+            )
+            predict_seconds = time.perf_counter() - started
+        finally:
+            spark.stop()
     mlflow.log_metrics(
         {
             "rows_in": counts.rows_in,

@@ -20,7 +20,6 @@ import importlib.util
 import os
 import shutil
 import sys
-import tempfile
 import zipfile
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
@@ -190,12 +189,13 @@ def check_input_exists(uri: str) -> None:
         raise StepError(f"{uri}: no such file or directory")
 
 
-def start_session(master: str) -> Any:
+def start_session(master: str, workdir: Path) -> Any:
     """A SparkSession on ``master`` whose Python workers can import the project's code.
 
     Local-mode workers run ``python3`` from PATH unless told otherwise, which need not be
     this venv (then: ``No module named 'pandas'``): they get this interpreter. A cluster's
     executors have their own Python (``PYSPARK_PYTHON`` / ``spark.pyspark.python``).
+    ``workdir`` holds the zipped ``steps`` package shipped to them while the session runs.
     """
     if master.startswith("local"):
         os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
@@ -208,14 +208,13 @@ def start_session(master: str) -> Any:
         .getOrCreate()
     )
     spark.sparkContext.setLogLevel("ERROR")
-    spark.sparkContext.addPyFile(str(steps_archive()))
+    spark.sparkContext.addPyFile(str(steps_archive(workdir / "steps.zip")))
     return spark
 
 
-def steps_archive() -> Path:
+def steps_archive(target: Path) -> Path:
     """The ``steps`` package zipped, shipped to the executors (the batch check imports it)."""
     package = Path(__file__).resolve().parent
-    target = Path(tempfile.mkdtemp(prefix="spark-steps-")) / "steps.zip"
     with zipfile.ZipFile(target, "w") as archive:
         for source in sorted(package.glob("*.py")):
             archive.write(source, f"steps/{source.name}")
