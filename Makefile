@@ -35,6 +35,11 @@ GIT_VERSION ?= $(shell git rev-parse HEAD 2>/dev/null)
 PYTEST_ARGS ?=
 INPUT ?=
 OUTPUT ?= predictions.parquet
+# empty: predict's own defaults (engine local; engine=spark: master local[*])
+ENGINE ?=
+SPARK_MASTER ?=
+# a path made absolute (`mlflow run` runs the step elsewhere); a URI (s3a://, hdfs://…) as is
+location = $(if $(findstring ://,$(1)),$(1),$(abspath $(1)))
 
 .DEFAULT_GOAL := help
 .PHONY: help setup spark-setup lock run steps run-from-git serve predict test test-unit test-integration test-git-url \
@@ -104,10 +109,11 @@ serve: setup ## online API for models:/CaliforniaHousingRegressor@champion on 12
 	mlflow run . -e serve --env-manager local --experiment-name $(PIPELINE_EXPERIMENT) \
 	  $(if $(SERVE_PORT),-P port=$(SERVE_PORT))
 
-predict: setup ## batch predictions with the champion: make predict INPUT=rows.csv [OUTPUT=…]
+predict: setup $(if $(filter spark,$(ENGINE)),spark-setup) ## batch predictions with the champion: make predict INPUT=rows.csv [OUTPUT=…] [ENGINE=spark SPARK_MASTER=…]
 	@test -n "$(INPUT)" || { echo "error: predict: give the rows to score: make predict INPUT=file.csv" >&2; exit 2; }
 	mlflow run . -e predict --env-manager local --experiment-name $(PIPELINE_EXPERIMENT) \
-	  -P input=$(abspath $(INPUT)) -P output=$(abspath $(OUTPUT))
+	  -P input=$(call location,$(INPUT)) -P output=$(call location,$(OUTPUT)) \
+	  $(if $(ENGINE),-P engine=$(ENGINE)) $(if $(SPARK_MASTER),-P 'spark_master=$(SPARK_MASTER)')
 
 test: setup spark-setup lint ## lint, then every unit and integration test, with coverage of steps/
 	pytest $(PYTEST_ARGS); rc=$$?; [ $$rc -eq 5 ] && echo "no tests collected" && exit 1; exit $$rc

@@ -9,7 +9,8 @@ Entry points (one per MLproject entry; each is a click command over a pure core)
 Library modules (imported by entry points; entry points never import each other):
 
 - ``config``: names, paths, defaults; ``hyperparams``: model kinds and their defaults
-- ``schema``: the raw table's declared rules and thresholds; ``contract``: table rules and
+- ``schema``: the raw table's declared rules and thresholds, and the per-row rejection
+  reasons both predict engines use; ``contract``: table rules and
   drift against a reference data version
 - ``features``, ``models``: the classes registered models are made of (never rename or
   move them); ``report``: the evaluation report
@@ -17,6 +18,9 @@ Library modules (imported by entry points; entry points never import each other)
   signals; ``fingerprint``: the code hash behind step reuse
 - ``gate``: the champion gate and alias settle rule; ``registry``: alias state, lineage
   and history; ``loading``: registry URIs to pinned versions and skops-loaded pipelines
+- ``sparkscore``: predict's Spark engine (``--engine spark``): the input checked per pandas
+  batch with ``schema.rejection_reasons``, scored by MLflow's ``spark_udf``; imports PySpark
+  lazily, so nothing else pays for it
 - ``api``: serve's ASGI app (FastAPI, plus a lean lane for POST /predict and /invocations);
   ``apischema``: what a valid request row is; ``batching``: rows to predictions, concurrent
   requests micro-batched; ``protocols``: other clients' request bodies (MLflow's

@@ -115,6 +115,58 @@ OCEAN_PROXIMITY_VALUES: tuple[str, ...] = (
     "NEAR OCEAN",
 )
 
+# --- batch predictions (steps.predict, both engines: one output schema) -------------------
+PREDICTION_COLUMN = "predicted_median_house_value"
+ROW_COLUMN = "row"  # 0-based position of the row in the input
+REASON_COLUMN = "reason"  # rejected rows: why (steps.schema.rejection_reasons)
+TABLE_SUFFIXES: dict[str, str] = {".csv": "csv", ".parquet": "parquet", ".pq": "parquet"}
+
+
+def local_path(location: str) -> Path | None:
+    """The filesystem path of a plain path or ``file://`` URI; None for remote URLs."""
+    from urllib.parse import urlparse
+
+    parsed = urlparse(location)
+    if parsed.scheme == "file":
+        return Path(parsed.path)
+    if parsed.scheme == "" or len(parsed.scheme) == 1:  # 1 letter: a Windows drive
+        return Path(location)
+    return None
+
+
+def table_format_by_name(path_or_uri: str) -> str | None:
+    """'csv' or 'parquet' from the name's extension ('.csv.gz' counts as csv), else None."""
+    from urllib.parse import urlparse
+
+    name = (urlparse(path_or_uri).path or path_or_uri).rstrip("/")
+    suffixes = [s.lower() for s in Path(name).suffixes]
+    return next((TABLE_SUFFIXES[s] for s in reversed(suffixes) if s in TABLE_SUFFIXES), None)
+
+
+# CSV fields read as missing: pandas' defaults, spelled out so the Spark engine (whose CSV
+# reader knows only one null token) treats the same fields as missing as the local engine.
+CSV_MISSING_VALUES: tuple[str, ...] = (
+    "",
+    "#N/A",
+    "#N/A N/A",
+    "#NA",
+    "-1.#IND",
+    "-1.#QNAN",
+    "-NaN",
+    "-nan",
+    "1.#IND",
+    "1.#QNAN",
+    "<NA>",
+    "N/A",
+    "NA",
+    "NULL",
+    "NaN",
+    "None",
+    "n/a",
+    "nan",
+    "null",
+)
+
 # --- step defaults (MLproject must agree) ---------------------------------------------------
 DEFAULT_SOURCE_URL = ""  # empty: $HOUSING_DATA_URL, else PUBLIC_DATA_URL
 DEFAULT_ACCEPT_DRIFT = False  # load_data: drift failures stop the load unless accepted

@@ -6,11 +6,18 @@ MLflow artifact URI such as ``runs:/<id>/path``) with the nine raw feature colum
 Out: ``--output`` (CSV or Parquet, by extension) = the valid input rows, their 0-based input
 ``row`` number and ``predicted_median_house_value`` in dollars; rows failing validation go to
 ``<output stem>.rejected.csv`` with a ``reason``. Both are logged as artifacts of this step's
-MLflow run, tagged with the model name/version (params: model_uri, input, output).
+MLflow run, tagged with the model name/version (params: model_uri, input, output, engine, …).
+
+``--engine spark`` scores on Spark instead (``steps.sparkscore``, ``--spark-master``): the
+input may also be a directory or any URI Spark reads, the output and
+``<output stem>.rejected.parquet`` are Parquet directories written by Spark. They are not
+copied into the run (they can be any size); the tags ``predict.output`` and
+``predict.rejected_output`` say where they are. Same columns, same metrics.
 
 Validation applies the same rules as the online API (``steps.schema`` bounds, known
-``ocean_proximity`` values, finite numbers, ``total_bedrooms`` may be missing), vectorised.
-A missing/unreadable file or missing columns -> one error line, exit 1, run FAILED.
+``ocean_proximity`` values, finite numbers, ``total_bedrooms`` may be missing), vectorised,
+in both engines (``steps.schema.rejection_reasons``). A missing/unreadable file or missing
+columns (engine=spark: or no Java/PySpark) -> one error line, exit 1, run FAILED.
 """
 
 from __future__ import annotations
@@ -27,72 +34,45 @@ import click
 import numpy as np
 import pandas as pd
 
-from steps import config, runtime, schema
-from steps.loading import DEFAULT_MODEL_URI, ModelLoadError, ModelRef, load_version
+from steps import config, runtime, schema, sparkscore
+from steps.loading import (
+    DEFAULT_MODEL_URI,
+    ModelLoadError,
+    ModelRef,
+    load_version,
+    resolve_model_version,
+)
 from steps.runtime import StepError
+from steps.schema import rejection_reasons
 
 STEP = "predict"
 DEFAULT_CHUNK_ROWS = 50_000
 # 0 = one prediction thread per CPU (the model itself predicts single-threaded).
 DEFAULT_JOBS = 0
-PREDICTION_COLUMN = "predicted_median_house_value"
-ROW_COLUMN = "row"
-REASON_COLUMN = "reason"
-TABLE_SUFFIXES: dict[str, str] = {".csv": "csv", ".parquet": "parquet", ".pq": "parquet"}
+ENGINES: tuple[str, ...] = ("local", "spark")
+DEFAULT_ENGINE = "local"
+PREDICTION_COLUMN = config.PREDICTION_COLUMN
+ROW_COLUMN = config.ROW_COLUMN
+REASON_COLUMN = config.REASON_COLUMN
 # Model facts recorded on the run (tags: searchable; params come from the command line).
 TAG_MODEL_NAME = "model.name"
 TAG_MODEL_VERSION = "model.version"
 TAG_MODEL_RUN_ID = "model.run_id"
+TAG_OUTPUT = "predict.output"
+TAG_REJECTED_OUTPUT = "predict.rejected_output"
 
 
 # --- pure core ----------------------------------------------------------------------------
 def table_format(path_or_uri: str) -> str:
     """'csv' or 'parquet' from the file extension (a compressed '.csv.gz' counts as csv)."""
-    name = urlparse(path_or_uri).path or path_or_uri
-    suffixes = [s.lower() for s in Path(name).suffixes]
-    for suffix in reversed(suffixes):
-        if suffix in TABLE_SUFFIXES:
-            return TABLE_SUFFIXES[suffix]
-    raise StepError(f"{path_or_uri}: unknown file type; expected .csv or .parquet")
+    kind = config.table_format_by_name(path_or_uri)
+    if kind is None:
+        raise StepError(f"{path_or_uri}: unknown file type; expected .csv or .parquet")
+    return kind
 
 
 def check_columns(df: pd.DataFrame, source: str) -> None:
-    missing = [c for c in config.FEATURES if c not in df.columns]
-    if missing:
-        raise StepError(f"{source}: missing column(s): {', '.join(missing)}")
-
-
-def rejection_reasons(df: pd.DataFrame) -> pd.Series:
-    """Per row, '' if it is valid, else '; '-joined reasons (``column: problem``).
-
-    The API's rules, vectorised: numbers finite and within ``steps.schema`` bounds,
-    ``total_bedrooms`` alone may be missing, ``ocean_proximity`` a known value.
-    """
-    reasons = pd.Series("", index=df.index, dtype=object)
-
-    def flag(mask: pd.Series | np.ndarray, message: str) -> None:
-        mask = np.asarray(mask, dtype=bool)
-        if mask.any():
-            reasons[mask] = reasons[mask] + message + "; "
-
-    for name in config.NUMERIC_FEATURES:
-        col = schema.NUMERIC_BY_NAME[name]
-        raw = df[name]
-        values = pd.to_numeric(raw, errors="coerce").astype("float64")
-        present = raw.notna().to_numpy()
-        flag(present & values.isna().to_numpy(), f"{name}: not a number")
-        if not col.nullable:
-            flag(~present, f"{name}: missing")
-        flag(np.isinf(values.to_numpy()), f"{name}: not finite")
-        if col.minimum is not None:
-            flag((values < col.minimum).to_numpy(), f"{name}: below {col.minimum}")
-        if col.maximum is not None:
-            flag((values > col.maximum).to_numpy(), f"{name}: above {col.maximum}")
-    category = df[config.CATEGORICAL_FEATURE]
-    flag(category.isna(), f"{config.CATEGORICAL_FEATURE}: missing")
-    known = category.isin(config.OCEAN_PROXIMITY_VALUES) | category.isna()
-    flag(~known, f"{config.CATEGORICAL_FEATURE}: unknown value")
-    return reasons.str.removesuffix("; ")
+    sparkscore.check_columns(list(df.columns), source)
 
 
 def split_valid(df: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -106,11 +86,7 @@ def split_valid(df: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
     reasons = rejection_reasons(df)
     bad = (reasons != "").to_numpy()
     rejected = df.loc[bad].assign(**{REASON_COLUMN: reasons[bad]})
-    valid = df.loc[~bad].copy()
-    for name in config.NUMERIC_FEATURES:
-        valid[name] = pd.to_numeric(valid[name], errors="coerce").astype("float64")
-    valid[config.CATEGORICAL_FEATURE] = valid[config.CATEGORICAL_FEATURE].astype("str")
-    return valid, rejected
+    return schema.with_model_dtypes(df.loc[~bad]), rejected
 
 
 def chunks(n_rows: int, size: int) -> Iterator[slice]:
@@ -163,28 +139,23 @@ def local_copy(uri: str, tmp: Path) -> str:
         raise StepError(f"cannot download {uri}: {exc}") from exc
 
 
-def local_path(location: str) -> Path | None:
-    """The filesystem path of a plain path or ``file://`` URI; None for remote URLs."""
-    parsed = urlparse(location)
-    if parsed.scheme == "file":
-        return Path(parsed.path)
-    if parsed.scheme == "" or len(parsed.scheme) == 1:
-        return Path(location)
-    return None
-
-
 def read_table(uri: str) -> pd.DataFrame:
     """Read a CSV or Parquet input; every failure becomes a one-line ``StepError``."""
     kind = table_format(uri)
     with tempfile.TemporaryDirectory(prefix="predict-input-") as tmp:
         location = local_copy(uri, Path(tmp))
-        path = local_path(location)
+        path = config.local_path(location)
         if path is not None and not path.is_file():
             raise StepError(f"{uri}: no such file")
         try:
             if kind == "csv":
                 # pyarrow's reader is multi-threaded C++: ~5x the default engine on 1M rows.
-                df = pd.read_csv(path or location, engine="pyarrow")
+                df = pd.read_csv(
+                    path or location,
+                    engine="pyarrow",
+                    na_values=list(config.CSV_MISSING_VALUES),
+                    keep_default_na=False,
+                )
             else:
                 df = pd.read_parquet(path or location)
         except Exception as exc:  # parser, permission, decoding, network errors alike
@@ -228,7 +199,11 @@ def load_model(model_uri: str) -> tuple[Any, ModelRef]:
 # --- command ------------------------------------------------------------------------------
 @click.command(help="Predict a CSV/Parquet file of raw rows with a registered model.")
 @click.option("--input", "input_uri", required=True, help="CSV/Parquet path or URI.")
-@click.option("--output", required=True, help="Predictions file (.csv or .parquet).")
+@click.option(
+    "--output",
+    required=True,
+    help="Predictions file (.csv or .parquet); engine=spark: a Parquet directory.",
+)
 @click.option("--model-uri", default=DEFAULT_MODEL_URI, show_default=True)
 @click.option(
     "--chunk-rows", type=click.IntRange(min=1), default=DEFAULT_CHUNK_ROWS, show_default=True
@@ -240,15 +215,47 @@ def load_model(model_uri: str) -> tuple[Any, ModelRef]:
     show_default=True,
     help="Chunks predicted in parallel (threads); 0 = one per CPU.",
 )
+@click.option(
+    "--engine",
+    type=click.Choice(ENGINES),
+    default=DEFAULT_ENGINE,
+    show_default=True,
+    help="local: pandas in this process; spark: MLflow's spark_udf on --spark-master.",
+)
+@click.option(
+    "--spark-master",
+    default=sparkscore.DEFAULT_MASTER,
+    show_default=True,
+    help="engine=spark: local[N] or a cluster's master URL.",
+)
+@click.option(
+    "--spark-env-manager",
+    type=click.Choice(sparkscore.ENV_MANAGERS),
+    default=sparkscore.DEFAULT_ENV_MANAGER,
+    show_default=True,
+    help="engine=spark: how executors get the model's packages (spark_udf's env_manager).",
+)
 @runtime.as_step(STEP)
-def cli(input_uri: str, output: str, model_uri: str, chunk_rows: int, jobs: int) -> None:
+def cli(
+    input_uri: str,
+    output: str,
+    model_uri: str,
+    chunk_rows: int,
+    jobs: int,
+    engine: str,
+    spark_master: str,
+    spark_env_manager: str,
+) -> None:
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    if engine == "spark":
+        predict_on_spark(input_uri, output, model_uri, spark_master, spark_env_manager)
+    else:
+        predict_locally(input_uri, output, model_uri, chunk_rows, jobs)
+
+
+def log_model_ref(ref: ModelRef) -> None:
     import mlflow
 
-    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
-    out_path = Path(output)
-    table_format(output)  # fail on a bad output name before the expensive work
-    df = read_table(input_uri)
-    pipeline, ref = load_model(model_uri)
     mlflow.set_tags(
         {
             TAG_MODEL_NAME: ref.name,
@@ -256,6 +263,18 @@ def cli(input_uri: str, output: str, model_uri: str, chunk_rows: int, jobs: int)
             TAG_MODEL_RUN_ID: ref.run_id or "",
         }
     )
+
+
+def predict_locally(
+    input_uri: str, output: str, model_uri: str, chunk_rows: int, jobs: int
+) -> None:
+    import mlflow
+
+    out_path = Path(output)
+    table_format(output)  # fail on a bad output name before the expensive work
+    df = read_table(input_uri)
+    pipeline, ref = load_model(model_uri)
+    log_model_ref(ref)
     valid, rejected = split_valid(df)
     runtime.echo(
         STEP,
@@ -282,6 +301,54 @@ def cli(input_uri: str, output: str, model_uri: str, chunk_rows: int, jobs: int)
         mlflow.log_artifact(str(bad_path), artifact_path=STEP)
         runtime.echo(STEP, f"{len(rejected)} rejected rows (with reasons) in {bad_path}")
     runtime.echo(STEP, f"wrote {len(valid)} predictions to {out_path}")
+
+
+def predict_on_spark(
+    input_uri: str, output: str, model_uri: str, master: str, env_manager: str
+) -> None:
+    """Everything that can be checked without a JVM is, first: JVM start-up costs ~10 s."""
+    import mlflow
+
+    sparkscore.check_output(output)
+    sparkscore.check_can_start(os.environ)
+    sparkscore.check_input_exists(input_uri)
+    kind = sparkscore.input_format(input_uri)
+    try:
+        ref = resolve_model_version(model_uri)
+    except ModelLoadError as exc:
+        raise StepError(str(exc)) from exc
+    log_model_ref(ref)
+    rejected_output = sparkscore.rejected_location(output)
+    mlflow.set_tags({TAG_OUTPUT: output, TAG_REJECTED_OUTPUT: rejected_output})
+    runtime.echo(STEP, f"starting Spark on {master}; model {ref.name} v{ref.version}")
+    with tempfile.TemporaryDirectory(prefix="predict-spark-") as tmp:
+        spark = sparkscore.start_session(master, Path(tmp))
+        try:
+            started = time.perf_counter()
+            counts = sparkscore.run(
+                spark, input_uri, kind, f"models:/{ref.name}/{ref.version}", output, env_manager
+            )
+            predict_seconds = time.perf_counter() - started
+        finally:
+            spark.stop()
+    mlflow.log_metrics(
+        {
+            "rows_in": counts.rows_in,
+            "rows_predicted": counts.rows_predicted,
+            "rows_rejected": counts.rows_rejected,
+            "predict_seconds": predict_seconds,
+        }
+    )
+    runtime.echo(
+        STEP,
+        f"{counts.rows_in} rows: {counts.rows_predicted} valid, "
+        f"{counts.rows_rejected} rejected; model {ref.name} v{ref.version}",
+    )
+    if counts.rows_rejected:
+        runtime.echo(
+            STEP, f"{counts.rows_rejected} rejected rows (with reasons) in {rejected_output}"
+        )
+    runtime.echo(STEP, f"wrote {counts.rows_predicted} predictions to {output}")
 
 
 if __name__ == "__main__":

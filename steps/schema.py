@@ -2,7 +2,8 @@
 
 In: a DataFrame as read from housing.csv. Out: the same frame with the declared dtypes, or a
 ``SchemaError`` whose message is one line naming the column and the problem. The same
-declarations give the serving API its field bounds, so the two never disagree.
+declarations give the serving API its field bounds and batch scoring its per-row rejection
+reasons (``rejection_reasons``, used by both predict engines), so they never disagree.
 """
 
 from __future__ import annotations
@@ -99,6 +100,51 @@ def validate_raw(df: pd.DataFrame) -> pd.DataFrame:
         what = f"unknown values {unknown}" if unknown else f"{int(cat.isna().sum())} missing"
         raise SchemaError(f"column {config.CATEGORICAL_FEATURE!r} has {what}")
     out[config.CATEGORICAL_FEATURE] = cat.astype(str)
+    return out
+
+
+# --- row by row: batch scoring (both engines) and the API apply the same rules --------
+def rejection_reasons(df: pd.DataFrame) -> pd.Series:
+    """Per row, '' if it is valid, else '; '-joined reasons (``column: problem``).
+
+    The API's rules, vectorised: numbers finite and within the declared bounds,
+    ``total_bedrooms`` alone may be missing, ``ocean_proximity`` a known value. Both batch
+    engines call this (the Spark one on each pandas batch), so they reject the same rows.
+    """
+    reasons = pd.Series("", index=df.index, dtype=object)
+
+    def flag(mask: pd.Series | np.ndarray, message: str) -> None:
+        mask = np.asarray(mask, dtype=bool)
+        if mask.any():
+            reasons[mask] = reasons[mask] + message + "; "
+
+    for name in config.NUMERIC_FEATURES:
+        col = NUMERIC_BY_NAME[name]
+        raw = df[name]
+        values = pd.to_numeric(raw, errors="coerce").astype("float64")
+        present = raw.notna().to_numpy()
+        flag(present & values.isna().to_numpy(), f"{name}: not a number")
+        if not col.nullable:
+            flag(~present, f"{name}: missing")
+        flag(np.isinf(values.to_numpy()), f"{name}: not finite")
+        if col.minimum is not None:
+            flag((values < col.minimum).to_numpy(), f"{name}: below {col.minimum}")
+        if col.maximum is not None:
+            flag((values > col.maximum).to_numpy(), f"{name}: above {col.maximum}")
+    category = df[config.CATEGORICAL_FEATURE]
+    flag(category.isna(), f"{config.CATEGORICAL_FEATURE}: missing")
+    known = category.isin(config.OCEAN_PROXIMITY_VALUES) | category.isna()
+    flag(~known, f"{config.CATEGORICAL_FEATURE}: unknown value")
+    return reasons.str.removesuffix("; ")
+
+
+def with_model_dtypes(valid: pd.DataFrame) -> pd.DataFrame:
+    """Valid rows with the dtypes the model was trained on: float64 numerics (a missing
+    ``total_bedrooms`` = NaN) and a str category; other columns untouched."""
+    out = valid.copy()
+    for name in config.NUMERIC_FEATURES:
+        out[name] = pd.to_numeric(out[name], errors="coerce").astype("float64")
+    out[config.CATEGORICAL_FEATURE] = out[config.CATEGORICAL_FEATURE].astype("str")
     return out
 
 

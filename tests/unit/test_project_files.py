@@ -128,3 +128,6 @@ def test_makefile_repeats_no_default_of_the_steps():
     # make serve passes a port only when SERVE_PORT is given: serve's default stays the one
     assert re.search(r"^SERVE_PORT \?=\s*$", makefile, re.M)
     assert "$(if $(SERVE_PORT),-P port=$(SERVE_PORT))" in makefile
+    # make predict: the engine and Spark master only when given (predict's defaults stay)
+    assert re.search(r"^ENGINE \?=\s*$", makefile, re.M)
+    assert re.search(r"^SPARK_MASTER \?=\s*$", makefile, re.M)
