@@ -275,6 +275,7 @@ def tune(
     storage: str,
     study_name: str,
 ) -> None:
+    """Open or join the study, run trials while its budget lasts, then log its best trial."""
     import mlflow
     import optuna
 
