@@ -130,9 +130,10 @@ test-git-url: setup ## mlflow run against git:// URLs served by git daemon (incl
 test-envmanagers: setup ## only the env-manager test: main under --env-manager uv from an empty env root
 	pytest tests/integration -m envmanager $(PYTEST_ARGS)
 
-bench: setup ## benchmarks (pipeline, model quality, API; the API bench needs `wrk`): prints numbers
+bench: setup ## benchmarks (pipeline, model quality, tuning, API; the API bench needs `wrk`): prints numbers
 	python bench/pipeline_bench.py
 	python bench/model_quality.py
+	python bench/tune_bench.py
 	python bench/api_bench.py
 
 lint: setup ## ruff lint + format check

@@ -26,6 +26,7 @@ Library modules (imported by entry points; entry points never import each other)
   requests micro-batched; ``protocols``: other clients' request bodies (MLflow's
   /invocations, V2) as rows; ``follower``: serve's alias following; ``metrics``: serve's
   Prometheus metrics
+- ``study``: tune's Optuna study on shared storage and the trial budget its processes share
 - ``forkserver``: under main, runs each step in a fork of one process that imported the
   libraries once; ``python -m steps.<step>`` hands itself over here, before its own imports
 - ``storetemplate``: the empty SQLite tracking store built at set-up, copied into place for a

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import http.server
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -154,6 +155,13 @@ def run_cmd(args: list[str], cwd: Path, env: dict[str, str], timeout: float = 90
     return subprocess.run(
         args, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout, check=False
     )
+
+
+def launched_run_id(output: str) -> str:
+    """The run id `mlflow run` reports for the run it launched (its last lines, on stderr)."""
+    found = re.findall(r"=== Run \(ID '([0-9a-f]+)'\) (?:succeeded|failed)", output)
+    assert found, output[-2000:]
+    return found[-1]
 
 
 def run_main(project: Path, tracking_uri: str, *args: str) -> subprocess.CompletedProcess:

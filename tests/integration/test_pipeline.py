@@ -20,6 +20,7 @@ from tests.support import (
     copy_project,
     housing_csv,
     latest_run,
+    launched_run_id,
     mlflow_run_local,
     project_env,
     run_cmd,
@@ -208,33 +209,46 @@ def test_pipeline_against_a_real_tracking_server(tmp_path, mlflow_server):
 
 def test_tune_logs_nested_trials_and_best_params(sqlite_pipeline):
     project, uri, client, _ = sqlite_pipeline
-    result = run_cmd(
-        mlflow_run_local(
-            "tune",
-            "--experiment-name",
-            config.EXPERIMENT_NAME,
-            "-P",
-            "n_trials=2",
-            "-P",
-            "cv_folds=2",
-        ),
-        cwd=project,
-        env=project_env(uri),
-    )
+
+    def tune(*params: str):
+        args = ["--experiment-name", config.EXPERIMENT_NAME, "-P", "cv_folds=2"]
+        for param in params:
+            args += ["-P", param]
+        return run_cmd(mlflow_run_local("tune", *args), cwd=project, env=project_env(uri))
+
+    result = tune("n_trials=2")
     assert result.returncode == 0, result.stderr[-3000:]
+    # the default study storage: a SQLite file beside the SQLite tracking store
+    assert (Path(uri.removeprefix("sqlite:///")).parent / "optuna.db").exists()
     experiment = client.get_experiment_by_name(config.EXPERIMENT_NAME)
-    tune = client.search_runs(
+    tune_run = client.search_runs(
         [experiment.experiment_id], f"tags.`{config.TAG_STEP}` = 'tune'", max_results=1
     )[0]
     trials = client.search_runs(
-        [experiment.experiment_id], f"tags.`mlflow.parentRunId` = '{tune.info.run_id}'"
+        [experiment.experiment_id], f"tags.`mlflow.parentRunId` = '{tune_run.info.run_id}'"
     )
-    assert len(trials) == 2
-    best = min(t.data.metrics["cv_rmse_mean"] for t in trials)
-    assert tune.data.metrics["best_cv_rmse"] == best
-    assert "best_learning_rate" in tune.data.params
+    assert sorted(t.data.tags["optuna.trial_number"] for t in trials) == ["0", "1"]
+    # two trials: too few for the pruner to judge, so both complete
+    assert {t.data.tags["optuna.trial_state"] for t in trials} == {"COMPLETE"}
+    best = min(trials, key=lambda t: t.data.metrics["cv_rmse_mean"])
+    assert tune_run.data.metrics["best_cv_rmse"] == best.data.metrics["cv_rmse_mean"]
+    assert tune_run.data.tags["tune.best_trial_run_id"] == best.info.run_id
+    assert tune_run.data.params["best_learning_rate"] == best.data.params["learning_rate"]
+    assert f"-P learning_rate={best.data.params['learning_rate']} " in result.stdout
     preprocess = latest_parent(client).data.tags["pipeline.preprocess.run_id"]
-    assert tune.data.tags[config.TAG_UPSTREAM] == preprocess
+    assert tune_run.data.tags[config.TAG_UPSTREAM] == preprocess
+    assert tune_run.data.tags["optuna.study_name"] == f"tune-lightgbm-{preprocess}"
+
+    # the default study's budget is fixed: asking for more is one clear error, a FAILED run
+    more = tune("n_trials=3")
+    assert more.returncode != 0
+    assert "error: tune: study 'tune-lightgbm-" in more.stderr
+    assert "n_trials=2 (this run: 3): pass the same values or another study_name" in more.stderr
+    failed = client.get_run(launched_run_id(more.stderr))
+    assert failed.info.status == "FAILED"
+    assert not client.search_runs(
+        [experiment.experiment_id], f"tags.`mlflow.parentRunId` = '{failed.info.run_id}'"
+    )
 
 
 def test_reuse_follows_the_code_on_disk_not_the_commit(sqlite_pipeline):

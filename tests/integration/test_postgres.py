@@ -1,4 +1,5 @@
-"""The pipeline against a tracking server backed by PostgreSQL, with proxied artifacts.
+"""The pipeline against a tracking server backed by PostgreSQL, with proxied artifacts; and
+two tune processes sharing one Optuna study stored in PostgreSQL.
 
 Needs ``PG_TEST_URI`` (``.ci/postgres.sh`` prints one): a role that may CREATE DATABASE. Each
 test session works in its own throwaway database, created here and dropped at the end, so
@@ -8,23 +9,35 @@ reruns start clean. Skipped when ``PG_TEST_URI`` is unset.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
+import re
+import subprocess
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from subprocess import PIPE
 from urllib.parse import urlsplit, urlunsplit
 
 import pytest
 from mlflow import MlflowClient
 
-from steps import config
+from steps import config, study
 from tests.integration.test_faults import (
     STEPS,
     all_runs,
     latest_parent,
     run_concurrent_mains,
 )
-from tests.support import copy_project, run_main, start_mlflow_server, stop
+from tests.support import (
+    copy_project,
+    launched_run_id,
+    mlflow_run_local,
+    project_env,
+    run_main,
+    start_mlflow_server,
+    stop,
+)
 
 pytestmark = [
     pytest.mark.integration,
@@ -121,3 +134,99 @@ def test_four_concurrent_mains_on_postgres(tmp_path):
             run_concurrent_mains(tmp_path, url, n=4)
         finally:
             stop(proc)
+
+
+def storage_without_password(uri: str) -> tuple[str, str]:
+    """(URL without the password, the password): what docs/scaling.md advises, as MLflow
+    records every ``-P`` value as a run parameter; libpq reads PGPASSWORD instead."""
+    parts = urlsplit(uri)
+    netloc = f"{parts.username}@{parts.hostname}:{parts.port}"
+    return urlunsplit(parts._replace(netloc=netloc)), parts.password or ""
+
+
+def finished_preprocess(client: MlflowClient) -> bool:
+    experiment = client.get_experiment_by_name(config.EXPERIMENT_NAME)
+    return experiment is not None and bool(
+        client.search_runs(
+            [experiment.experiment_id],
+            f"tags.`{config.TAG_STEP}` = 'preprocess' and attributes.status = 'FINISHED'",
+        )
+    )
+
+
+def test_two_tune_processes_share_one_study_budget(tmp_path, pg_server):
+    import optuna
+    from optuna.trial import TrialState
+
+    url, _ = pg_server
+    client = MlflowClient(url)
+    project = copy_project(tmp_path / "project")
+    if not finished_preprocess(client):  # only when this test runs without the one above
+        run_main(project, url, "-P", "n_estimators=60")
+    n_trials = 5
+    with fresh_database() as study_uri:
+        storage, password = storage_without_password(study_uri)
+        args = mlflow_run_local(
+            "tune",
+            "--experiment-name",
+            config.EXPERIMENT_NAME,
+            *("-P", f"n_trials={n_trials}", "-P", "cv_folds=2", "-P", f"storage={storage}"),
+        )
+        env = project_env(url, PGPASSWORD=password)
+        procs = [
+            subprocess.Popen(args, cwd=project, env=env, stdout=PIPE, stderr=PIPE, text=True)
+            for _ in range(2)
+        ]
+        try:
+            outputs = [proc.communicate(timeout=900) for proc in procs]
+        finally:
+            for proc in procs:
+                stop(proc)
+        for proc, (_, err) in zip(procs, outputs, strict=True):
+            assert proc.returncode == 0, err[-4000:]
+        tunes = [client.get_run(launched_run_id(err)) for _, err in outputs]
+        study_name = tunes[0].data.tags["optuna.study_name"]
+        the_study = optuna.load_study(study_name=study_name, storage=study.with_driver(study_uri))
+        trials = {t.number: t for t in the_study.get_trials() if t.number < n_trials}
+
+        runs_by_trial = {}
+        for (_, err), tune in zip(outputs, tunes, strict=True):
+            assert tune.info.status == "FINISHED"
+            assert tune.data.tags["optuna.study_name"] == study_name  # the default name, twice
+            assert f":{password}@" not in tune.data.params["storage"]
+            children = client.search_runs(
+                [tune.info.experiment_id], f"tags.`mlflow.parentRunId` = '{tune.info.run_id}'"
+            )
+            assert children, "each process took a share of the work"
+            assert tune.data.metrics["trials_run"] == len(children)
+            # the trials a process reported are exactly its own tune run's children
+            echoed = {int(n) for n in re.findall(r"\[tune\] trial (\d+):", err)}
+            assert echoed == {int(c.data.tags["optuna.trial_number"]) for c in children}
+            for child in children:
+                number = int(child.data.tags["optuna.trial_number"])
+                assert number not in runs_by_trial, f"trial {number} ran twice"
+                runs_by_trial[number] = child
+
+        # exactly the budget, each trial once, its MLflow run and Optuna trial agreeing
+        assert sorted(runs_by_trial) == sorted(trials) == list(range(n_trials))
+        for number, child in runs_by_trial.items():
+            trial = trials[number]
+            assert trial.state in (TrialState.COMPLETE, TrialState.PRUNED)
+            assert child.info.status == "FINISHED"
+            assert child.data.tags["optuna.trial_state"] == trial.state.name
+            assert trial.user_attrs["mlflow_run_id"] == child.info.run_id
+            assert ("cv_rmse_mean" in child.data.metrics) == (trial.state == TrialState.COMPLETE)
+        extra = [t for t in the_study.get_trials() if t.number >= n_trials]
+        assert all(t.state == TrialState.FAIL and t.user_attrs["over_budget"] for t in extra)
+
+        # both processes report the study's best, after the other's last trial ended
+        best = the_study.best_trial
+        for (out, _), tune in zip(outputs, tunes, strict=True):
+            assert tune.data.metrics["best_cv_rmse"] == pytest.approx(best.value)
+            best_run = runs_by_trial[best.number].info.run_id
+            assert tune.data.tags["tune.best_trial_run_id"] == best_run
+            dest = tmp_path / tune.info.run_id
+            dest.mkdir()
+            path = client.download_artifacts(tune.info.run_id, "best_params.json", str(dest))
+            assert json.loads(Path(path).read_text()) == best.params
+            assert f"-P learning_rate={best.params['learning_rate']} " in out
