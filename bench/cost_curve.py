@@ -21,10 +21,12 @@ load_data has to fetch it from ``source_url=file://…``, and then, in a fresh S
   process starts out with the high-water mark of the process that spawned it (exec keeps
   it), so it would report this bench's own RSS whenever that is larger.
 
-It prints, per scale, rows and per-step seconds / peak MiB, and the growth exponent of each
-step's seconds between consecutive scales, log(t2/t1) / log(n2/n1): 1 is linear; a constant
-start-up cost pulls it below 1 at small scales. Not a timed test: the numbers depend on the
-machine and its load (the 1-minute load average is printed with them).
+It prints, per scale, rows and per step run seconds / CPU seconds / peak MiB, and the growth
+exponent of each step's run and CPU seconds between consecutive scales, log(t2/t1) /
+log(n2/n1): 1 is linear; a constant start-up cost pulls it below 1 at small scales
+(docs/scaling.md, "The pipeline's cost curve", has the numbers and what they mean). Not a
+timed test: the numbers depend on the machine and its load (the 1-minute load average is
+printed with them).
 
     python bench/cost_curve.py [--scales 1,4,16,64] [--no-main] [--json] [--keep]
 """
