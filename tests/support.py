@@ -1,8 +1,9 @@
 """Helpers shared by the tests and the benchmarks (a plain module: no fixtures here).
 
-Synthetic and real data, copies of the project as fresh git repos, `mlflow run` argv and
-environments, free loopback ports, waiting for HTTP, a static HTTP server, MLflow servers,
-and a demo model logged and registered like the train and register steps do.
+Synthetic, real and resampled (larger) data, copies of the project as fresh git repos, new
+data versions in them (`dvc add`, commit), `mlflow run` argv and environments, free loopback
+ports, waiting for HTTP, a static HTTP server, MLflow servers, and a demo model logged and
+registered like the train and register steps do.
 ``tests/conftest.py`` wraps some of these as fixtures; ``bench/`` imports them directly.
 """
 
