@@ -34,8 +34,15 @@ Library modules (imported by entry points; entry points never import each other)
 """
 
 import os as _os
+import warnings as _warnings
 
 from steps import config as _config
+
+# With PySpark installed (`make spark-setup`), MLflow and pandera import it, and it warns on
+# every import that pandas 3 is not yet fully supported; our Spark path is tested with pandas 3.
+_warnings.filterwarnings(
+    "ignore", message="PySpark does not yet fully support pandas", category=FutureWarning
+)
 
 if _os.environ.get(_config.FORKSERVER_ENV):  # only main sets it, for its children
     from steps import forkserver as _forkserver

@@ -1,8 +1,9 @@
 """Helpers shared by the tests and the benchmarks (a plain module: no fixtures here).
 
-Synthetic and real data, copies of the project as fresh git repos, `mlflow run` argv and
-environments, free loopback ports, waiting for HTTP, a static HTTP server, MLflow servers,
-and a demo model logged and registered like the train and register steps do.
+Synthetic, real and resampled (larger) data, copies of the project as fresh git repos, new
+data versions in them (`dvc add`, commit), `mlflow run` argv and environments, free loopback
+ports, waiting for HTTP, a static HTTP server, MLflow servers, and a demo model logged and
+registered like the train and register steps do.
 ``tests/conftest.py`` wraps some of these as fixtures; ``bench/`` imports them directly.
 """
 
@@ -60,6 +61,43 @@ def synthetic_housing(n: int = 300, seed: int = 0) -> pd.DataFrame:
     return df.loc[:, list(config.RAW_COLUMNS)]
 
 
+# Jitter of resample_housing: counts and money move by up to ±2% of their value, coordinates
+# by up to ±0.01 degrees (~1 km) — enough that no two drawn copies of a row stay identical
+# (load_data refuses >1% duplicate rows), small enough to keep the geography and the prices.
+RESAMPLE_REL_JITTER = 0.02
+RESAMPLE_COORD_JITTER = 0.01
+_COORDINATES = ("longitude", "latitude")
+# Decimals kept when written: as in housing.csv (counts and prices are whole numbers).
+_RESAMPLE_DECIMALS = {"longitude": 4, "latitude": 4, "median_income": 4}
+
+
+def resample_housing(df: pd.DataFrame, factor: float, seed: int = 0) -> pd.DataFrame:
+    """A larger (or smaller) table like ``df``: ``round(len(df) * factor)`` rows drawn with
+    replacement, each numeric value jittered (coordinates additively, the rest
+    multiplicatively) and kept inside both the schema's declared range and the range the
+    column has in ``df``; ``ocean_proximity`` and missing values are kept as drawn.
+
+    Each row keeps the index label of the row it was drawn from (write it with
+    ``index=False``). Used by bench/cost_curve.py to measure how the pipeline grows.
+    """
+    from steps import schema
+
+    rng = np.random.default_rng(seed)
+    n = round(len(df) * factor)
+    out = df.iloc[rng.integers(0, len(df), n)].copy()
+    for column in schema.NUMERIC_COLUMNS:
+        values = out[column.name].to_numpy(dtype=np.float64)
+        if column.name in _COORDINATES:
+            jittered = values + rng.uniform(-RESAMPLE_COORD_JITTER, RESAMPLE_COORD_JITTER, n)
+        else:
+            jittered = values * (1 + rng.uniform(-RESAMPLE_REL_JITTER, RESAMPLE_REL_JITTER, n))
+        low = max(df[column.name].min(), -np.inf if column.minimum is None else column.minimum)
+        high = min(df[column.name].max(), np.inf if column.maximum is None else column.maximum)
+        jittered = np.round(np.clip(jittered, low, high), _RESAMPLE_DECIMALS.get(column.name, 0))
+        out[column.name] = jittered  # NaN stays NaN through jitter, clip and round
+    return out
+
+
 # --- processes and stores ---------------------------------------------------------------------
 def housing_csv() -> Path:
     """The real CSV (``HOUSING_CSV``, else the shared copy beside the clone).
@@ -104,6 +142,24 @@ def copy_project(dest: Path) -> Path:
     subprocess.run([*git, "add", "-A"], cwd=dest, check=True)
     subprocess.run([*git, "commit", "-qm", "snapshot"], cwd=dest, check=True)
     return dest
+
+
+def new_data_version(project: Path, payload: bytes, message: str) -> None:
+    """What a user does: change data/housing.csv, `dvc add data`, commit data.dvc."""
+    (project / "data").mkdir(exist_ok=True)
+    (project / "data" / "housing.csv").write_bytes(payload)
+    done = run_cmd([sys.executable, "-m", "dvc", "add", "-q", "data"], project, dict(os.environ))
+    assert done.returncode == 0, done.stderr
+    commit(project, message)
+
+
+def commit(project: Path, message: str) -> None:
+    for args in (
+        ["git", "add", "-A"],
+        ["git", "-c", "user.email=t@localhost", "-c", "user.name=tests", "commit", "-qm", message],
+    ):
+        done = run_cmd(args, cwd=project, env=dict(os.environ))
+        assert done.returncode == 0, done.stderr
 
 
 def project_env(tracking_uri: str, **extra: str) -> dict[str, str]:

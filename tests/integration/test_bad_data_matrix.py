@@ -49,11 +49,13 @@ from steps.load_data import extract_csv, parse_raw
 from steps.runtime import StepError
 from tests.support import (
     assert_nothing_moved,
+    commit,
     copy_project,
     free_port,
     housing_csv,
     housing_tgz,
     mlflow_run_local,
+    new_data_version,
     project_env,
     run_cmd,
     serve_directory,
@@ -412,24 +414,6 @@ def test_contract_in_process(name, reference_profile):
     assert "\n" not in line
     if case.line:
         assert re.fullmatch(case.line, line), line
-
-
-def new_data_version(project: Path, payload: bytes, message: str) -> None:
-    """What a user does: change data/housing.csv, `dvc add data`, commit data.dvc."""
-    (project / "data").mkdir(exist_ok=True)
-    (project / "data" / "housing.csv").write_bytes(payload)
-    done = run_cmd([sys.executable, "-m", "dvc", "add", "-q", "data"], project, dict(os.environ))
-    assert done.returncode == 0, done.stderr
-    commit(project, message)
-
-
-def commit(project: Path, message: str) -> None:
-    for args in (
-        ["git", "add", "-A"],
-        ["git", "-c", "user.email=t@localhost", "-c", "user.name=tests", "commit", "-qm", message],
-    ):
-        done = run_cmd(args, cwd=project, env=dict(os.environ))
-        assert done.returncode == 0, done.stderr
 
 
 def snapshot(project: Path) -> dict[str, bytes]:

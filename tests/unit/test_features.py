@@ -103,3 +103,21 @@ def test_serialised_state_omits_the_tree_and_rebuilds_it(fitted, raw_frame):
     assert "_tree_cache" in pre.__dict__  # saving must not strip the live object
     restored = pickle.loads(pickle.dumps(pre))
     np.testing.assert_array_equal(restored.transform(X), pre.transform(X))
+
+
+def test_large_batches_are_queried_in_spatial_order_with_identical_results():
+    """The ordered query (cost curve fix) returns exactly what KDTree.query returns, ties
+    between identical coordinates included; the real table repeats many coordinates."""
+    from sklearn.neighbors import KDTree
+
+    from tests.support import housing_csv
+
+    raw = pd.read_csv(housing_csv())
+    coords = features._coords(raw.loc[:, list(config.NUMERIC_FEATURES)].to_numpy(float))
+    assert len(coords) >= features._ORDERED_QUERY_MIN_ROWS  # the ordered path runs
+    assert len(np.unique(coords, axis=0)) < len(coords)  # with ties
+    tree = KDTree(coords[::2])
+    dist, idx = features._query(tree, coords, 32)
+    want_dist, want_idx = tree.query(coords, k=32)
+    np.testing.assert_array_equal(dist, want_dist)
+    np.testing.assert_array_equal(idx, want_idx)
