@@ -51,7 +51,7 @@ from fastapi.openapi.utils import get_openapi
 from fastapi.responses import Response
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
 
-from steps import config, metrics, schema
+from steps import apikeys, config, metrics, schema
 from steps.follower import DEFAULT_RELOAD_INTERVAL_S, ModelFollower
 from steps.loading import (
     DEFAULT_MODEL_URI,
@@ -434,6 +434,7 @@ def create_app(
     model: ServedModel | None,
     max_rows: int = DEFAULT_MAX_ROWS,
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+    api_keys: apikeys.KeyStore | None = None,
 ) -> FastAPI:
     """The ASGI app serving ``model`` (None: not ready, /predict and /ready answer 503).
     ``app.state.model`` is what a follower swaps; ``app.state.follower`` (if any) is
@@ -651,6 +652,8 @@ def create_app(
 
     _install_openapi(app, request_schema)
     app.add_middleware(BodySizeLimit, max_bytes=max_body_bytes)
+    if api_keys is not None:  # before the body is read; the metrics count its 401s
+        app.add_middleware(apikeys.APIKeyAuth, keys=api_keys)
     app.add_middleware(metrics.RequestMetrics)  # outermost: 413s from the limit count too
     return app
 
@@ -714,7 +717,7 @@ def serving_app(
     model: ServedModel, model_uri: str, reload_interval: float, max_rows: int, max_body_bytes: int
 ) -> FastAPI:
     """The app for ``model``, following ``model_uri`` every ``reload_interval`` seconds."""
-    app = create_app(model, max_rows, max_body_bytes)
+    app = create_app(model, max_rows, max_body_bytes, apikeys.from_environment())
     app.state.follower = follow(app, model_uri, reload_interval)
     return app
 
@@ -830,15 +833,25 @@ def run_server(
     help="Seconds between checks of the alias; a moved alias is loaded and swapped in "
     "without a restart (0: serve the start-up version only).",
 )
-def cli(**options: Any) -> None:
+@click.option(
+    "--api-keys-file",
+    default="",
+    envvar=apikeys.FILE_ENV,
+    help="API keys, one a line: required on all but the health endpoints (docs/api.md).",
+)
+def cli(api_keys_file: str, **options: Any) -> None:
     import mlflow
+
+    if api_keys_file:  # the workers inherit it
+        os.environ[apikeys.FILE_ENV] = api_keys_file
 
     # mlflow draws a progress bar per downloaded file: noise in a server log.
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     mlflow.set_tracking_uri(config.tracking_uri())
     try:
+        apikeys.from_environment()  # a bad key file fails here, before any port is bound
         run_server(**options)
-    except ModelLoadError as exc:
+    except (ModelLoadError, apikeys.KeyFileError) as exc:
         click.echo(f"error: serve: {exc}", err=True)
         raise SystemExit(1) from None
 
