@@ -301,13 +301,13 @@ def step_run(
     skip_exit_collection()
     mlflow.set_tracking_uri(config.tracking_uri())
     launched_by_mlflow_run = bool(os.environ.get("MLFLOW_RUN_ID"))
-    if not launched_by_mlflow_run and not os.environ.get("MLFLOW_EXPERIMENT_ID"):
-        mlflow.set_experiment(config.EXPERIMENT_NAME)
     # SIGTERM (what process managers and `kill` send) should end the run like Ctrl-C does.
     signal.signal(signal.SIGTERM, raise_interrupt)
     die_with_parent()
 
     try:
+        if not launched_by_mlflow_run and not os.environ.get("MLFLOW_EXPERIMENT_ID"):
+            mlflow.set_experiment(config.EXPERIMENT_NAME)
         run = mlflow.start_run()
     except Exception as exc:
         if refused := refusal(exc):
