@@ -9,7 +9,8 @@ account, created the first time the auth database is empty) and
 holds no default for either: a missing one is an error line and exit 2, before anything starts.
 
 Out: the auth config (``default_permission = NO_PERMISSIONS``: an account sees only what it is
-granted, see ``steps.accounts``; admin user ``admin``) in a private temp dir for the server's
+granted, see ``steps.accounts``; admin user ``admin``; verified passwords cached
+``--auth-cache-ttl`` seconds, bench/auth_bench.py) in a private temp dir for the server's
 lifetime, removed when it stops; the server runs in the foreground, SIGINT/SIGTERM passed on.
 Secrets go to the server through its environment only, never into the config or a log.
 """
@@ -39,10 +40,15 @@ FILE_SUFFIX = "_FILE"
 # every account (the serving one too) read every run and model.
 DEFAULT_PERMISSION = "NO_PERMISSIONS"
 APP_NAME = "basic-auth"
+# MLflow hashes passwords with scrypt and, by default, verifies the hash on every request: a
+# pipeline makes hundreds. A verified (user, password) is cached per server worker this long;
+# a password changed through the API is dropped from the worker that changed it at once, from
+# the others after at most this long.
+AUTH_CACHE_TTL_S = 30
 
 
 # --- pure core ----------------------------------------------------------------------------
-def auth_config_text(database_uri: str) -> str:
+def auth_config_text(database_uri: str, cache_ttl_s: int = AUTH_CACHE_TTL_S) -> str:
     """The ini MLflow's basic-auth app reads (MLFLOW_AUTH_CONFIG_PATH); holds no secret
     but the database URI's own password, if it has one."""
     return (
@@ -50,6 +56,7 @@ def auth_config_text(database_uri: str) -> str:
         f"default_permission = {DEFAULT_PERMISSION}\n"
         f"database_uri = {database_uri}\n"
         f"admin_username = {ADMIN_USERNAME}\n"
+        f"auth_cache_ttl_seconds = {cache_ttl_s}\n"
         "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n"
     )
 
@@ -101,8 +108,15 @@ def server_command(server_args: Sequence[str]) -> list[str]:
     required=True,
     help="Users and grants: sqlite:////abs/basic_auth.db or postgresql+psycopg2://…",
 )
+@click.option(
+    "--auth-cache-ttl",
+    type=click.IntRange(min=0),
+    default=AUTH_CACHE_TTL_S,
+    show_default=True,
+    help="Seconds a verified password is cached per worker (0: verify every request).",
+)
 @click.argument("server_args", nargs=-1, type=click.UNPROCESSED)
-def cli(auth_database_uri: str, server_args: tuple[str, ...]) -> None:
+def cli(auth_database_uri: str, auth_cache_ttl: int, server_args: tuple[str, ...]) -> None:
     try:
         check_database_uri(auth_database_uri)
         secrets = {name: read_secret(name, os.environ) for name in SECRETS}
@@ -112,7 +126,7 @@ def cli(auth_database_uri: str, server_args: tuple[str, ...]) -> None:
     with tempfile.TemporaryDirectory(prefix="mlflow-auth-") as tmp:  # mode 0700
         ini = Path(tmp) / "basic_auth.ini"
         ini.touch(mode=0o600)
-        ini.write_text(auth_config_text(auth_database_uri))
+        ini.write_text(auth_config_text(auth_database_uri, auth_cache_ttl))
         env = os.environ | secrets | {"MLFLOW_AUTH_CONFIG_PATH": str(ini)}
         for name in SECRETS:
             env.pop(name + FILE_SUFFIX, None)

@@ -16,6 +16,9 @@ worker looks at the alias again and swaps a new version in once it has loaded
   ``GET /version`` (name, version, run id, dataset md5, git commit from the version's tags),
   ``/docs``.
 
+With API keys (``--api-keys-file`` / ``SERVE_API_KEYS``, ``steps.apikeys``) every endpoint but
+the health probes and ``/docs`` answers 401 without a valid key.
+
 Errors: invalid body -> 422 with field-level ``detail``; more rows than ``max_rows`` or a body
 larger than ``max_body_bytes`` -> 413. Validation errors are never 500s.
 

@@ -18,7 +18,7 @@ import sys
 import threading
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -284,7 +284,11 @@ def auth_env(username: str | None = None, **extra: str) -> dict[str, str]:
 
 
 def start_auth_server(
-    backend_uri: str, auth_db_uri: str, artifacts: Path, secrets_dir: Path
+    backend_uri: str,
+    auth_db_uri: str,
+    artifacts: Path,
+    secrets_dir: Path,
+    auth_options: Sequence[str] = (),
 ) -> tuple[subprocess.Popen, str]:
     """`python -m steps.authserver` (mlflow server --app-name basic-auth) on a free port, the
     secrets read from files in ``secrets_dir``, artifacts proxied."""
@@ -304,6 +308,7 @@ def start_auth_server(
             "steps.authserver",
             "--auth-database-uri",
             auth_db_uri,
+            *auth_options,
             "--",
             "--host",
             "127.0.0.1",

@@ -357,3 +357,38 @@ def test_serve_with_the_serving_account_and_api_keys_follows_a_maintainers_promo
         stop(serve)
     log = serve.stderr.read()
     assert not [s for s in (*API_KEYS, *PASSWORDS) if s in log]
+
+
+# --- the auth database on PostgreSQL ------------------------------------------------------
+@pytest.mark.postgres
+@pytest.mark.skipif(
+    not os.environ.get("PG_TEST_URI"),
+    reason="PG_TEST_URI is unset (run .ci/postgres.sh and export what it prints)",
+)
+def test_users_and_grants_live_in_postgresql(tmp_path):
+    import psycopg2
+
+    from tests.integration.test_postgres import fresh_database, sqlalchemy_uri
+
+    (tmp_path / "secrets").mkdir()
+    with fresh_database() as auth_db:
+        proc, url = start_auth_server(
+            f"sqlite:///{tmp_path / 'mlflow.db'}",
+            sqlalchemy_uri(auth_db),
+            tmp_path / "artifacts",
+            tmp_path / "secrets",
+        )
+        try:
+            for _ in range(2):  # idempotent: the second pass changes nothing and succeeds
+                made = apply_accounts(url, tmp_path / "accounts.txt")
+                assert made.returncode == 0, made.stderr[-3000:]
+            check = [sys.executable, "-m", "steps.accounts", "check"]
+            assert run_as("pipeline", check, PROJECT_ROOT, url).returncode == 0
+            refused = run_as("serving", check, PROJECT_ROOT, url)
+            assert_one_error_line(refused, "user 'serving' may not create runs")
+        finally:
+            stop_auth_server(proc)
+        with psycopg2.connect(auth_db) as conn, conn.cursor() as cur:
+            cur.execute("SELECT username FROM users")
+            users = {row[0] for row in cur.fetchall()}
+    assert users == {"admin", *(user for _, user, _ in TEST_ACCOUNTS)}
