@@ -40,10 +40,17 @@ ENGINE ?=
 SPARK_MASTER ?=
 # a path made absolute (`mlflow run` runs the step elsewhere); a URI (s3a://, hdfs://…) as is
 location = $(if $(findstring ://,$(1)),$(1),$(abspath $(1)))
+# `make server AUTH=1`: basic auth (steps.authserver); server-postgres has it unless AUTH=0.
+AUTH ?=
+# '<role> <username> <password>' lines for `make accounts`, kept outside the repository.
+ACCOUNTS_FILE ?=
+# On an auth server the `mlflow run` launcher creates a run before our code runs, and turns
+# a refusal into a traceback: check the account first (nothing to check on a local store).
+PREFLIGHT = python -m steps.accounts check --experiment-name $(PIPELINE_EXPERIMENT)
 
 .DEFAULT_GOAL := help
 .PHONY: help setup spark-setup lock run steps run-from-git serve predict test test-unit test-integration test-git-url \
-	test-envmanagers bench lint format server server-postgres ui clean
+	test-envmanagers bench lint format server server-postgres accounts serve-readonly ui clean
 
 help: ## list targets
 	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN{FS=":.*?## "}{printf "  %-18s %s\n", $$1, $$2}'
@@ -93,24 +100,33 @@ lock: ## re-resolve requirements*.in into the hashed requirements*.lock files
 # ./mlflow.db starts as a copy of the empty store built by `make setup` (steps.storetemplate).
 run: setup ## run the whole pipeline: mlflow run . -e main (data: HOUSING_DATA_URL or DVC)
 	@python -m steps.storetemplate place
+	@$(PREFLIGHT)
 	python -m steps.forkserver run mlflow run . -e main --env-manager local --experiment-name $(PIPELINE_EXPERIMENT)
 
 steps: setup ## run the entry points one by one; each takes the latest finished upstream run
+	@$(PREFLIGHT)
 	mlflow run . -e load_data --env-manager local --experiment-name $(PIPELINE_EXPERIMENT)
 	mlflow run . -e preprocess --env-manager local --experiment-name $(PIPELINE_EXPERIMENT)
 	mlflow run . -e train --env-manager local --experiment-name $(PIPELINE_EXPERIMENT)
 	mlflow run . -e register --env-manager local --experiment-name $(PIPELINE_EXPERIMENT)
 
 run-from-git: setup ## main from GIT_URL (default origin; subfolder: URL#dir) at GIT_VERSION (default HEAD)
+	@$(PREFLIGHT)
 	mlflow run '$(GIT_URL)' -e main --version $(GIT_VERSION) --env-manager local \
 	  --experiment-name $(PIPELINE_EXPERIMENT)
 
 serve: setup ## online API for models:/CaliforniaHousingRegressor@champion on 127.0.0.1:8000 (SERVE_PORT=… to move it)
+	@$(PREFLIGHT)
 	mlflow run . -e serve --env-manager local --experiment-name $(PIPELINE_EXPERIMENT) \
 	  $(if $(SERVE_PORT),-P port=$(SERVE_PORT))
 
+# `mlflow run -e serve` creates a run: an account with read access only starts serve directly.
+serve-readonly: setup ## the same API without an MLflow run: what a read-only (serving) account can start
+	python -m steps.serve $(if $(SERVE_PORT),--port $(SERVE_PORT))
+
 predict: setup $(if $(filter spark,$(ENGINE)),spark-setup) ## batch predictions with the champion: make predict INPUT=rows.csv [OUTPUT=…] [ENGINE=spark SPARK_MASTER=…]
 	@test -n "$(INPUT)" || { echo "error: predict: give the rows to score: make predict INPUT=file.csv" >&2; exit 2; }
+	@$(PREFLIGHT)
 	mlflow run . -e predict --env-manager local --experiment-name $(PIPELINE_EXPERIMENT) \
 	  -P input=$(call location,$(INPUT)) -P output=$(call location,$(OUTPUT)) \
 	  $(if $(ENGINE),-P engine=$(ENGINE)) $(if $(SPARK_MASTER),-P 'spark_master=$(SPARK_MASTER)')
@@ -144,15 +160,27 @@ format: setup ## apply ruff formatting and fixes
 	ruff format .
 	ruff check --fix .
 
-server: setup ## tracking server on 127.0.0.1:$(MLFLOW_PORT) (SQLite + ./mlruns, absolute paths)
-	mlflow server --host 127.0.0.1 --port $(MLFLOW_PORT) \
+# AUTH=1: MLflow's basic-auth app (steps.authserver), users and grants in ./basic_auth.db;
+# needs MLFLOW_AUTH_ADMIN_PASSWORD and MLFLOW_FLASK_SERVER_SECRET_KEY (or *_FILE, outside the repo).
+server: setup ## tracking server on 127.0.0.1:$(MLFLOW_PORT) (SQLite + ./mlruns, absolute paths; AUTH=1: basic auth)
+	$(if $(filter 1,$(AUTH)),python -m steps.authserver --auth-database-uri sqlite:///$(CURDIR)/basic_auth.db --,mlflow server) \
+	  --host 127.0.0.1 --port $(MLFLOW_PORT) \
 	  --backend-store-uri sqlite:///$(CURDIR)/mlflow.db --default-artifact-root $(CURDIR)/mlruns
 
-server-postgres: setup ## tracking server on PostgreSQL (.ci/postgres.sh installs/starts it; root) + proxied artifacts
+# The shared server: basic auth (unless AUTH=0), users and grants in the database mlflow_auth
+# on the same PostgreSQL; secrets as for `make server AUTH=1`. Accounts: `make accounts`.
+server-postgres: setup ## shared tracking server: PostgreSQL (.ci/postgres.sh; root) + proxied artifacts + basic auth
 	pg_uri="$$(.ci/postgres.sh)" && \
-	mlflow server --host 127.0.0.1 --port $(MLFLOW_PORT) \
+	auth_uri="$$(PG_DB=mlflow_auth .ci/postgres.sh)" && \
+	$(if $(filter 0,$(AUTH)),mlflow server,python -m steps.authserver \
+	  --auth-database-uri "$${auth_uri/postgresql:/postgresql+psycopg2:}" --) \
+	  --host 127.0.0.1 --port $(MLFLOW_PORT) \
 	  --backend-store-uri "$${pg_uri/postgresql:/postgresql+psycopg2:}" \
 	  --artifacts-destination $(CURDIR)/mlartifacts --serve-artifacts
+
+accounts: setup ## as admin (MLFLOW_TRACKING_USERNAME/PASSWORD): make accounts ACCOUNTS_FILE=… (idempotent)
+	@test -n "$(ACCOUNTS_FILE)" || { echo "error: accounts: give the accounts file: make accounts ACCOUNTS_FILE=/path/outside/the/repo" >&2; exit 2; }
+	python -m steps.accounts apply --accounts-file $(abspath $(ACCOUNTS_FILE))
 
 ui: setup ## MLflow UI on 127.0.0.1:$(MLFLOW_PORT) over the local store
 	mlflow ui --backend-store-uri $(MLFLOW_TRACKING_URI) --host 127.0.0.1 --port $(MLFLOW_PORT)

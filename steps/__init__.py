@@ -31,6 +31,12 @@ Library modules (imported by entry points; entry points never import each other)
   libraries once; ``python -m steps.<step>`` hands itself over here, before its own imports
 - ``storetemplate``: the empty SQLite tracking store built at set-up, copied into place for a
   new ``./mlflow.db``
+- ``apikeys``: serve's optional API-key middleware (keys from a file or the environment)
+
+Tools for an authenticated shared tracking server (not MLproject entry points):
+``authserver`` starts ``mlflow server --app-name basic-auth`` with its secrets checked;
+``accounts`` creates the team's accounts and grants (``apply``) and checks an account before
+``mlflow run`` (``check``). ``runtime.refusal`` turns the server's 401/403 into one line.
 """
 
 import os as _os

@@ -13,6 +13,9 @@ request limits. Out: ``create_app(...)``, the app uvicorn serves:
 * ``GET /metrics`` (``steps.metrics``), ``/health``, ``/ping``, ``/ready``, ``/version``,
   ``/docs``.
 
+With API keys (``--api-keys-file`` / ``SERVE_API_KEYS``, ``steps.apikeys``) every endpoint but
+the health probes and ``/docs`` answers 401 without a valid key, the hot lane included.
+
 Errors: invalid body -> 422 with field-level ``detail`` (V2: 400 with ``error``); more rows
 than ``max_rows`` or a body over ``max_body_bytes`` -> 413; no model -> 503. Never a 500 for
 bad input.
@@ -39,7 +42,7 @@ from fastapi.openapi.utils import get_openapi
 from fastapi.responses import Response
 from pydantic import BaseModel, ValidationError
 
-from steps import metrics
+from steps import apikeys, metrics
 from steps.apischema import (
     DEFAULT_MAX_ROWS,
     HousingRow,
@@ -224,11 +227,20 @@ class HotLane:
 
 class HousingAPI(FastAPI):
     """FastAPI, except that the hot POST paths (``hot_lane``; None = off) skip Starlette's
-    middleware stack and FastAPI's routing."""
+    middleware stack and FastAPI's routing, and that with ``api_keys`` every request but the
+    open ones (``steps.apikeys``) needs a valid key first, whichever path answers it."""
 
     hot_lane: HotLane | None = None
+    api_keys: apikeys.KeyStore | None = None
 
     async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
+        if self.api_keys is not None and not apikeys.admits(scope, self.api_keys):
+            started = time.perf_counter()
+            await apikeys.refuse(send)
+            hot = self.hot_lane is not None and scope["path"] in self.hot_lane.handlers
+            endpoint = scope["path"] if hot else "other"  # not routed: no route template
+            metrics.record_request(endpoint, scope["method"], 401, time.perf_counter() - started)
+            return
         handler = self.hot_lane.handler_for(scope) if self.hot_lane is not None else None
         if handler is None:
             await super().__call__(scope, receive, send)
@@ -295,8 +307,10 @@ def create_app(
     model: ServedModel | None,
     max_rows: int = DEFAULT_MAX_ROWS,
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+    api_keys: apikeys.KeyStore | None = None,
 ) -> HousingAPI:
-    """The ASGI app serving ``model`` (None: not ready, predictions and /ready answer 503).
+    """The ASGI app serving ``model`` (None: not ready, predictions and /ready answer 503);
+    ``api_keys``: the keys every request but the health probes and /docs must present.
     ``app.state.model`` is what a follower swaps; ``app.state.follower`` (if any) is
     reported by /ready."""
     request_schema = request_model(max_rows)
@@ -307,6 +321,7 @@ def create_app(
     )
     app.state.model = model
     app.state.follower = None
+    app.api_keys = api_keys
     if model is not None:
         metrics.serving(model.ref.name, model.ref.version)
 

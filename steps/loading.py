@@ -73,7 +73,8 @@ def load_model_uri(model_uri: str) -> Any:
         try:
             local = mlflow.artifacts.download_artifacts(artifact_uri=model_uri, dst_path=tmp)
         except (MlflowException, OSError) as exc:
-            raise ModelLoadError(f"cannot download {model_uri}: {runtime.one_line(exc)}") from exc
+            problem = runtime.refusal(exc) or runtime.one_line(exc)
+            raise ModelLoadError(f"cannot download {model_uri}: {problem}") from exc
         return load_skops_pipeline(Path(local))
 
 
@@ -124,7 +125,8 @@ def resolve_model_version(model_uri: str) -> ModelRef:
         else:
             mv = client.get_model_version(name, version)
     except MlflowException as exc:
-        raise ModelLoadError(f"cannot resolve {model_uri}: {exc.message}") from exc
+        problem = runtime.refusal(exc) or exc.message
+        raise ModelLoadError(f"cannot resolve {model_uri}: {problem}") from exc
     return ModelRef(
         name=mv.name,
         version=str(mv.version),
@@ -144,7 +146,8 @@ def download_model(ref: ModelRef, dst: Path) -> Path:
             artifact_uri=f"models:/{ref.name}/{ref.version}", dst_path=str(dst)
         )
     except MlflowException as exc:
-        raise ModelLoadError(f"cannot download {ref.name} v{ref.version}: {exc.message}") from exc
+        problem = runtime.refusal(exc) or exc.message
+        raise ModelLoadError(f"cannot download {ref.name} v{ref.version}: {problem}") from exc
     return Path(local)
 
 

@@ -522,14 +522,14 @@ def cli(env_manager: str, use_cache: bool, **opts: Any) -> None:
         try:
             run_pipeline(env_manager, use_cache, opts)
         except Exception as exc:
-            if not runtime.tracking_unreachable(exc):
+            refused = runtime.refusal(exc)
+            if not refused and not runtime.tracking_unreachable(exc):
                 raise
             from mlflow.entities import RunStatus
 
             runtime.end_run_safely(RunStatus.to_string(RunStatus.FAILED))
-            click.echo(
-                f"error: {STEP}: tracking server unreachable: {runtime.one_line(exc)}", err=True
-            )
+            problem = refused or f"tracking server unreachable: {runtime.one_line(exc)}"
+            click.echo(f"error: {STEP}: {problem}", err=True)
             raise SystemExit(1) from None
 
 

@@ -151,6 +151,40 @@ def tracking_unreachable(exc: BaseException) -> bool:
     )
 
 
+# MLflow's error codes for a tracking server's 401 and 403 (its basic-auth app).
+REFUSED_STATUS = {"UNAUTHENTICATED": 401, "PERMISSION_DENIED": 403}
+REFUSED_ENDPOINT = re.compile(r"endpoint (/\S+) failed")
+REST_PREFIX = re.compile(r"^/(?:ajax-)?api/[0-9.]+/(?:mlflow/)?")
+
+
+def refusal(exc: BaseException | None) -> str | None:
+    """One line for a request the tracking server refused (401/403), naming the operation
+    and the account, or None for any other error. ``exc`` or the error it was raised from
+    (a StepError wrapping MLflow's) may be the refusal. Never includes the password."""
+    from mlflow.exceptions import MlflowException
+
+    while exc is not None and not (
+        isinstance(exc, MlflowException) and exc.error_code in REFUSED_STATUS
+    ):
+        exc = exc.__cause__
+    if exc is None:
+        return None
+    code = exc.error_code
+    endpoint = REFUSED_ENDPOINT.search(str(exc))
+    operation = REST_PREFIX.sub("", endpoint.group(1)) if endpoint else "a request"
+    user = os.environ.get("MLFLOW_TRACKING_USERNAME")
+    who = f"user {user!r}" if user else "anonymous user (MLFLOW_TRACKING_USERNAME unset)"
+    if code == "UNAUTHENTICATED":
+        why = (
+            "wrong username or password"
+            if user
+            else "set MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD"
+        )
+    else:
+        why = "the account lacks the permission (docs/scaling.md, accounts)"
+    return f"tracking server refused {operation} for {who} ({REFUSED_STATUS[code]} {code}): {why}"
+
+
 def one_line(exc: BaseException, limit: int = 300) -> str:
     text = " ".join(str(exc).split())
     return text if len(text) <= limit else text[: limit - 1] + "…"
@@ -267,15 +301,18 @@ def step_run(
     skip_exit_collection()
     mlflow.set_tracking_uri(config.tracking_uri())
     launched_by_mlflow_run = bool(os.environ.get("MLFLOW_RUN_ID"))
-    if not launched_by_mlflow_run and not os.environ.get("MLFLOW_EXPERIMENT_ID"):
-        mlflow.set_experiment(config.EXPERIMENT_NAME)
     # SIGTERM (what process managers and `kill` send) should end the run like Ctrl-C does.
     signal.signal(signal.SIGTERM, raise_interrupt)
     die_with_parent()
 
     try:
+        if not launched_by_mlflow_run and not os.environ.get("MLFLOW_EXPERIMENT_ID"):
+            mlflow.set_experiment(config.EXPERIMENT_NAME)
         run = mlflow.start_run()
     except Exception as exc:
+        if refused := refusal(exc):
+            click.echo(f"error: {step}: {refused}", err=True)
+            sys.exit(1)
         if not tracking_unreachable(exc):
             raise
         click.echo(f"error: {step}: tracking server unreachable: {one_line(exc)}", err=True)
@@ -301,7 +338,8 @@ def step_run(
         yield run
     except StepError as exc:
         end_run_safely(RunStatus.to_string(RunStatus.FAILED))
-        click.echo(f"error: {step}: {exc}", err=True)
+        # a StepError raised from a refused request says what was refused, not its guess
+        click.echo(f"error: {step}: {refusal(exc) or exc}", err=True)
         sys.exit(1)
     except KeyboardInterrupt:
         ignore_interrupts()
@@ -310,6 +348,9 @@ def step_run(
         sys.exit(130)
     except Exception as exc:
         end_run_safely(RunStatus.to_string(RunStatus.FAILED))
+        if refused := refusal(exc):
+            click.echo(f"error: {step}: {refused}", err=True)
+            sys.exit(1)
         if not tracking_unreachable(exc):
             raise
         click.echo(f"error: {step}: tracking server unreachable: {one_line(exc)}", err=True)

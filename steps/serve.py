@@ -6,10 +6,13 @@ serves it with uvicorn on 127.0.0.1:8000 (``--workers`` processes); every ``relo
 seconds each worker looks at the alias again and swaps a new version in once it has loaded
 and scored a probe row (``steps.follower``). The endpoints are ``steps.api``'s: ``/predict``,
 MLflow's ``/invocations``, the Open Inference Protocol's ``/v2/...``, ``/metrics``,
-``/health``, ``/ping``, ``/ready``, ``/version``, ``/docs``.
+``/health``, ``/ping``, ``/ready``, ``/version``, ``/docs``; with API keys
+(``--api-keys-file`` / ``SERVE_API_KEYS``, ``steps.apikeys``) all but the health probes and
+``/docs`` answer 401 without a valid key.
 
 In: ``--model-uri``, ``--host``, ``--port``, ``--workers``, ``--max-rows``,
-``--max-body-bytes``, ``--access-log``, ``--reload-interval``; ``MLFLOW_TRACKING_URI``.
+``--max-body-bytes``, ``--access-log``, ``--reload-interval``, ``--api-keys-file``;
+``MLFLOW_TRACKING_URI``.
 Out: an HTTP server (no MLflow run of its own beyond the one ``mlflow run`` makes); a model
 that does not load is a one-line error and exit 1, before any port is bound.
 
@@ -32,7 +35,7 @@ import click
 import numpy as np
 from fastapi import FastAPI
 
-from steps import config, metrics
+from steps import apikeys, config, metrics
 from steps.api import DEFAULT_MAX_BODY_BYTES, ServedModel, create_app
 from steps.apischema import DEFAULT_MAX_ROWS, PROBE_ROW
 from steps.batching import predict_rows
@@ -121,7 +124,7 @@ def serving_app(
     model: ServedModel, model_uri: str, reload_interval: float, max_rows: int, max_body_bytes: int
 ) -> FastAPI:
     """The app for ``model``, following ``model_uri`` every ``reload_interval`` seconds."""
-    app = create_app(model, max_rows, max_body_bytes)
+    app = create_app(model, max_rows, max_body_bytes, apikeys.from_environment())
     app.state.follower = follow(app, model_uri, reload_interval)
     return app
 
@@ -237,15 +240,25 @@ def run_server(
     help="Seconds between checks of the alias; a moved alias is loaded and swapped in "
     "without a restart (0: serve the start-up version only).",
 )
-def cli(**options: Any) -> None:
+@click.option(
+    "--api-keys-file",
+    default="",
+    envvar=apikeys.FILE_ENV,
+    help="API keys, one a line: required on all but the health endpoints (docs/api.md).",
+)
+def cli(api_keys_file: str, **options: Any) -> None:
     import mlflow
+
+    if api_keys_file:  # the workers inherit it
+        os.environ[apikeys.FILE_ENV] = api_keys_file
 
     # mlflow draws a progress bar per downloaded file: noise in a server log.
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     mlflow.set_tracking_uri(config.tracking_uri())
     try:
+        apikeys.from_environment()  # a bad key file fails here, before any port is bound
         run_server(**options)
-    except ModelLoadError as exc:
+    except (ModelLoadError, apikeys.KeyFileError) as exc:
         click.echo(f"error: serve: {exc}", err=True)
         raise SystemExit(1) from None
 

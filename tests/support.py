@@ -20,7 +20,7 @@ import sys
 import threading
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -317,6 +317,108 @@ def start_mlflow_server(
         stop(proc)
         raise
     return proc, url
+
+
+# --- an authenticated tracking server (steps.authserver, steps.accounts) ---------------------
+AUTH_ADMIN_PASSWORD = "admin-test-password-1"
+# role, username, password: the accounts file `python -m steps.accounts apply` reads
+TEST_ACCOUNTS = (
+    ("pipeline", "pipeline", "pipeline-test-pass-1"),
+    ("serving", "serving", "serving-test-pass-12"),
+    ("maintainer", "alice", "alice-test-pass-123"),
+)
+
+
+def auth_env(username: str | None = None, **extra: str) -> dict[str, str]:
+    """This process's environment with MLflow credentials for ``username`` (None: none)."""
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD")
+    }
+    if username == "admin":
+        env |= {
+            "MLFLOW_TRACKING_USERNAME": "admin",
+            "MLFLOW_TRACKING_PASSWORD": AUTH_ADMIN_PASSWORD,
+        }
+    elif username is not None:
+        password = next(p for _, user, p in TEST_ACCOUNTS if user == username)
+        env |= {"MLFLOW_TRACKING_USERNAME": username, "MLFLOW_TRACKING_PASSWORD": password}
+    return env | extra
+
+
+def start_auth_server(
+    backend_uri: str,
+    auth_db_uri: str,
+    artifacts: Path,
+    secrets_dir: Path,
+    auth_options: Sequence[str] = (),
+) -> tuple[subprocess.Popen, str]:
+    """`python -m steps.authserver` (mlflow server --app-name basic-auth) on a free port, the
+    secrets read from files in ``secrets_dir``, artifacts proxied."""
+    (secrets_dir / "admin").write_text(AUTH_ADMIN_PASSWORD + "\n")
+    (secrets_dir / "flask").write_text("test-flask-secret-key\n")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")} | {
+        "MLFLOW_AUTH_ADMIN_PASSWORD_FILE": str(secrets_dir / "admin"),
+        "MLFLOW_FLASK_SERVER_SECRET_KEY_FILE": str(secrets_dir / "flask"),
+        # MLflow's GenAI job runners (seven huey processes) are no part of this project
+        "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
+    }
+    port = free_port()
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "steps.authserver",
+            "--auth-database-uri",
+            auth_db_uri,
+            *auth_options,
+            "--",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--backend-store-uri",
+            backend_uri,
+            "--artifacts-destination",
+            str(artifacts),
+            "--serve-artifacts",
+            "--workers",
+            "2",
+        ],
+        cwd=PROJECT_ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_http(f"{url}/health", proc, timeout=300)
+    except Exception:
+        stop_auth_server(proc)
+        raise
+    return proc, url
+
+
+def stop_auth_server(proc: subprocess.Popen) -> None:
+    """The launcher passes SIGTERM on; its server's workers are in its session, ended too."""
+    stop(proc)
+    kill_session(proc.pid)
+
+
+def apply_accounts(url: str, accounts_file: Path) -> subprocess.CompletedProcess:
+    """`python -m steps.accounts apply` as the admin: TEST_ACCOUNTS created and granted."""
+    accounts_file.write_text("".join(f"{r} {u} {p}\n" for r, u, p in TEST_ACCOUNTS))
+    return subprocess.run(
+        [sys.executable, "-m", "steps.accounts", "apply", "--accounts-file", str(accounts_file)],
+        cwd=PROJECT_ROOT,
+        env=auth_env("admin", MLFLOW_TRACKING_URI=url),
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=300,
+    )
 
 
 DEMO_TAGS = {
