@@ -45,6 +45,7 @@ from tests.support import (  # noqa: E402
     demo_pipeline,
     free_port,
     housing_sample,
+    predict_env,
     register_demo_model,
     wait_http,
 )
@@ -55,16 +56,10 @@ LOOPBACK = "127.0.0.1"
 
 # --- servers ------------------------------------------------------------------------------
 def child_env(tracking_uri: str, allow_pickle: bool) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
-    env |= {
-        "MLFLOW_TRACKING_URI": tracking_uri,
-        "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
-        "PYTHONPATH": str(PROJECT_ROOT),
-        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
-    }
-    if allow_pickle:  # mlflow's own sklearn loader insists; steps.serve does not need it
-        env["MLFLOW_ALLOW_PICKLE_DESERIALIZATION"] = "true"
-    return env
+    """A server's environment: ``predict_env``'s, plus mlflow's pickle opt-in if asked."""
+    # mlflow's own sklearn loader insists on the opt-in; steps.serve does not need it
+    extra = {"MLFLOW_ALLOW_PICKLE_DESERIALIZATION": "true"} if allow_pickle else {}
+    return predict_env(tracking_uri, **extra)
 
 
 @contextmanager

@@ -284,6 +284,23 @@ def serve_directory(root: Path) -> Iterator[tuple[str, list[str]]]:
         thread.join()
 
 
+def server_args(port: int, backend_uri: str, artifacts: Path) -> list[str]:
+    """`mlflow server` options of the test servers: loopback, proxied artifacts, 2 workers."""
+    return [
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--backend-store-uri",
+        backend_uri,
+        "--artifacts-destination",
+        str(artifacts),
+        "--serve-artifacts",
+        "--workers",
+        "2",
+    ]
+
+
 def start_mlflow_server(
     backend_uri: str, artifacts: Path, port: int | None = None
 ) -> tuple[subprocess.Popen, str]:
@@ -294,17 +311,7 @@ def start_mlflow_server(
             "-m",
             "mlflow",
             "server",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--backend-store-uri",
-            backend_uri,
-            "--artifacts-destination",
-            str(artifacts),
-            "--serve-artifacts",
-            "--workers",
-            "2",
+            *server_args(port, backend_uri, artifacts),
         ],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
@@ -374,17 +381,7 @@ def start_auth_server(
             auth_db_uri,
             *auth_options,
             "--",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--backend-store-uri",
-            backend_uri,
-            "--artifacts-destination",
-            str(artifacts),
-            "--serve-artifacts",
-            "--workers",
-            "2",
+            *server_args(port, backend_uri, artifacts),
         ],
         cwd=PROJECT_ROOT,
         env=env,

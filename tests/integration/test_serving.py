@@ -29,6 +29,7 @@ from tests.support import (
     housing_sample,
     register_demo_model,
     stop,
+    tracking,
     wait_http,
 )
 
@@ -38,28 +39,6 @@ MODEL_URI = f"models:/{config.MODEL_NAME}@{config.CHAMPION_ALIAS}"
 
 
 # --- helpers ------------------------------------------------------------------------------
-@contextmanager
-def tracking(uri: str) -> Iterator[None]:
-    """Point this process at ``uri`` and restore the previous store afterwards.
-
-    mlflow.set_tracking_uri also exports MLFLOW_TRACKING_URI, which would leak into every
-    later test of the session.
-    """
-    import mlflow
-
-    previous_env = os.environ.get("MLFLOW_TRACKING_URI")
-    previous = mlflow.get_tracking_uri()
-    mlflow.set_tracking_uri(uri)
-    try:
-        yield
-    finally:
-        mlflow.set_tracking_uri(previous)
-        if previous_env is None:
-            os.environ.pop("MLFLOW_TRACKING_URI", None)
-        else:
-            os.environ["MLFLOW_TRACKING_URI"] = previous_env
-
-
 def child_env(tracking_uri: str, allow_pickle: bool) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
     env |= {
