@@ -67,6 +67,7 @@ $(BIN)/.installed: requirements.lock requirements-dev.lock
 	@echo "installing the locked dependencies into .venv (uv pip install --require-hashes)"
 	@uv pip install --quiet --compile-bytecode --require-hashes --python $(BIN)/python \
 	  -r requirements-dev.lock
+	@$(BIN)/python -m steps.refusalhook install
 	@touch $@
 
 # The empty tracking store `make run` starts a new ./mlflow.db from (steps.storetemplate).

@@ -27,6 +27,8 @@ Library modules (imported by entry points; entry points never import each other)
   /invocations, V2) as rows; ``follower``: serve's alias following; ``metrics``: serve's
   Prometheus metrics
 - ``study``: tune's Optuna study on shared storage and the trial budget its processes share
+- ``refusalhook``: run at the start of every venv interpreter (a ``.pth`` from ``make setup``):
+  an uncaught 401/403 from the tracking server, MLflow's own launcher included, as one line
 - ``forkserver``: under main, runs each step in a fork of one process that imported the
   libraries once; ``python -m steps.<step>`` hands itself over here, before its own imports
 - ``storetemplate``: the empty SQLite tracking store built at set-up, copied into place for a

@@ -183,6 +183,13 @@ def test_anonymous_and_wrong_password_fail_in_one_line_and_create_nothing(server
         ),
     )
     assert_one_error_line(wrong, "error: main:", "user 'pipeline'", "401 UNAUTHENTICATED")
+
+    # MLflow's own launcher, as a user types it: refused before any step of ours runs
+    # (steps.refusalhook, installed into the venv by make setup)
+    launcher = run_as(
+        None, mlflow_run_local("main", "--experiment-name", config.EXPERIMENT_NAME), project, server
+    )
+    assert_one_error_line(launcher, "tracking server refused", "anonymous", "401 UNAUTHENTICATED")
     assert len(all_runs(admin)) == before
 
 
@@ -249,6 +256,14 @@ def test_serving_account_reads_but_cannot_register_promote_or_start_runs(
     assert_one_error_line(promote, "error: promote:", "runs/create", "user 'serving'", "403")
     checked = run_as("serving", [sys.executable, "-m", "steps.accounts", "check"], project, server)
     assert_one_error_line(checked, "user 'serving' may not create runs", "needs EDIT, has READ")
+    # the read-only account typing `mlflow run . -e main`: the launcher's runs/create is refused
+    launcher = run_as(
+        "serving",
+        mlflow_run_local("main", "--experiment-name", config.EXPERIMENT_NAME),
+        project,
+        server,
+    )
+    assert_one_error_line(launcher, "tracking server refused", "user 'serving'", "403")
     assert len(all_runs(admin)) == runs_before
     assert admin.get_model_version(config.MODEL_NAME, current).aliases == version.aliases
     assert champion(admin) == current
