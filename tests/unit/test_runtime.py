@@ -58,6 +58,8 @@ def test_only_generated_run_names_are_replaced_by_the_step_name():
 def test_an_interrupt_during_a_launch_is_raised_once_the_launch_is_done(signum):
     done = []
     saved = signal.signal(signal.SIGTERM, runtime.raise_interrupt)
+    # a shell that starts the suite in the background hands it SIGINT ignored: set Python's own
+    saved_int = signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         with pytest.raises(KeyboardInterrupt), runtime.interrupts_deferred():
             os.kill(os.getpid(), signum)
@@ -66,6 +68,7 @@ def test_an_interrupt_during_a_launch_is_raised_once_the_launch_is_done(signum):
         assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
     finally:
         signal.signal(signal.SIGTERM, saved)
+        signal.signal(signal.SIGINT, saved_int)
     assert done == ["launched"]
 
 
