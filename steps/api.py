@@ -33,7 +33,7 @@ import json
 import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -52,7 +52,7 @@ from steps.apischema import (
     request_model,
     version_info,
 )
-from steps.batching import MicroBatcher, predict_rows
+from steps.batching import MicroBatcher, Scorer, predict_rows, scorer
 from steps.loading import ModelRef
 from steps.protocols import V2_OUTPUT, invocation_rows, v2_metadata, v2_rows
 
@@ -66,10 +66,15 @@ JSON_HEADER = (b"content-type", b"application/json")
 
 @dataclass(frozen=True)
 class ServedModel:
-    """A loaded pipeline and the registry version it came from."""
+    """A loaded pipeline, the registry version it came from, and its ``Scorer``: made once
+    here, so every request of this version goes through the same function."""
 
     pipeline: Any
     ref: ModelRef
+    score: Scorer = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "score", scorer(self.pipeline))
 
 
 def answer(payload: dict[str, Any], status: int = 200, served: ServedModel | None = None) -> Answer:
@@ -325,8 +330,8 @@ def create_app(
     if model is not None:
         metrics.serving(model.ref.name, model.ref.version)
 
-    def predict_and_count(pipeline: Any, rows: Sequence[HousingRow]) -> np.ndarray:
-        predictions = predict_rows(pipeline, rows)
+    def predict_and_count(score: Scorer, rows: Sequence[HousingRow]) -> np.ndarray:
+        predictions = predict_rows(score, rows)
         metrics.observe_predictions(predictions)
         return predictions
 
@@ -364,7 +369,7 @@ def create_app(
         rows = rows_or_error(lambda: request_schema.model_validate_json(raw))
         if isinstance(rows, tuple):
             return rows
-        predictions = await batcher.submit(served.pipeline, rows)
+        predictions = await batcher.submit(served.score, rows)
         return answer(
             {
                 "predictions": predictions.tolist(),
@@ -390,7 +395,7 @@ def create_app(
         rows = rows_or_error(lambda: request_schema.model_validate({"data": records}), root)
         if isinstance(rows, tuple):
             return rows
-        predictions = await batcher.submit(served.pipeline, rows)
+        predictions = await batcher.submit(served.score, rows)
         return answer({"predictions": predictions.tolist()}, served=served)
 
     def v2_model(model_name: str) -> ServedModel | Answer:
@@ -415,7 +420,7 @@ def create_app(
         )
         if isinstance(rows, tuple):
             return rows
-        predictions = (await batcher.submit(served.pipeline, rows)).tolist()
+        predictions = (await batcher.submit(served.score, rows)).tolist()
         reply: dict[str, Any] = {
             "model_name": served.ref.name,
             "model_version": served.ref.version,

@@ -38,7 +38,7 @@ from fastapi import FastAPI
 from steps import apikeys, config, metrics
 from steps.api import DEFAULT_MAX_BODY_BYTES, ServedModel, create_app
 from steps.apischema import DEFAULT_MAX_ROWS, PROBE_ROW
-from steps.batching import predict_rows
+from steps.batching import predict_rows, scorer
 from steps.follower import DEFAULT_RELOAD_INTERVAL_S, ModelFollower
 from steps.loading import (
     DEFAULT_MODEL_URI,
@@ -57,6 +57,8 @@ DEFAULT_PORT = 8000
 DEFAULT_WORKERS = 2
 
 WORKER_SETTINGS_ENV = "STEPS_SERVE_WORKER_SETTINGS"
+# uvicorn's httptools protocol with one socket write per response (steps.wire).
+HTTP_PROTOCOL = "steps.wire:OneWriteHttpToolsProtocol"
 
 
 # --- processes ----------------------------------------------------------------------------
@@ -82,7 +84,7 @@ def load_checked(ref: ModelRef) -> Any:
     with tempfile.TemporaryDirectory(prefix="serve-model-") as tmp:
         pipeline = load_skops_pipeline(download_model(ref, Path(tmp)))
     try:
-        probe = predict_rows(pipeline, [PROBE_ROW])
+        probe = predict_rows(scorer(pipeline), [PROBE_ROW])
     except Exception as exc:
         raise ModelLoadError(f"v{ref.version} cannot predict: {exc}") from exc
     if probe.shape != (1,) or not np.isfinite(probe).all():
@@ -175,6 +177,7 @@ def run_server(
             err=True,
         )
         options = {"host": host, "port": port, "access_log": access_log, "log_level": "info"}
+        options["http"] = HTTP_PROTOCOL
         if workers == 1:
             tune_process_for_serving()
             app = serving_app(

@@ -99,7 +99,7 @@ def test_fast_lightgbm_predict_matches_the_sklearn_wrapper(n_rows, lightgbm_and_
     batch = np.ascontiguousarray(rows[100 : 100 + n_rows])
     reference = LGBMRegressor.predict(fast, batch)  # the unpatched wrapper path
     assert len(np.unique(reference)) == n_rows  # distinct answers: a row mix-up would show
-    np.testing.assert_allclose(fast.predict(batch), reference, rtol=1e-12, atol=0)
+    np.testing.assert_array_equal(fast.predict(batch), reference)  # to the bit
 
 
 def test_fast_lightgbm_predict_is_not_fooled_by_non_numpy_or_narrow_input(lightgbm_and_rows):
@@ -113,6 +113,11 @@ def test_fast_lightgbm_predict_is_not_fooled_by_non_numpy_or_narrow_input(lightg
     )
     with pytest.raises(LightGBMError, match="number of features"):  # booster checks width
         fast.predict(batch[:1, :-1])
+    with pytest.raises(LightGBMError, match="number of features"):  # the C call checks it too
+        models.booster_predict_small(fast.booster_, np.ascontiguousarray(batch[:1, :-1]))
+    # float32 or a strided view: the booster's own predict, same numbers
+    strided = rows[:16:2]
+    np.testing.assert_array_equal(fast.predict(strided), LGBMRegressor.predict(fast, strided))
 
 
 def test_unknown_kind_and_hyperparameter_are_rejected():

@@ -315,7 +315,7 @@ def test_raw_row_array_predicts_exactly_like_the_training_frame(pipeline, sample
     assert array.shape == (200, len(config.FEATURES))
     np.testing.assert_array_equal(pipeline.predict(array), pipeline.predict(X))
     np.testing.assert_array_equal(
-        batching.predict_rows(pipeline, rows[:1]), pipeline.predict(X[:1])
+        batching.predict_rows(batching.scorer(pipeline), rows[:1]), pipeline.predict(X[:1])
     )
 
 
