@@ -25,7 +25,8 @@ Library modules (imported by entry points; entry points never import each other)
   ``apischema``: what a valid request row is; ``batching``: rows to predictions, concurrent
   requests micro-batched; ``protocols``: other clients' request bodies (MLflow's
   /invocations, V2) as rows; ``follower``: serve's alias following; ``metrics``: serve's
-  Prometheus metrics
+  Prometheus metrics; ``wire``: serve's HTTP protocol (uvicorn's, one socket write per
+  response)
 - ``study``: tune's Optuna study on shared storage and the trial budget its processes share
 - ``refusalhook``: run at the start of every venv interpreter (a ``.pth`` from ``make setup``):
   an uncaught 401/403 from the tracking server, MLflow's own launcher included, as one line
