@@ -1,6 +1,7 @@
 """The HTTP floor ``api_bench.py`` measures the API against: FastAPI + uvicorn, run with the
-same worker count and settings as ``steps.serve``, that parses the same JSON body and answers a
-constant prediction. Nothing but HTTP and JSON: what no model server on this stack can beat.
+same worker count as ``steps.serve``, that parses the same JSON body and answers a constant
+prediction. Nothing but HTTP and JSON. It runs uvicorn's stock httptools protocol, not serve's
+one-write one (``steps.wire``): the floor is the stack as it comes (docs/api.md gives both).
 
     python -m uvicorn --app-dir bench json_floor:app --workers 2 --no-access-log
 """
