@@ -59,6 +59,11 @@ DEFAULT_WORKERS = 2
 WORKER_SETTINGS_ENV = "STEPS_SERVE_WORKER_SETTINGS"
 # uvicorn's httptools protocol with one socket write per response (steps.wire).
 HTTP_PROTOCOL = "steps.wire:OneWriteHttpToolsProtocol"
+# uvicorn's supervisor kills a worker that does not answer its ping within this many seconds.
+# A spawned worker answers only once it has imported this module (~2 s of CPU); on a loaded
+# 2-core machine that took longer than uvicorn's 5 s default, and the supervisor killed and
+# respawned starting workers in a loop, and killed serving ones mid-request.
+WORKER_HEALTHCHECK_TIMEOUT_S = 60
 
 
 # --- processes ----------------------------------------------------------------------------
@@ -97,14 +102,18 @@ def follow(app: FastAPI, model_uri: str, interval_s: float) -> ModelFollower | N
     if interval_s <= 0 or parse_registry_uri(model_uri)[2] is None:
         return None
 
+    shown = app.state.model.ref.version  # the version /metrics names as served
+
     def swap(pipeline: Any, ref: ModelRef) -> None:
-        previous = app.state.model.ref.version
         app.state.model = ServedModel(pipeline, ref)  # one assignment: requests see old or new
-        metrics.serving(ref.name, ref.version, previous)
 
     def report(event: str, ref: ModelRef | None, error: str | None) -> None:
+        nonlocal shown
         metrics.model_event(event)
         if event == "loaded" and ref is not None:
+            # after the load is counted: whoever sees the new version in /metrics sees its load
+            metrics.serving(ref.name, ref.version, shown)
+            shown = ref.version
             click.echo(f"[serve] {model_uri} moved: now serving v{ref.version}", err=True)
         elif error:
             click.echo(f"[serve] still serving v{app.state.model.ref.version}: {error}", err=True)
@@ -198,7 +207,13 @@ def run_server(
         )
         # Inherited by the workers before their OpenMP runtime starts.
         os.environ["OMP_NUM_THREADS"] = "1"
-        uvicorn.run(f"{__spec__.name}:worker_app", factory=True, workers=workers, **options)
+        uvicorn.run(
+            f"{__spec__.name}:worker_app",
+            factory=True,
+            workers=workers,
+            timeout_worker_healthcheck=WORKER_HEALTHCHECK_TIMEOUT_S,
+            **options,
+        )
 
 
 # --- command ------------------------------------------------------------------------------

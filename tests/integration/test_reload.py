@@ -175,6 +175,9 @@ def test_the_api_follows_the_alias_under_load_without_a_failed_request(versions)
         assert metric(url, "housing_api_model_loads_total", result="failed") == 2
         assert metric(url, "housing_api_requests_total", endpoint="/predict", status="200") > 0
 
+    # no worker was killed by uvicorn's supervisor (a slow health answer) and replaced
+    log = (versions["workdir"] / f"server-{urlparse(url).port}.log").read_text()
+    assert " died" not in log, log[-3000:]
     answers = load.answers
     assert not load.errors, load.errors[:5]
     assert len(answers) > 200
