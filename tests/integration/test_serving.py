@@ -218,6 +218,36 @@ def test_open_inference_protocol_v2_over_http(api, registry, rows, pyfunc_predic
     np.testing.assert_array_equal(np.asarray(body["outputs"][0]["data"]), pyfunc_predictions)
 
 
+def test_a_v2_client_triton_http_reads_metadata_and_infers(api, registry, rows, pyfunc_predictions):
+    """Triton's own HTTP client (``tritonclient``), as KServe/Triton users call a V2 server:
+    readiness, model metadata, and one tensor per column built with its numpy helpers."""
+    from urllib.parse import urlparse
+
+    import tritonclient.http as v2
+
+    client = v2.InferenceServerClient(url=urlparse(api).netloc)
+    assert client.is_server_live() and client.is_server_ready()
+    assert client.is_model_ready(config.MODEL_NAME)
+    meta = client.get_model_metadata(config.MODEL_NAME)
+    assert meta["versions"] == [registry["version"]]
+    complete = rows.dropna()  # the client cannot send null: a FP64 tensor is numbers only
+    inputs = []
+    for spec in meta["inputs"]:
+        column = complete[spec["name"]].to_numpy()
+        array = column.astype(object) if spec["datatype"] == "BYTES" else column.astype("float64")
+        tensor = v2.InferInput(spec["name"], [len(complete)], spec["datatype"])
+        tensor.set_data_from_numpy(array, binary_data=False)
+        inputs.append(tensor)
+    (output,) = meta["outputs"]
+    wanted = [v2.InferRequestedOutput(output["name"], binary_data=False)]
+    result = client.infer(config.MODEL_NAME, inputs, outputs=wanted, request_id="t1")
+    expected = pyfunc_predictions[rows.index.get_indexer(complete.index)]
+    np.testing.assert_array_equal(result.as_numpy(output["name"]), expected)
+    assert result.get_response()["model_version"] == registry["version"]
+    with pytest.raises(v2.InferenceServerException, match="unknown model"):
+        client.get_model_metadata("SomeOtherModel")
+
+
 def test_api_rejects_bad_rows_with_422(api, rows):
     row = records(rows.head(1))[0] | {"ocean_proximity": "MARS"}
     status, body = post(f"{api}/predict", {"data": [row]})
