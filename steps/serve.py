@@ -75,6 +75,8 @@ def tune_process_for_serving() -> None:
       two cores. threadpoolctl limits libraries already loaded, hence after the model.
     * ``gc.freeze()``: moves the ~1M objects of the imports and the model out of the
       collector's view, so full collections no longer walk them (they were p99 spikes).
+      Called once the app exists: the follower's first registry look imports MLflow's store
+      and SQLAlchemy, whose objects a later full collection walked in ~70 ms otherwise.
     """
     from threadpoolctl import threadpool_limits
 
@@ -106,6 +108,7 @@ def follow(app: FastAPI, model_uri: str, interval_s: float) -> ModelFollower | N
 
     def swap(pipeline: Any, ref: ModelRef) -> None:
         app.state.model = ServedModel(pipeline, ref)  # one assignment: requests see old or new
+        gc.freeze()  # the new model's objects, as at start-up (a collection here would stall)
 
     def report(event: str, ref: ModelRef | None, error: str | None) -> None:
         nonlocal shown
@@ -127,6 +130,10 @@ def follow(app: FastAPI, model_uri: str, interval_s: float) -> ModelFollower | N
         swap=swap,
         on_event=report,
     )
+    # The first look at the registry in a process sets up MLflow's client and store (~2 s of
+    # CPU, most of it holding the GIL): done now, before the worker takes requests, it does
+    # not stall the requests in flight 30 s later; it also catches an alias moved during start-up.
+    follower.check()
     follower.start()
     return follower
 
@@ -149,14 +156,15 @@ def worker_app() -> FastAPI:
     """
     settings = json.loads(os.environ[WORKER_SETTINGS_ENV])
     pipeline = load_skops_pipeline(Path(settings["model_dir"]))
-    tune_process_for_serving()
-    return serving_app(
+    app = serving_app(
         ServedModel(pipeline=pipeline, ref=ModelRef(**settings["ref"])),
         settings["model_uri"],
         settings["reload_interval"],
         settings["max_rows"],
         settings["max_body_bytes"],
     )
+    tune_process_for_serving()
+    return app
 
 
 def run_server(
@@ -188,10 +196,10 @@ def run_server(
         options = {"host": host, "port": port, "access_log": access_log, "log_level": "info"}
         options["http"] = HTTP_PROTOCOL
         if workers == 1:
-            tune_process_for_serving()
             app = serving_app(
                 ServedModel(pipeline, ref), model_uri, reload_interval, max_rows, max_body_bytes
             )
+            tune_process_for_serving()
             uvicorn.run(app, **options)
             return
         del pipeline  # the parent only supervises
