@@ -95,11 +95,17 @@ def observe_predictions(predictions: np.ndarray) -> None:
         dollars.observe(value)
 
 
-def serving(name: str, version: str, previous: str | None = None) -> None:
+_shown: dict[str, str] = {}  # model name -> the version this process last marked as served
+
+
+def serving(name: str, version: str) -> None:
+    """Mark ``version`` as the one this process serves (and the one before it as replaced)."""
     model = instruments()["model"]
+    previous = _shown.get(name)
     if previous is not None and previous != version:
         model.labels(name, previous).set(0)
     model.labels(name, version).set(1)
+    _shown[name] = version
 
 
 def model_event(result: str) -> None:

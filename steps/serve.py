@@ -76,7 +76,8 @@ def tune_process_for_serving() -> None:
     * ``gc.freeze()``: moves the ~1M objects of the imports and the model out of the
       collector's view, so full collections no longer walk them (they were p99 spikes).
       Called once the app exists: the follower's first registry look imports MLflow's store
-      and SQLAlchemy, whose objects a later full collection walked in ~70 ms otherwise.
+      and SQLAlchemy, whose objects a later full collection walked otherwise (80-100 ms
+      stalls).
     """
     from threadpoolctl import threadpool_limits
 
@@ -104,19 +105,15 @@ def follow(app: FastAPI, model_uri: str, interval_s: float) -> ModelFollower | N
     if interval_s <= 0 or parse_registry_uri(model_uri)[2] is None:
         return None
 
-    shown = app.state.model.ref.version  # the version /metrics names as served
-
     def swap(pipeline: Any, ref: ModelRef) -> None:
         app.state.model = ServedModel(pipeline, ref)  # one assignment: requests see old or new
         gc.freeze()  # the new model's objects, as at start-up (a collection here would stall)
 
     def report(event: str, ref: ModelRef | None, error: str | None) -> None:
-        nonlocal shown
         metrics.model_event(event)
         if event == "loaded" and ref is not None:
             # after the load is counted: whoever sees the new version in /metrics sees its load
-            metrics.serving(ref.name, ref.version, shown)
-            shown = ref.version
+            metrics.serving(ref.name, ref.version)
             click.echo(f"[serve] {model_uri} moved: now serving v{ref.version}", err=True)
         elif error:
             click.echo(f"[serve] still serving v{app.state.model.ref.version}: {error}", err=True)
