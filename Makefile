@@ -33,6 +33,8 @@ PIPELINE_EXPERIMENT ?= california_housing_price
 GIT_URL ?= $(shell git remote get-url origin 2>/dev/null)
 GIT_VERSION ?= $(shell git rev-parse HEAD 2>/dev/null)
 PYTEST_ARGS ?=
+# `make test` runs test files in this many pytest-xdist workers (one file stays on one worker)
+PYTEST_WORKERS ?= 2
 INPUT ?=
 OUTPUT ?= predictions.parquet
 # empty: predict's own defaults (engine local; engine=spark: master local[*])
@@ -49,7 +51,7 @@ ACCOUNTS_FILE ?=
 PREFLIGHT = python -m steps.accounts check --experiment-name $(PIPELINE_EXPERIMENT)
 
 .DEFAULT_GOAL := help
-.PHONY: help setup spark-setup lock run steps run-from-git serve predict test test-unit test-integration test-git-url \
+.PHONY: help setup spark-setup data test-prerequisites lock run steps run-from-git serve predict test test-unit test-integration test-git-url \
 	test-envmanagers bench lint format server server-postgres accounts serve-readonly ui clean
 
 help: ## list targets
@@ -85,6 +87,9 @@ $(BIN)/.spark-installed: $(BIN)/.installed requirements-spark.lock
 	@touch $@
 
 spark-setup: $(BIN)/.spark-installed ## add PySpark to .venv (predict -P engine=spark; needs a Java runtime)
+
+data: setup ## fetch data/housing.csv as load_data does (DVC, else HOUSING_DATA_URL or the public URL), md5-checked
+	@python -m steps.fetchdata >/dev/null
 
 lock: ## re-resolve requirements*.in into the hashed requirements*.lock files
 	uv pip compile --quiet --universal --generate-hashes --python-version 3.11 \
@@ -132,22 +137,32 @@ predict: setup $(if $(filter spark,$(ENGINE)),spark-setup) ## batch predictions 
 	  -P input=$(call location,$(INPUT)) -P output=$(call location,$(OUTPUT)) \
 	  $(if $(ENGINE),-P engine=$(ENGINE)) $(if $(SPARK_MASTER),-P 'spark_master=$(SPARK_MASTER)')
 
-test: setup spark-setup lint ## lint, then every unit and integration test, with coverage of steps/
-	pytest $(PYTEST_ARGS); rc=$$?; [ $$rc -eq 5 ] && echo "no tests collected" && exit 1; exit $$rc
+# What the suite cannot install into .venv itself: checked first, one line each. The bare
+# `mlflow run . -e main` of the README builds its env with pyenv's Python of python_env.yaml.
+PYENV_PYTHON = $(shell sed -n 's/^python: *"\{0,1\}\([0-9.]*\)"\{0,1\}.*/\1/p' python_env.yaml)
+test-prerequisites:
+	@command -v git >/dev/null || { echo "error: make test needs git (Debian: apt-get install git)" >&2; exit 1; }
+	@command -v pyenv >/dev/null || { echo "error: make test needs pyenv on PATH (the README's bare \`mlflow run . -e main\` takes Python $(PYENV_PYTHON) from it): https://github.com/pyenv/pyenv#installation" >&2; exit 1; }
+	@pyenv versions --bare | grep -qx '$(PYENV_PYTHON)' || { echo "error: make test needs Python $(PYENV_PYTHON) in pyenv (pinned by python_env.yaml): pyenv install $(PYENV_PYTHON)" >&2; exit 1; }
 
-test-unit: setup ## fast unit tests only
+# PostgreSQL and Java come from wheels in the dev lock (tests/services.py), the data from
+# HOUSING_DATA_URL or the public URL (make data): nothing else to install or start.
+test: test-prerequisites setup spark-setup lint data ## lint, then every unit and integration test (both cores), with coverage of steps/
+	pytest -n $(PYTEST_WORKERS) --dist loadfile $(PYTEST_ARGS); rc=$$?; [ $$rc -eq 5 ] && echo "no tests collected" && exit 1; exit $$rc
+
+test-unit: setup data ## fast unit tests only
 	pytest tests/unit $(PYTEST_ARGS)
 
-test-integration: setup ## integration tests (real mlflow run, servers, DVC)
+test-integration: setup spark-setup data ## integration tests (real mlflow run, servers, DVC)
 	pytest tests/integration $(PYTEST_ARGS)
 
-test-git-url: setup ## mlflow run against git:// URLs served by git daemon (incl. repo#subdir)
+test-git-url: setup data ## mlflow run against git:// URLs served by git daemon (incl. repo#subdir)
 	pytest tests/integration/test_git_url.py $(PYTEST_ARGS)
 
-test-envmanagers: setup ## only the env-manager test: main under --env-manager uv from an empty env root
+test-envmanagers: setup data ## only the env-manager test: main under --env-manager uv from an empty env root
 	pytest tests/integration -m envmanager $(PYTEST_ARGS)
 
-bench: setup ## benchmarks (pipeline, model quality, tuning, API; the API bench needs `wrk`): prints numbers
+bench: setup data ## benchmarks (pipeline, model quality, tuning, API; the API bench needs `wrk`): prints numbers
 	python bench/pipeline_bench.py
 	python bench/model_quality.py
 	python bench/tune_bench.py

@@ -3,7 +3,7 @@
 Builds legitimate and broken versions of the real housing.csv, runs the contract
 (steps/contract.py) against a reference profile and prints, per variant, the largest
 statistic of each rule and the verdict. Legitimate variants must pass, broken ones must fail.
-Run: ``HOUSING_CSV=… .venv/bin/python bench/contract_calibration.py``.
+Run: ``.venv/bin/python bench/contract_calibration.py`` (the data as ``make data`` fetches it).
 """
 
 from __future__ import annotations

@@ -13,15 +13,14 @@ Protocols:
   TabR paper's California protocol); the split is fixed, seeds vary the model/fold seed.
 
 Also prints the single-row predict latency of the default pipeline (raw DataFrame row in,
-dollars out; median of many calls, one thread). The CSV defaults to $HOUSING_CSV, else
-``../shared/data/housing.csv`` relative to the project root.
+dollars out; median of many calls, one thread). The CSV defaults to the clone's
+``data/housing.csv``, fetched and verified as ``make data`` does.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
 import sys
 import time
@@ -51,9 +50,10 @@ ANCHORS_RMSE: dict[str, float] = {  # test RMSE in dollars, for the printed comp
 
 
 def default_csv_path() -> Path:
-    """$HOUSING_CSV if set, else ../shared/data/housing.csv next to the project root."""
-    env = os.environ.get("HOUSING_CSV")
-    return Path(env) if env else PROJECT_ROOT.parent / "shared" / "data" / "housing.csv"
+    """data/housing.csv of this clone, fetched and verified as `make data` does."""
+    from tests.support import housing_csv
+
+    return housing_csv()
 
 
 def pipeline_for(kind: str, random_state: int) -> Pipeline:

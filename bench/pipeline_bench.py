@@ -39,9 +39,8 @@ if str(PROJECT_ROOT) not in sys.path:  # run as a script: make `steps` and `test
     sys.path.insert(0, str(PROJECT_ROOT))
 
 from steps import config  # noqa: E402
-from tests.support import copy_project, latest_run  # noqa: E402
+from tests.support import copy_project, housing_csv, housing_tgz, latest_run  # noqa: E402
 
-SHARED_DATA = PROJECT_ROOT.parent / "shared" / "data"
 STEPS = ("load_data", "preprocess", "train", "register")
 WARM_TARGET_RATIO = 0.6
 SUMMARY_ROW = re.compile(r"^(\w+)\s+([0-9a-f]{32})\s+(ran|reused)\s+([\d.]+)\b", re.MULTILINE)
@@ -255,16 +254,23 @@ def report(result: dict[str, Any]) -> str:
 
 
 @click.command(help="Time cold/warm/changed `main`, per-step costs and a monolithic baseline.")
-@click.option("--csv", "csv", type=click.Path(path_type=Path), default=SHARED_DATA / "housing.csv")
+@click.option(
+    "--csv",
+    "csv",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="The real CSV (default: data/housing.csv, fetched as make data does).",
+)
 @click.option(
     "--data-url",
     default=None,
-    help="What load_data downloads (default: $HOUSING_DATA_URL, else the .tgz beside --csv).",
+    help="What load_data downloads (default: $HOUSING_DATA_URL, else the fetched data as .tgz).",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON document.")
 @click.option("--keep", is_flag=True, help="Keep the temp dir (project, stores) and print it.")
-def cli(csv: Path, data_url: str | None, as_json: bool, keep: bool) -> None:
-    url = data_url or os.environ.get(config.DATA_URL_ENV) or csv.with_suffix(".tgz").as_uri()
+def cli(csv: Path | None, data_url: str | None, as_json: bool, keep: bool) -> None:
+    csv = csv or housing_csv()
+    url = data_url or os.environ.get(config.DATA_URL_ENV) or housing_tgz().as_uri()
     root = Path(tempfile.mkdtemp(prefix="pipeline-bench-"))
     try:
         result = benchmark(root, csv, url)

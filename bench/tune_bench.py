@@ -86,7 +86,9 @@ def run_arm(arm: str, train: pd.DataFrame, n_trials: int, folds: int, seed: int)
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--csv", type=Path, default=None, help="default: $HOUSING_CSV")
+    parser.add_argument(
+        "--csv", type=Path, default=None, help="default: data/housing.csv, as make data fetches it"
+    )
     parser.add_argument("--trials", type=int, default=16, help="budget per arm and seed")
     parser.add_argument("--folds", type=int, default=tune.DEFAULT_CV_FOLDS)
     parser.add_argument("--seeds", type=int, default=2, help="seeds 0..n-1 (sampler and folds)")

@@ -1,14 +1,23 @@
-"""Fixtures only; the helpers behind them live in ``tests/support.py`` (shared with bench/)."""
+"""Fixtures only; the helpers behind them live in ``tests/support.py`` (shared with bench/)
+and the services the suite starts in ``tests/services.py``."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
 import pandas as pd
 import pytest
 
-from tests.support import copy_project, start_mlflow_server, stop, synthetic_housing
+from tests import services
+from tests.support import copy_project, free_port, start_mlflow_server, stop, synthetic_housing
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # PySpark (and every `mlflow run` child the Spark tests start) takes Java from JAVA_HOME:
+    # the suite's own runtime from the lock, whatever Java the machine has or lacks.
+    os.environ["JAVA_HOME"] = str(services.java_home())
 
 
 @pytest.fixture
@@ -33,3 +42,14 @@ def mlflow_server(tmp_path: Path) -> Iterator[str]:
         yield url
     finally:
         stop(proc)
+
+
+@pytest.fixture(scope="session")
+def postgres_uri() -> Iterator[str]:
+    """An admin URI of a PostgreSQL server (a role that may CREATE DATABASE): ``PG_TEST_URI``
+    if set, else a server of this session's own (tests/services.py), stopped at the end."""
+    if os.environ.get("PG_TEST_URI"):
+        yield os.environ["PG_TEST_URI"]
+        return
+    with services.postgres_server(free_port()) as uri:
+        yield uri

@@ -10,6 +10,7 @@ registered like the train and register steps do.
 from __future__ import annotations
 
 import contextlib
+import functools
 import http.server
 import os
 import re
@@ -17,6 +18,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import tarfile
 import threading
 import time
 import urllib.request
@@ -27,10 +29,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from steps import config, models
+from steps import config, models, runtime
 
 PROJECT_ROOT = config.PROJECT_ROOT
-SHARED_DATA = PROJECT_ROOT.parent / "shared" / "data"
 
 
 # --- data ----------------------------------------------------------------------------
@@ -99,19 +100,29 @@ def resample_housing(df: pd.DataFrame, factor: float, seed: int = 0) -> pd.DataF
 
 
 # --- processes and stores ---------------------------------------------------------------------
+@functools.cache
 def housing_csv() -> Path:
-    """The real CSV (``HOUSING_CSV``, else the shared copy beside the clone).
+    """The real CSV, as the project gets it: ``data/housing.csv`` of this clone, fetched on
+    first use from ``$HOUSING_DATA_URL`` (else the public URL) or DVC and checked against
+    ``data.dvc`` (steps.fetchdata). A fetch that fails is an error, not a skip."""
+    from steps.fetchdata import fetch
 
-    Missing data is an error, not a skip: a suite that silently skips proves nothing.
-    """
-    path = Path(os.environ.get("HOUSING_CSV", SHARED_DATA / "housing.csv"))
-    if not path.exists():
-        raise FileNotFoundError(f"real dataset not found at {path}: set HOUSING_CSV")
-    return path
+    return fetch(PROJECT_ROOT)
 
 
+@functools.cache
 def housing_tgz() -> Path:
-    return housing_csv().with_suffix(".tgz")
+    """The real CSV packed as the public download serves it (a .tgz holding housing.csv),
+    built once per clone beside DVC's temp files (ignored by git, so not in project copies)."""
+    csv = housing_csv()
+    version = runtime.expected_md5(PROJECT_ROOT).removesuffix(".dir")
+    target = PROJECT_ROOT / ".dvc" / "tmp" / f"housing-{version}.tgz"
+    if not target.exists():
+        partial = target.with_suffix(f".{os.getpid()}.partial")
+        with tarfile.open(partial, "w:gz") as tar:
+            tar.add(csv, arcname=config.RAW_FILE_NAME)
+        partial.replace(target)  # atomic: a concurrent worker sees no half-written archive
+    return target
 
 
 def free_port() -> int:

