@@ -78,13 +78,18 @@ def pyenv_root() -> Path:
 
 
 class Shell:
-    """A fresh clone and an empty HOME; runs README blocks as a new user's shell would."""
+    """A fresh clone and an empty HOME; runs README blocks as a new user's shell would.
 
-    def __init__(self, root: Path) -> None:
+    ``uv_cache``: uv's package cache, shared by the clones of one test module (the first
+    clone fills it from PyPI as a new machine would; the others then install in seconds).
+    """
+
+    def __init__(self, root: Path, uv_cache: Path | None = None) -> None:
         origin = copy_project(root / "origin")
         self.home = root / "home"
         self.home.mkdir()
         self.clone = root / "clone"
+        self.cache = {"UV_CACHE_DIR": str(uv_cache)} if uv_cache else {}
         subprocess.run(["git", "clone", "-q", str(origin), str(self.clone)], check=True)
 
     def run(self, block: str, **extra: str) -> subprocess.CompletedProcess:
@@ -94,7 +99,7 @@ class Shell:
             proc = subprocess.Popen(
                 ["bash", "-e", "-c", block],
                 cwd=self.clone,
-                env=clean_shell_env(self.home, **extra),
+                env=clean_shell_env(self.home, **self.cache, **extra),
                 stdout=stdout,
                 stderr=stderr,
                 start_new_session=True,
@@ -140,8 +145,13 @@ def ok(result: subprocess.CompletedProcess) -> None:
 
 
 @pytest.fixture(scope="module")
-def shell(tmp_path_factory) -> Shell:
-    return Shell(tmp_path_factory.mktemp("readme"))
+def uv_cache(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("uv-cache")
+
+
+@pytest.fixture(scope="module")
+def shell(tmp_path_factory, uv_cache) -> Shell:
+    return Shell(tmp_path_factory.mktemp("readme"), uv_cache)
 
 
 @pytest.fixture(scope="module")
@@ -252,7 +262,7 @@ def workflow_job(name: str) -> tuple[dict[str, str], list[dict]]:
     return workflow.get("env", {}), workflow["jobs"][name]["steps"]
 
 
-def test_workflow_pipeline_job_runs_in_a_clean_shell(tmp_path):
+def test_workflow_pipeline_job_runs_in_a_clean_shell(tmp_path, uv_cache):
     env, steps = workflow_job("pipeline")
     # The data step fetches the public file and exports where it put it; offline, the harness
     # points the same variables at the local copy.
@@ -276,7 +286,7 @@ def test_workflow_pipeline_job_runs_in_a_clean_shell(tmp_path):
     found = shutil.which("python3.11", path=PLAIN_PATH)
     assert found, "no python3.11 on this machine's plain PATH"
     (setup_python / "python").symlink_to(found)
-    ci = Shell(tmp_path / "runner")
+    ci = Shell(tmp_path / "runner", uv_cache)
     extra = {
         **{k: str(v) for k, v in env.items() if "${{" not in str(v)},
         "PATH": f"{setup_python}:{PLAIN_PATH}",
@@ -298,3 +308,34 @@ def test_workflow_pipeline_job_runs_in_a_clean_shell(tmp_path):
     # parameters and upstream), so only register runs
     reused = {**dict.fromkeys(STEPS[:3], "reused"), "register": "ran"}
     assert [statuses(r.stdout) for r in results[-2:]] == [[reused], [reused]]
+
+
+@pytest.mark.pyenv
+def test_make_test_provisions_what_the_suite_needs(tmp_path, uv_cache):
+    """The README's second command in a fresh clone with nothing beside it (no data, no
+    PostgreSQL, no Java the suite could borrow): it fetches the data from HOUSING_DATA_URL,
+    starts PostgreSQL and Java from the lock, and the tests that use each of them pass."""
+    shell = Shell(tmp_path, uv_cache)
+    assert not any((parent / "shared").exists() for parent in shell.clone.parents)
+    make_test = commands(readme_blocks()["two-commands"])[1]
+    services = "tests/integration/test_services.py"
+
+    # pyenv is the one prerequisite the venv cannot hold: without it, one line, nothing run
+    no_pyenv = ":".join(d for d in PLAIN_PATH.split(":") if not (Path(d) / "pyenv").exists())
+    missing = shell.run(make_test, PATH=no_pyenv)
+    assert missing.returncode != 0
+    assert [line for line in missing.stderr.splitlines() if line.startswith("error:")] == [
+        missing.stderr.strip().splitlines()[0]
+    ]
+    assert "pyenv" in missing.stderr and not (shell.clone / ".venv").exists()
+
+    pyenv_path = f"{pyenv_root() / 'bin'}:{clean_shell_env(shell.home)['PATH']}"
+    result = shell.run(f"{make_test} PYTEST_ARGS='{services}'", PATH=pyenv_path)
+    ok(result)
+    wanted = len(re.findall(r"^def test_", (PROJECT_ROOT / services).read_text(), re.M))
+    summary = result.stdout.strip().splitlines()[-1]
+    assert re.search(rf"\b{wanted} passed\b", summary), result.stdout[-3000:]
+    assert not re.search(r"skipped|failed|error", summary), summary
+    # the data came from HOUSING_DATA_URL and is the version data.dvc pins
+    csv = config.raw_data_path(shell.clone)
+    assert csv.read_bytes() == housing_csv().read_bytes()
