@@ -329,8 +329,12 @@ def test_make_test_provisions_what_the_suite_needs(tmp_path, uv_cache):
     ]
     assert "pyenv" in missing.stderr and not (shell.clone / ".venv").exists()
 
-    pyenv_path = f"{pyenv_root() / 'bin'}:{clean_shell_env(shell.home)['PATH']}"
-    result = shell.run(f"{make_test} PYTEST_ARGS='{services}'", PATH=pyenv_path)
+    root = pyenv_root()  # a pyenv user's shell: pyenv on PATH, PYENV_ROOT set
+    result = shell.run(
+        f"{make_test} PYTEST_ARGS='{services}'",
+        PATH=f"{root / 'bin'}:{clean_shell_env(shell.home)['PATH']}",
+        PYENV_ROOT=str(root),
+    )
     ok(result)
     wanted = len(re.findall(r"^def test_", (PROJECT_ROOT / services).read_text(), re.M))
     summary = result.stdout.strip().splitlines()[-1]
