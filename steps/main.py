@@ -13,7 +13,7 @@ upstream run and the same data md5; register is never reused. Parent tags:
 ``registry.alias``, ``dataset.dvc_md5``; parent metric ``test_rmse``; the parent is named
 ``main · <kind> · v<N>@<alias>`` and its description (``mlflow.note.content``) is the step
 table. Each step's output goes to the artifact ``logs/<step>.log`` of its run; the terminal
-gets one line per step (``PIPELINE_VERBOSE=1``: everything, as it happens). Steps that run
+gets one line per step (``PIPELINE_VERBOSE=1``: everything as well, as it happens). Steps that run
 are started ahead of their turn and wait for their upstream (``Chain``), so their start-up
 overlaps the work before them; when the pipeline stops early, those still waiting end KILLED.
 """
@@ -27,6 +27,7 @@ import shutil
 import signal
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -59,6 +60,9 @@ QUIET_DEFAULTS = {
     "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
 }
 LOG_ARTIFACT_DIR = "logs"
+# How long a finished or cancelled step's output may take to arrive through its pipes
+# (verbose): the child has exited, so only a process that inherited the pipe holds it open.
+TEE_DRAIN_S = 5.0
 EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
 EXPERIMENT_KIND = "custom_model_development"
 
@@ -265,23 +269,80 @@ def find_reusable(experiment_id: str, key: CacheKey) -> Any | None:
         token = page.token
 
 
+class Tee:
+    """Verbose: a child's stdout and stderr are pipes whose every chunk is copied, as it
+    arrives, both to this process's stdout/stderr (the terminal) and to the step's log.
+
+    The terminal is reached through copies of fds 1 and 2 taken now: later launches point
+    fds 1 and 2 at other children's outputs for a moment (``output_to``). Chunks of the two
+    streams enter the log whole, in the order they arrived.
+    """
+
+    def __init__(self, log: Path) -> None:
+        self.sink = log.open("ab")
+        self.lock = threading.Lock()
+        self.writers: list[int] = []
+        self.threads: list[threading.Thread] = []
+        for stream in (1, 2):
+            read, write = os.pipe()
+            self.writers.append(write)
+            terminal = os.dup(stream)
+            thread = threading.Thread(target=self._copy, args=(read, terminal), daemon=True)
+            thread.start()
+            self.threads.append(thread)
+
+    def _copy(self, read: int, terminal: int) -> None:
+        try:
+            while chunk := os.read(read, 65536):
+                with self.lock:
+                    if not self.sink.closed:
+                        self.sink.write(chunk)
+                        self.sink.flush()
+                with contextlib.suppress(OSError):  # a closed terminal must not cost the log
+                    view = memoryview(chunk)
+                    while view:
+                        view = view[os.write(terminal, view) :]
+        finally:
+            os.close(read)
+            os.close(terminal)
+
+    def release(self) -> None:
+        """Close our copies of the pipes' write ends once the child holds its own: the
+        copying then ends when the child (and whatever inherited its output) has exited."""
+        for fd in self.writers:
+            os.close(fd)
+        self.writers = []
+
+    def close(self, timeout: float = TEE_DRAIN_S) -> None:
+        """Wait for the child's last output, then close the log (later output is dropped
+        from the log, still shown)."""
+        self.release()
+        deadline = time.monotonic() + timeout
+        for thread in self.threads:
+            thread.join(max(0.0, deadline - time.monotonic()))
+        with self.lock:
+            self.sink.close()
+
+
 @contextlib.contextmanager
-def output_to(log: Path | None) -> Iterator[None]:
-    """Point this process's stdout/stderr at ``log`` while a child is started.
+def output_to(log: Path, tee: Tee | None = None) -> Iterator[None]:
+    """Point this process's stdout/stderr at ``log`` (verbose: at ``tee``'s pipes, which
+    also fill ``log``) while a child is started.
 
     ``mlflow.projects`` starts the entry point with our file descriptors; a child keeps the
     ones it was started with, so swapping them around the launch gives every step its own
-    log even while two steps run at once. ``None`` (verbose): no redirection.
+    log even while two steps run at once.
     """
-    if log is None:
-        yield
-        return
     sys.stdout.flush()
     sys.stderr.flush()
     saved = os.dup(1), os.dup(2)
-    with log.open("ab") as sink:
-        os.dup2(sink.fileno(), 1)
-        os.dup2(sink.fileno(), 2)
+    if tee is None:
+        with log.open("ab") as sink:
+            os.dup2(sink.fileno(), 1)
+            os.dup2(sink.fileno(), 2)
+    else:
+        os.dup2(tee.writers[0], 1)
+        os.dup2(tee.writers[1], 2)
     try:
         yield
     finally:
@@ -291,12 +352,12 @@ def output_to(log: Path | None) -> Iterator[None]:
         os.dup2(saved[1], 2)
         os.close(saved[0])
         os.close(saved[1])
+        if tee is not None:
+            tee.release()
 
 
-def attach_log(client: Any, run_id: str, log: Path | None) -> None:
-    """Keep a step's full output with its run; the terminal only got one line of it."""
-    if log is None:
-        return
+def attach_log(client: Any, run_id: str, log: Path) -> None:
+    """Keep a step's full output with its run (quiet: the terminal only got one line of it)."""
     try:
         with contextlib.suppress(Exception):
             client.log_artifact(run_id, str(log), LOG_ARTIFACT_DIR)
@@ -329,7 +390,8 @@ class Launched:
 
     step: str
     submitted: Any  # mlflow.projects.SubmittedRun
-    log: Path | None
+    log: Path
+    tee: Tee | None
     gate: Path | None
     released: float
 
@@ -372,14 +434,16 @@ def launch(
     params: dict[str, str],
     env_manager: str,
     experiment_id: str,
-    log: Path | None,
+    log: Path,
     gate: Path | None,
+    verbose: bool = False,
 ) -> Launched:
     """Start one entry point as a child run of the active (parent) run; do not wait.
 
     ``mlflow.projects.run`` would block until the step ends. Its helper ``_run`` does the
     same run creation, tagging and command (the entry point itself, no extra ``mlflow run``
     process) and returns the running step, so main can start the next step meanwhile.
+    The step's output goes to ``log`` (``verbose``: and to our terminal, through a ``Tee``).
     ``gate``: the child waits for this file before it starts its work (``runtime``).
     """
     import mlflow.projects
@@ -387,28 +451,30 @@ def launch(
 
     if gate is not None:
         os.environ[config.START_AFTER_ENV] = str(gate)
+    tee = Tee(log) if verbose else None
     try:
-        with output_to(log):
+        with output_to(log, tee):
             submitted = mlflow.projects._run(
                 **project_run_args(step, params, env_manager, experiment_id)
             )
-    except ExecutionException as exc:
-        raise StepError(f"step {step} failed: {exc}") from exc
-    except MlflowException as exc:
-        if not runtime.tracking_unreachable(exc):
-            raise
-        raise StepError(
-            f"step {step}: tracking server unreachable: {runtime.one_line(exc)}"
-        ) from exc
+    except BaseException as exc:
+        if tee is not None:
+            tee.close(0)
+        shutil.rmtree(log.parent, ignore_errors=True)
+        if isinstance(exc, ExecutionException):
+            raise StepError(f"step {step} failed: {exc}") from exc
+        if isinstance(exc, MlflowException) and runtime.tracking_unreachable(exc):
+            raise StepError(
+                f"step {step}: tracking server unreachable: {runtime.one_line(exc)}"
+            ) from exc
+        raise
     finally:
         os.environ.pop(config.START_AFTER_ENV, None)
-    return Launched(step, submitted, log, gate, time.perf_counter())
+    return Launched(step, submitted, log, tee, gate, time.perf_counter())
 
 
-def new_log(step: str, verbose: bool) -> Path | None:
-    """``<temp dir>/<step>.log``, the artifact's name (None when verbose: output streams)."""
-    if verbose:
-        return None
+def new_log(step: str) -> Path:
+    """``<temp dir>/<step>.log``: the artifact's name."""
     return Path(tempfile.mkdtemp(prefix="pipeline-log-")) / f"{step}.log"
 
 
@@ -416,15 +482,17 @@ def finish(launched: Launched, client: Any) -> str:
     """Wait for a launched step; keep its log on its run; a failure is a StepError."""
     ok = launched.submitted.wait()
     run_id, step, log = launched.run_id, launched.step, launched.log
+    if launched.tee is not None:
+        launched.tee.close()
     if client.get_run(run_id).info.status == "RUNNING":  # the step could not end it itself
         client.set_terminated(run_id, "FINISHED" if ok else "FAILED")
     if not ok:
-        text = log.read_text(errors="replace") if log else ""
-        for line in error_lines(text):
-            click.echo(f"  {line}", err=True)
-        where = f" (full output: artifact {LOG_ARTIFACT_DIR}/{step}.log of run {run_id})"
+        if launched.tee is None:  # verbose: the terminal has already shown all of it
+            for line in error_lines(log.read_text(errors="replace")):
+                click.echo(f"  {line}", err=True)
+        where = f"full output: artifact {LOG_ARTIFACT_DIR}/{step}.log of run {run_id}"
         attach_log(client, run_id, log)
-        raise StepError(f"step {step} failed: Run (ID '{run_id}') failed{where if log else ''}")
+        raise StepError(f"step {step} failed: Run (ID '{run_id}') failed ({where})")
     attach_log(client, run_id, log)
     return run_id
 
@@ -434,11 +502,12 @@ def cancel(launched: Launched, client: Any) -> None:
     from mlflow.exceptions import MlflowException
 
     launched.submitted.cancel()
+    if launched.tee is not None:
+        launched.tee.close()
     with contextlib.suppress(MlflowException):
         if client.get_run(launched.run_id).info.status == "RUNNING":
             client.set_terminated(launched.run_id, "KILLED")
-    if launched.log is not None:
-        shutil.rmtree(launched.log.parent, ignore_errors=True)
+    shutil.rmtree(launched.log.parent, ignore_errors=True)
 
 
 class Chain:
@@ -599,9 +668,9 @@ def run_pipeline(env_manager: str, use_cache: bool, opts: dict[str, Any]) -> Non
         if is_verbose:
             runtime.echo(STEP, f"{step}: starting")
         params = step_params(step, upstream_id, opts)
-        log = new_log(step, is_verbose)
+        log = new_log(step)
         with runtime.interrupts_deferred():  # a started child is always in `live`
-            launched = launch(step, params, env_manager, experiment_id, log, gate)
+            launched = launch(step, params, env_manager, experiment_id, log, gate, is_verbose)
             live.append(launched)
         return launched
 

@@ -7,6 +7,9 @@ load_data's acquisition path (HOUSING_DATA_URL → the shared .tgz via file://).
 from __future__ import annotations
 
 import math
+import subprocess
+import threading
+import time
 from pathlib import Path
 
 import mlflow
@@ -300,6 +303,67 @@ def test_runs_read_well_in_the_ui(sqlite_pipeline):
     assert step_lines == [
         "[main] pipeline runs are grouped in experiment 'california_housing_price'"
     ]
+
+
+def read_lines(stream, into: list[tuple[float, str]]) -> threading.Thread:
+    """Collect ``stream``'s lines with the wall-clock time each arrived (a reader thread)."""
+
+    def read() -> None:
+        for line in stream:
+            into.append((time.time(), line.rstrip("\n")))
+
+    thread = threading.Thread(target=read, daemon=True)
+    thread.start()
+    return thread
+
+
+def test_verbose_run_streams_each_step_and_still_keeps_its_log(tmp_path):
+    """`make run VERBOSE=1` (PIPELINE_VERBOSE=1): a step's output reaches the terminal while
+    the step runs, and every step run still keeps all of it as its artifact logs/<step>.log."""
+    project = copy_project(tmp_path / "project")
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    proc = subprocess.Popen(
+        mlflow_run_local("main"),
+        cwd=project,
+        env=project_env(uri, PIPELINE_VERBOSE="1"),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    stdout: list[tuple[float, str]] = []
+    stderr: list[tuple[float, str]] = []
+    readers = [read_lines(proc.stdout, stdout), read_lines(proc.stderr, stderr)]
+    try:
+        proc.wait(timeout=900)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        for reader in readers:
+            reader.join(timeout=30)
+    terminal = [line for _, line in stdout + stderr]
+    assert proc.returncode == 0, "\n".join(terminal)[-5000:]
+
+    shown = {line: at for at, line in reversed(stderr)}  # when each line first appeared
+    client = MlflowClient(uri)
+    runs = pipeline_runs(client, latest_parent(client).info.run_id)
+    assert set(runs) == set(STEPS)
+    for step, run in runs.items():
+        run_id = run.info.run_id
+        logs = [a.path for a in client.list_artifacts(run_id, "logs")]
+        assert logs == [f"logs/{step}.log"], step
+        path = client.download_artifacts(run_id, f"logs/{step}.log", str(tmp_path))
+        log = Path(path).read_text(errors="replace").splitlines()
+        # the step's own lines (runtime.echo: "[<step>] …"), and no other step's
+        own = [line for line in log if line.startswith(f"[{step}] ")]
+        assert own, (step, log[-40:])
+        others = [line for line in log if line.startswith(tuple(f"[{s}] " for s in STEPS))]
+        assert others == own, step
+        assert not [line for line in own if line not in shown], (step, own)
+        if step in ("load_data", "train"):
+            # Their first line comes seconds before they end (download, fit): it reached the
+            # terminal while the step ran, streamed, not replayed once the step was done.
+            assert shown[own[0]] < run.info.end_time / 1000, (step, own[0])
 
 
 def test_use_cache_false_reruns_every_step(sqlite_pipeline):
