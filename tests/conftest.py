@@ -45,6 +45,13 @@ def mlflow_server(tmp_path: Path) -> Iterator[str]:
 
 
 @pytest.fixture(scope="session")
+def uv_cache(tmp_path_factory) -> Path:
+    """uv's package cache for the clean-shell clones (tests/cleanshell.py) of one worker: the
+    first fills it from PyPI as a new machine would; the others then install in seconds."""
+    return tmp_path_factory.mktemp("uv-cache")
+
+
+@pytest.fixture(scope="session")
 def postgres_uri() -> Iterator[str]:
     """An admin URI of a PostgreSQL server (a role that may CREATE DATABASE): ``PG_TEST_URI``
     if set, else a server of this session's own (tests/services.py), stopped at the end."""
