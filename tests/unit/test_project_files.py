@@ -131,3 +131,10 @@ def test_makefile_repeats_no_default_of_the_steps():
     # make predict: the engine and Spark master only when given (predict's defaults stay)
     assert re.search(r"^ENGINE \?=\s*$", makefile, re.M)
     assert re.search(r"^SPARK_MASTER \?=\s*$", makefile, re.M)
+
+
+def test_the_longest_first_order_names_existing_test_files():
+    from tests.conftest import LONGEST_FIRST
+
+    files = {path.name for path in (config.PROJECT_ROOT / "tests").rglob("test_*.py")}
+    assert set(LONGEST_FIRST) <= files, set(LONGEST_FIRST) - files
