@@ -24,7 +24,6 @@ import contextlib
 import os
 import shlex
 import shutil
-import signal
 import sys
 import tempfile
 import threading
@@ -583,7 +582,7 @@ def key_metric(step: str, run: Any) -> str:
 def cli(env_manager: str, use_cache: bool, **opts: Any) -> None:
     for name, value in HTTP_DEFAULTS.items():
         os.environ.setdefault(name, value)
-    signal.signal(signal.SIGTERM, runtime.raise_interrupt)
+    runtime.take_interrupts()
     runtime.die_with_parent()
     runtime.skip_exit_collection()
     child_environment(env_manager, config.verbose())
@@ -642,6 +641,8 @@ def run_pipeline(env_manager: str, use_cache: bool, opts: dict[str, Any]) -> Non
     from mlflow.entities import RunStatus
 
     mlflow.set_tracking_uri(config.tracking_uri())
+    # an interrupt before the loop below leaves the parent run to the exit hook: KILLED then
+    runtime.end_open_run_at_exit()
     launcher_id, launcher_pid = os.environ.get("MLFLOW_RUN_ID"), runtime.parent_pid()
     opts["hyperparam_names"] = list(DEFAULT_HYPERPARAMS)
     is_verbose = config.verbose()

@@ -1,6 +1,7 @@
 """What every step's thin command layer shares: the MLflow run it logs into, git state, and
 the rule that a failure is one line on stderr, a non-zero exit and a run that is not left
-RUNNING.
+RUNNING; an interrupted step (SIGINT/SIGTERM, however many and in whatever order) ends its
+run KILLED with exit 130, never FINISHED.
 
 Tags written on every step run: ``pipeline.step``, ``pipeline.code_hash``
 (steps.fingerprint), ``git.dirty``, ``mlflow.runName`` (the step's name, unless the user
@@ -24,7 +25,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import click
 
@@ -114,12 +115,44 @@ def echo(step: str, message: str) -> None:
     click.echo(f"[{step}] {message}", err=True)
 
 
+# Set when this process raises its first KeyboardInterrupt: it is on its way out from then on.
+# A pipeline interrupted by Ctrl-C sends each step two signals (SIGINT from the terminal's
+# group, SIGTERM from main stopping it), often at once; the second, turned into a second
+# KeyboardInterrupt, would cut the first one's handling short (the run left to MLflow's exit
+# hook, which ends it FINISHED). Process-wide, as signal handlers are.
+_interrupted = False
+
+
+def interrupt(reason: str) -> NoReturn:
+    """Raise KeyboardInterrupt, and make every interrupt after it a no-op (raise_interrupt)."""
+    global _interrupted
+    _interrupted = True
+    raise KeyboardInterrupt(reason)
+
+
 def raise_interrupt(signum: int, _frame: Any) -> None:
-    raise KeyboardInterrupt(f"signal {signum}")
+    """The SIGINT/SIGTERM handler: the first signal raises KeyboardInterrupt, later ones are
+    dropped. Setting the flag before raising leaves no moment (not even the first bytecode of
+    an ``except``) where a second signal could raise again."""
+    if not _interrupted:
+        interrupt(f"signal {signum}")
+
+
+def take_interrupts() -> None:
+    """Route SIGTERM (what process managers and `kill` send) and SIGINT to raise_interrupt.
+    SIGINT is left alone when ignored: a job started in the background inherits it ignored,
+    and Python keeps it so."""
+    signal.signal(signal.SIGTERM, raise_interrupt)
+    if signal.getsignal(signal.SIGINT) is not signal.SIG_IGN:
+        signal.signal(signal.SIGINT, raise_interrupt)
 
 
 def ignore_interrupts() -> None:
-    """While a run is being ended, a second Ctrl-C/SIGTERM must not abort the bookkeeping."""
+    """While a run is being ended, a second Ctrl-C/SIGTERM must not abort the bookkeeping.
+    The flag comes first: a signal already received, whose Python handler has not run yet,
+    still reaches raise_interrupt (a no-op now) until the dispositions below are in place."""
+    global _interrupted
+    _interrupted = True
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
@@ -190,13 +223,20 @@ def one_line(exc: BaseException, limit: int = 300) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
-def end_run_safely(status: str | None = None) -> bool:
-    """End the active run; if the tracking server is gone, say so instead of a traceback."""
+def end_run_safely(status: str | None = None, run_id: str | None = None) -> bool:
+    """End the active run; if the tracking server is gone, say so instead of a traceback.
+
+    ``run_id``: the run to end when no run is active any more. ``mlflow.end_run`` takes the
+    run off its stack before the store records the end, so an end_run cut short by an
+    interrupt leaves the run RUNNING (or FINISHED, had the store already recorded it) but
+    no longer active."""
     import mlflow
     from mlflow.exceptions import MlflowException
 
     try:
-        if status is None:
+        if run_id is not None and mlflow.active_run() is None:
+            mlflow.MlflowClient().set_terminated(run_id, status)
+        elif status is None:
             mlflow.end_run()
         else:
             mlflow.end_run(status)
@@ -244,7 +284,7 @@ def wait_for_upstream(warm: Sequence[str] = ()) -> None:
     while not os.path.exists(gate):
         # main may die before it could stop us (or before it knew we had started)
         if not process_alive(main_pid):
-            raise KeyboardInterrupt("main is gone")
+            interrupt("main is gone")
         time.sleep(0.02)
 
 
@@ -283,7 +323,33 @@ def interrupts_deferred() -> Iterator[None]:
         for signum, handler in saved.items():
             signal.signal(signum, handler)
     if received and saved[received[0]] is not signal.SIG_IGN:
-        raise KeyboardInterrupt(f"signal {received[0]}")
+        interrupt(f"signal {received[0]}")
+
+
+def end_open_run_at_exit() -> None:
+    """Take over from MLflow's exit hook, which ends a run still open at exit FINISHED. Every
+    way out of step_run ends the run it opened; one still open here was cut short (an
+    interrupt raised by something other than raise_interrupt, say) and ends KILLED if the
+    process was interrupted, FAILED otherwise, never FINISHED."""
+    from mlflow.tracking import fluent
+
+    # A private name: if MLflow renames it, ours still runs first (atexit is last in, first
+    # out) and leaves no run open for it.
+    mlflow_hook = getattr(fluent, "_safe_end_run", None)
+    if mlflow_hook is not None:
+        atexit.unregister(mlflow_hook)
+    atexit.unregister(_end_open_run)
+    atexit.register(_end_open_run)
+
+
+def _end_open_run() -> None:
+    import mlflow
+    from mlflow.entities import RunStatus
+
+    status = RunStatus.KILLED if _interrupted else RunStatus.FAILED
+    ignore_interrupts()
+    if mlflow.active_run() is not None:
+        end_run_safely(RunStatus.to_string(status))
 
 
 @contextlib.contextmanager
@@ -293,7 +359,10 @@ def step_run(
     """Open (or resume, under ``mlflow run``) the step's MLflow run and end it honestly.
 
     ``StepError`` → FAILED, message on one line, exit 1; SIGINT/SIGTERM → KILLED, exit 130;
-    any other exception → FAILED and re-raised so the traceback is kept.
+    any other exception → FAILED and re-raised so the traceback is kept. A signal from the
+    moment the run is opened until its end is recorded, including one that arrives while a
+    failure or an earlier signal is being handled, ends it KILLED with exit 130 (never
+    FINISHED); more signals after the first change nothing.
     """
     import mlflow
     from mlflow.entities import RunStatus
@@ -302,79 +371,117 @@ def step_run(
     mlflow.set_tracking_uri(config.tracking_uri())
     launched_by_mlflow_run = bool(os.environ.get("MLFLOW_RUN_ID"))
     # SIGTERM (what process managers and `kill` send) should end the run like Ctrl-C does.
-    signal.signal(signal.SIGTERM, raise_interrupt)
+    take_interrupts()
     die_with_parent()
+    end_open_run_at_exit()
 
+    run = None
     try:
-        if not launched_by_mlflow_run and not os.environ.get("MLFLOW_EXPERIMENT_ID"):
-            mlflow.set_experiment(config.EXPERIMENT_NAME)
-        run = mlflow.start_run()
-    except Exception as exc:
-        if refused := refusal(exc):
-            click.echo(f"error: {step}: {refused}", err=True)
+        try:
+            if not launched_by_mlflow_run and not os.environ.get("MLFLOW_EXPERIMENT_ID"):
+                mlflow.set_experiment(config.EXPERIMENT_NAME)
+            run = mlflow.start_run()
+        except Exception as exc:
+            if refused := refusal(exc):
+                click.echo(f"error: {step}: {refused}", err=True)
+                sys.exit(1)
+            if not tracking_unreachable(exc):
+                raise
+            click.echo(f"error: {step}: tracking server unreachable: {one_line(exc)}", err=True)
             sys.exit(1)
-        if not tracking_unreachable(exc):
+        try:
+            wait_for_upstream(warm)
+            git = git_state()
+            tags = {
+                config.TAG_STEP: step,
+                config.TAG_CODE_HASH: fingerprint.code_hash(step),
+                config.TAG_GIT_DIRTY: str(git.dirty).lower(),
+            }
+            if is_generated_name(run.info.run_name):
+                # `mlflow run` without --run-name names a run at random; the step's name reads
+                # better. A name the user chose is kept.
+                tags["mlflow.runName"] = step
+            if not launched_by_mlflow_run:
+                if git.commit:
+                    tags["mlflow.source.git.commit"] = git.commit
+                if params:
+                    mlflow.log_params(params)
+            mlflow.set_tags(tags)
+            yield run
+        except KeyboardInterrupt:
+            raise  # below, with the interrupts that land in the branches here
+        except StepError as exc:
+            end_run_safely(RunStatus.to_string(RunStatus.FAILED))
+            # a StepError raised from a refused request says what was refused, not its guess
+            click.echo(f"error: {step}: {refusal(exc) or exc}", err=True)
+            sys.exit(1)
+        except Exception as exc:
+            end_run_safely(RunStatus.to_string(RunStatus.FAILED))
+            if refused := refusal(exc):
+                click.echo(f"error: {step}: {refused}", err=True)
+                sys.exit(1)
+            if not tracking_unreachable(exc):
+                raise
+            click.echo(f"error: {step}: tracking server unreachable: {one_line(exc)}", err=True)
+            sys.exit(1)
+        except BaseException:
+            # GeneratorExit, too, when an interrupt kept the step's exception from us (run_step)
+            end_run_safely(
+                RunStatus.to_string(RunStatus.KILLED if _interrupted else RunStatus.FAILED)
+            )
             raise
-        click.echo(f"error: {step}: tracking server unreachable: {one_line(exc)}", err=True)
-        sys.exit(1)
-    try:
-        wait_for_upstream(warm)
-        git = git_state()
-        tags = {
-            config.TAG_STEP: step,
-            config.TAG_CODE_HASH: fingerprint.code_hash(step),
-            config.TAG_GIT_DIRTY: str(git.dirty).lower(),
-        }
-        if is_generated_name(run.info.run_name):
-            # `mlflow run` without --run-name names a run at random; the step's name reads
-            # better. A name the user chose is kept.
-            tags["mlflow.runName"] = step
-        if not launched_by_mlflow_run:
-            if git.commit:
-                tags["mlflow.source.git.commit"] = git.commit
-            if params:
-                mlflow.log_params(params)
-        mlflow.set_tags(tags)
-        yield run
-    except StepError as exc:
-        end_run_safely(RunStatus.to_string(RunStatus.FAILED))
-        # a StepError raised from a refused request says what was refused, not its guess
-        click.echo(f"error: {step}: {refusal(exc) or exc}", err=True)
-        sys.exit(1)
+        else:
+            if not end_run_safely():
+                click.echo(
+                    f"error: {step}: done, but the tracking server did not record it", err=True
+                )
+                sys.exit(1)
     except KeyboardInterrupt:
-        ignore_interrupts()
-        end_run_safely(RunStatus.to_string(RunStatus.KILLED))
-        click.echo(f"error: {step}: interrupted", err=True)
-        sys.exit(130)
-    except Exception as exc:
-        end_run_safely(RunStatus.to_string(RunStatus.FAILED))
-        if refused := refusal(exc):
-            click.echo(f"error: {step}: {refused}", err=True)
-            sys.exit(1)
-        if not tracking_unreachable(exc):
-            raise
-        click.echo(f"error: {step}: tracking server unreachable: {one_line(exc)}", err=True)
-        sys.exit(1)
-    except BaseException:
-        end_run_safely(RunStatus.to_string(RunStatus.FAILED))
-        raise
-    else:
-        if not end_run_safely():
-            click.echo(f"error: {step}: done, but the tracking server did not record it", err=True)
-            sys.exit(1)
+        end_interrupted(step, run.info.run_id if run else None)
+
+
+def end_interrupted(step: str, run_id: str | None) -> NoReturn:
+    """The way out of an interrupted step: its run KILLED, one line, exit 130.
+
+    By the time this runs, the KeyboardInterrupt came through interrupt(), so a further
+    signal is a no-op already, before ignore_interrupts holds them back. ``run_id``: the
+    interrupt may have cut short an end_run that had already let go of the run."""
+    from mlflow.entities import RunStatus
+
+    ignore_interrupts()
+    end_run_safely(RunStatus.to_string(RunStatus.KILLED), run_id)
+    click.echo(f"error: {step}: interrupted", err=True)
+    sys.exit(130)
+
+
+def run_step(
+    step: str,
+    params: dict[str, Any] | None,
+    body: Callable[[Any], None],
+    warm: Sequence[str] = (),
+) -> None:
+    """``with step_run(...) as run: body(run)``, plus what a ``with`` block cannot catch: a
+    signal that arrives while an exception leaves ``body`` is raised on entry to the context
+    manager's ``__exit__``, before step_run sees either, and would end the step with click's
+    "Aborted!" (exit 1). It ends the run KILLED here (exit 130), as in step_run."""
+    run = None
+    try:
+        with step_run(step, params=params, warm=warm) as run:
+            body(run)
+    except KeyboardInterrupt:
+        end_interrupted(step, run.info.run_id if run else None)
 
 
 def as_step(
     step: str, warm: Sequence[str] = ()
 ) -> Callable[[Callable[..., None]], Callable[..., None]]:
-    """Decorate a click callback so it runs inside ``step_run`` with its params logged
-    (``warm``: see ``wait_for_upstream``)."""
+    """Decorate a click callback so it runs inside ``step_run`` (by ``run_step``) with its
+    params logged (``warm``: see ``wait_for_upstream``)."""
 
     def decorate(func: Callable[..., None]) -> Callable[..., None]:
         @functools.wraps(func)
         def wrapper(**kwargs: Any) -> None:
-            with step_run(step, params=kwargs, warm=warm):
-                func(**kwargs)
+            run_step(step, kwargs, lambda _run: func(**kwargs), warm)
 
         return wrapper
 

@@ -261,8 +261,13 @@ def cli(
         storage=study.redacted(storage) if storage else storage,
         study_name=study_name,
     )
-    with runtime.step_run(STEP, params=logged) as run:
-        tune(run, upstream_run_id, model_kind, n_trials, cv_folds, seed, storage, study_name)
+    runtime.run_step(
+        STEP,
+        logged,
+        lambda run: tune(
+            run, upstream_run_id, model_kind, n_trials, cv_folds, seed, storage, study_name
+        ),
+    )
 
 
 def tune(

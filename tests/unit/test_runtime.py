@@ -91,3 +91,38 @@ def test_a_step_waits_for_its_gate_while_main_lives(tmp_path, monkeypatch):
     monkeypatch.setenv(config.MAIN_PID_ENV, str(os.getpid()))
     runtime.wait_for_upstream()  # returns: the gate is open and main (us) is alive
     assert runtime.process_alive(os.getpid())
+
+
+SIGNALS_PROBE = textwrap.dedent(
+    """
+    import os, signal
+    from steps import runtime
+
+    runtime.take_interrupts()
+    try:
+        os.kill(os.getpid(), signal.SIGTERM)
+        print("not interrupted", flush=True)
+    except KeyboardInterrupt as exc:
+        print("interrupted by", exc, flush=True)
+    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGINT):
+        os.kill(os.getpid(), signum)
+    print("later signals dropped", flush=True)
+    """
+)
+
+
+def test_only_the_first_signal_interrupts():
+    # The second signal of a Ctrl-C'd pipeline must not interrupt the first one's handling.
+    result = subprocess.run(
+        [sys.executable, "-c", SIGNALS_PROBE],
+        cwd=config.PROJECT_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
+    assert result.stdout.splitlines() == [
+        f"interrupted by signal {int(signal.SIGTERM)}",
+        "later signals dropped",
+    ], result.stderr
+    assert result.returncode == 0
