@@ -10,7 +10,7 @@ included), so neither model has seen them. The candidate takes ``@champion`` onl
 those rows, its RMSE beats the champion's by ``min_abs`` dollars AND by ``min_rel`` of the
 champion's RMSE, and beats a linear baseline (fitted on the candidate's train rows) by
 ``baseline_min_rel``: the semantics of MLflow's ``MetricThreshold(min_absolute_change=,
-min_relative_change=, greater_is_better=False)`` (tests/unit/test_register.py checks the two
+min_relative_change=, greater_is_better=False)`` (tests/unit/test_gate.py checks the two
 agree). Fewer than ``min_rows`` comparable rows: no automatic promotion.
 """
 

@@ -293,6 +293,15 @@ def wait_for_version(api: str, key: str, version: str, proc, timeout: float = 90
     raise TimeoutError(f"serve did not move to v{version}")
 
 
+def answered_with(api: str, key: str, status: int, proc, timeout: float = 30) -> None:
+    """Until /version answers ``key`` with ``status`` (the key file is re-read on change)."""
+    deadline = time.monotonic() + timeout
+    while (got := request(f"{api}/version", key)[0]) != status:
+        assert proc.poll() is None, "serve exited"
+        assert time.monotonic() < deadline, f"still {got} for a rotated key after {timeout} s"
+        time.sleep(0.1)
+
+
 def test_serve_with_the_serving_account_and_api_keys_follows_a_maintainers_promotion(
     server, project, admin, pipelined, tmp_path
 ):
@@ -346,11 +355,11 @@ def test_serve_with_the_serving_account_and_api_keys_follows_a_maintainers_promo
 
         # rotation: both keys valid, then only the new one, without a restart
         keys.write_text(f"{API_KEYS[0]}\n{API_KEYS[1]}\n")
-        time.sleep(1.5)
-        assert request(f"{api}/version", API_KEYS[1])[0] == 200
+        answered_with(api, API_KEYS[1], 200, serve)
+        assert request(f"{api}/version", API_KEYS[0])[0] == 200  # both valid meanwhile
         keys.write_text(f"{API_KEYS[1]}\n")
-        time.sleep(1.5)
-        assert request(f"{api}/version", API_KEYS[0])[0] == 401
+        answered_with(api, API_KEYS[0], 401, serve)
+        assert request(f"{api}/version", API_KEYS[1])[0] == 200
         key = API_KEYS[1]
 
         promote = mlflow_run_local(

@@ -48,6 +48,20 @@ def step_process(module: str, args: list[str], env: dict[str, str], **kwargs):
     )
 
 
+def imported_modules(stderr: str) -> set[str]:
+    """The modules a process imported itself (``PYTHONPROFILEIMPORTTIME``'s lines on stderr):
+    a step handed to the fork server never imports its libraries in the started process."""
+    return {
+        line.rsplit("|", 1)[1].strip()
+        for line in stderr.splitlines()
+        if line.startswith("import time:") and line.count("|") == 2
+    }
+
+
+# the step's own libraries, imported by the process that runs the step
+STEP_LIBRARY = "pandas"
+
+
 def test_served_module_names_only_the_pipeline_steps():
     assert forkserver.served_module(["python", "-m", "steps.train", "--x", "1"]) == "steps.train"
     assert forkserver.served_module(["python", "-m", "steps.serve"]) is None
@@ -55,26 +69,37 @@ def test_served_module_names_only_the_pipeline_steps():
 
 
 def test_a_served_step_keeps_its_output_and_exit_code(server, tmp_path):
-    env = project_env(f"sqlite:///{tmp_path / 'mlflow.db'}", **{config.FORKSERVER_ENV: str(server)})
+    env = project_env(
+        f"sqlite:///{tmp_path / 'mlflow.db'}",
+        PYTHONPROFILEIMPORTTIME="1",
+        **{config.FORKSERVER_ENV: str(server)},
+    )
     ok = step_process("steps.train", ["--help"], env)
     out, err = ok.communicate(timeout=120)
     assert ok.returncode == 0, err
     assert "--upstream-run-id" in out
+    # the help came from the fork: the started process never imported the step's libraries
+    assert "steps.forkserver" in imported_modules(err)
+    assert STEP_LIBRARY not in imported_modules(err)
     bad = step_process("steps.train", ["--model-kind", "no-such-kind"], env)
     out, err = bad.communicate(timeout=120)
     assert bad.returncode == 2  # click's usage error, passed through
     assert "no-such-kind" in err
+    assert STEP_LIBRARY not in imported_modules(err)
 
 
 def test_without_a_server_the_step_runs_itself(tmp_path):
     env = project_env(
         f"sqlite:///{tmp_path / 'mlflow.db'}",
+        PYTHONPROFILEIMPORTTIME="1",
         **{config.FORKSERVER_ENV: str(tmp_path / "nobody-listens")},
     )
     proc = step_process("steps.register", ["--help"], env)
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 0, err
     assert "--upstream-run-id" in out
+    # it tried the server, then ran the step in this very process
+    assert {"steps.forkserver", STEP_LIBRARY} <= imported_modules(err)
 
 
 @pytest.mark.parametrize("how", ["SIGTERM", "SIGKILL"])
@@ -106,11 +131,12 @@ def test_stopping_the_started_process_stops_the_forked_step(server, tmp_path, ho
             time.sleep(0.1)
         (run,) = client.search_runs([experiment_id], "attributes.status = 'RUNNING'")
         started = psutil.Process(proc.pid)
-        forked = [p for p in psutil.Process(server_pid(server)).children() if p.is_running()]
-        assert forked, "no worker forked by the server"
-        assert started.memory_info().rss < forked[0].memory_info().rss / 3
+        worker = step_worker(server, proc.pid)
+        assert started.memory_info().rss < worker.memory_info().rss / 3
         getattr(proc, "terminate" if how == "SIGTERM" else "kill")()
         _, err = proc.communicate(timeout=60)
+        _, alive = psutil.wait_procs([worker], timeout=60)
+        assert not alive, "the forked step outlived the process MLflow started"
         deadline = time.monotonic() + 60
         while client.get_run(run.info.run_id).info.status == "RUNNING":
             assert time.monotonic() < deadline, "the forked step kept running"
@@ -124,8 +150,29 @@ def test_stopping_the_started_process_stops_the_forked_step(server, tmp_path, ho
         assert "error: preprocess: interrupted" in err
 
 
+def step_worker(socket_path: Path, started_pid: int) -> psutil.Process:
+    """The worker running the step started as ``started_pid``: a child of the heavy server
+    (the light server's fork) writing to the started process's stdout and stderr."""
+    light = psutil.Process(server_pid(socket_path))
+    heavy = [p for p in light.children() if p.cmdline() == light.cmdline()]
+    assert len(heavy) == 1, f"the heavy server is not the light one's fork: {light.children()}"
+
+    def streams(pid: int) -> list[str]:
+        return [os.readlink(f"/proc/{pid}/fd/{fd}") for fd in (1, 2)]
+
+    workers = [w for w in heavy[0].children() if streams(w.pid) == streams(started_pid)]
+    assert len(workers) == 1, f"no worker of the heavy server runs the step: {heavy[0].children()}"
+    return workers[0]
+
+
 def server_pid(socket_path: Path) -> int:
-    for proc in psutil.process_iter(["cmdline"]):
-        if str(socket_path) in (proc.info["cmdline"] or []):
-            return proc.pid
-    raise AssertionError("fork server process not found")
+    """The light server: its fork (the heavy server) and their workers share its command
+    line, so it is the one whose parent is not one of them."""
+    same = {
+        p.pid: p.info["ppid"]
+        for p in psutil.process_iter(["cmdline", "ppid"])
+        if str(socket_path) in (p.info["cmdline"] or [])
+    }
+    roots = [pid for pid, ppid in same.items() if ppid not in same]
+    assert len(roots) == 1, f"fork server process not found: {same}"
+    return roots[0]

@@ -72,6 +72,20 @@ def get(url: str) -> tuple[int, dict]:
         return e.code, json.loads(e.read())
 
 
+def served_versions(url: str) -> dict[str, str]:
+    """Worker pid -> the version it serves, from /metrics (model_info is 1 for it)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    with urllib.request.urlopen(f"{url}/metrics", timeout=10) as r:
+        text = r.read().decode()
+    return {
+        sample.labels["pid"]: sample.labels["version"]
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if sample.name == "housing_api_model_info" and sample.value == 1
+    }
+
+
 def records(X: pd.DataFrame) -> list[dict]:
     return json.loads(X.to_json(orient="records"))  # NaN -> null
 
@@ -256,6 +270,8 @@ def test_api_rejects_bad_rows_with_422(api, rows):
 
 
 def test_two_workers_serve_and_exit_together(registry, workdir, rows, pyfunc_predictions):
+    import psutil
+
     args = [sys.executable, "-m", "steps.serve", "--model-uri", MODEL_URI, "--workers", "2"]
     env = child_env(registry["uri"], allow_pickle=False)
     with server(args, env, workdir, "/ready") as url:
@@ -263,6 +279,15 @@ def test_two_workers_serve_and_exit_together(registry, workdir, rows, pyfunc_pre
             status, body = post(f"{url}/predict", {"data": records(rows.head(20))})
             assert status == 200
             np.testing.assert_array_equal(body["predictions"], pyfunc_predictions[:20])
+        served = served_versions(url)
+        assert set(served.values()) == {registry["version"]} and len(served) == 2, served
+        workers = [psutil.Process(int(pid)) for pid in served]
+        (supervisor,) = {worker.parent() for worker in workers}
+        assert "steps.serve" in supervisor.cmdline()
+        # the server is stopped as an orchestrator stops it: SIGTERM to the process it started
+        supervisor.terminate()
+        _, alive = psutil.wait_procs([supervisor, *workers], timeout=60)
+        assert not alive, f"still running 60 s after SIGTERM: {alive}"
 
 
 def test_unknown_model_fails_fast_with_one_line(registry, workdir):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import numpy as np
 import pandas as pd
@@ -105,6 +106,23 @@ def test_constant_feature_fails_even_without_reference(table):
     result = contract.check(table.assign(housing_median_age=52.0), None)
     assert rules_failed(result) == [("near_constant", "housing_median_age")]
     assert "one value (52.0) fills 100.0% of rows > 95%" in result.verdict.error_line()
+    # a table rule cannot be accepted as drift: the line does not offer it
+    assert "accept_drift" not in result.verdict.error_line()
+
+
+def test_exactly_the_minimum_of_rows_is_enough(table):
+    rows = schema.TABLE_RULES.min_rows
+    assert contract.check(table.head(rows), None).findings == []
+    assert rules_failed(contract.check(table.head(rows - 1), None)) == [("min_rows", None)]
+
+
+def test_the_most_basic_problem_comes_first_whatever_order_the_checks_ran_in(table, reference):
+    # three copies of one row: too few, duplicated, every column constant, and drifted
+    copies = pd.concat([table.head(1)] * 3, ignore_index=True)
+    rules = [f.rule for f in contract.check(copies, reference).verdict.failures]
+    assert rules[:2] == ["min_rows", "duplicate_rows"]
+    assert rules == sorted(rules, key=contract.RULE_ORDER.index)
+    assert {"near_constant", "row_count_drop", "feature_psi"} <= set(rules)
 
 
 def test_nullable_column_is_not_a_constant_candidate():
@@ -120,6 +138,44 @@ def test_truncation_fails_on_row_drop_and_small_drop_only_warns(table, reference
     assert [f.rule for f in trimmed.verdict.warnings] == ["row_count_drop"]
 
 
+def test_the_target_has_its_own_drift_band(table, reference):
+    shifted = table.assign(median_house_value=table[config.TARGET] * 1.2)
+    (finding,) = contract.check(shifted, reference).verdict.failures
+    assert (finding.rule, finding.column) == ("target_psi", config.TARGET)
+    # a target band wider than this shift, the feature band unchanged: nothing fails
+    band = schema.Band(warn=finding.statistic * 2, fail=finding.statistic * 3)
+    wide = replace(schema.DRIFT_RULES, target_psi=band)
+    assert finding.statistic > wide.feature_psi.fail
+    assert contract.check(shifted, reference, drift_rules=wide).findings == []
+
+
+def test_a_category_the_reference_never_had_is_drift(table):
+    category = config.CATEGORICAL_FEATURE
+    absent = table[category].iloc[0]
+    without = json.loads(json.dumps(contract.profile(table[table[category] != absent])))
+    result = contract.check(table, without)
+    assert ("feature_psi", category) in rules_failed(result)
+
+
+def test_fewer_missing_values_are_a_change_too(table, reference):
+    filled = table.assign(total_bedrooms=table["total_bedrooms"].fillna(400.0))
+    assert reference["columns"]["total_bedrooms"]["missing_rate"] > 0.02
+    result = contract.check(filled, reference)
+    assert ("missing_rate_change", "total_bedrooms") in rules_failed(result)
+
+
+def test_a_reference_profile_of_another_format_is_not_compared(table, reference):
+    changed = table.assign(median_income=table["median_income"] * 10)
+    result = contract.check(changed, reference | {"format": contract.PROFILE_FORMAT + 1})
+    assert result.drift is None and result.findings == []
+
+
+def test_a_value_on_a_bin_edge_counts_in_the_bin_above_it():
+    # as in every profile logged so far: a later version must bin the same way
+    shares = contract.shares_between(np.array([1.0, 2.0, 2.0, 3.0]), np.array([2.0]))
+    assert shares.tolist() == [0.25, 0.75]
+
+
 def test_missing_rate_change_is_reported_per_column(table, reference):
     rng = np.random.default_rng(0)
     more_missing = table.assign(total_bedrooms=table["total_bedrooms"].mask(rng.random(N) < 0.04))
@@ -133,8 +189,9 @@ def test_psi_is_zero_for_equal_shares_and_grows_with_the_shift():
     small = contract.psi(ref, np.r_[0.12, 0.08, np.full(8, 0.1)])
     large = contract.psi(ref, np.r_[0.5, 0.0, np.full(8, 0.0625)])
     assert 0 < small < 0.01 < large
-    # empty bins get a floor instead of log(0)
+    # empty bins get a floor instead of log(0), in the new shares and the reference's
     assert np.isfinite(contract.psi(ref, np.r_[1.0, np.zeros(9)]))
+    assert np.isfinite(contract.psi(np.r_[1.0, np.zeros(9)], ref))
 
 
 def test_report_lists_findings_thresholds_and_both_versions(table, reference):

@@ -121,3 +121,60 @@ def test_large_batches_are_queried_in_spatial_order_with_identical_results():
     want_dist, want_idx = tree.query(coords, k=32)
     np.testing.assert_array_equal(dist, want_dist)
     np.testing.assert_array_equal(idx, want_idx)
+
+
+def _columns(pre: features.HousingFeatures, Z: np.ndarray) -> dict[str, np.ndarray]:
+    return dict(zip(pre.get_feature_names_out(), Z.T, strict=True))
+
+
+def test_derived_columns_are_what_their_names_say(fitted, raw_frame):
+    pre, _ = fitted
+    X = _xy(raw_frame)[0].dropna()
+    out = _columns(pre, pre.transform(X))
+    rooms, households = X["total_rooms"].to_numpy(), X["households"].to_numpy()
+    np.testing.assert_allclose(out["rooms_per_household"], rooms / households)
+    np.testing.assert_allclose(out["bedrooms_per_room"], X["total_bedrooms"] / rooms)
+    np.testing.assert_allclose(out["population_per_household"], X["population"] / households)
+    np.testing.assert_allclose(
+        out["income_per_room_per_household"], X["median_income"] / (rooms / households)
+    )
+    lon, lat = X["longitude"].to_numpy(), X["latitude"].to_numpy()
+    for deg in (15, 45, 75):  # coordinates turned by deg degrees
+        turn = np.deg2rad(deg)
+        np.testing.assert_allclose(out[f"rot{deg}_u"], lon * np.cos(turn) + lat * np.sin(turn))
+        np.testing.assert_allclose(out[f"rot{deg}_v"], lat * np.cos(turn) - lon * np.sin(turn))
+    for value in config.OCEAN_PROXIMITY_VALUES:
+        np.testing.assert_array_equal(out[f"ocean_{value}"], X["ocean_proximity"] == value)
+
+
+def test_missing_values_are_filled_from_the_training_rows(fitted, raw_frame):
+    pre, _ = fitted
+    X = _xy(raw_frame)[0]
+    known = X.dropna()
+    share = np.median(known["total_bedrooms"] / known["total_rooms"])
+    row = X.dropna().iloc[[0]].copy()
+    row[["total_bedrooms", "median_income"]] = np.nan
+    out = _columns(pre, pre.transform(row))
+    # bedrooms scale with the block: the row's rooms times the training bedroom share
+    np.testing.assert_allclose(out["total_bedrooms"], row["total_rooms"] * share)
+    assert out["median_income"][0] == pytest.approx(X["median_income"].median())
+
+
+def test_a_block_without_households_still_gives_finite_features(fitted, raw_frame):
+    pre, _ = fitted
+    row = _xy(raw_frame)[0].dropna().iloc[[0]].copy()
+    row[["households", "total_rooms"]] = 0.0
+    assert np.isfinite(pre.transform(row)).all()
+
+
+@pytest.mark.parametrize("neighbors", [(32, 8), (0, 8)])
+def test_neighbourhood_sizes_must_be_ascending_and_positive(raw_frame, neighbors):
+    with pytest.raises(ValueError, match="ascending positive"):
+        features.HousingFeatures(neighbors=neighbors).fit(*_xy(raw_frame))
+
+
+def test_a_loaded_preprocessor_has_its_tree_before_the_first_request(fitted):
+    pre, _ = fitted
+    restored = pickle.loads(pickle.dumps(pre))
+    # built at load: the first request after a swap must not pay for it
+    assert restored.__dict__.get("_tree_cache") is not None

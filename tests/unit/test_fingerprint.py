@@ -34,6 +34,9 @@ def test_imports_are_found_anywhere_in_a_module():
 def test_closure_follows_imports_transitively():
     sources = {"__init__": "", "a": "from steps import b", "b": "from steps.c import x", "c": ""}
     assert fingerprint.module_closure("a", sources) == ["__init__", "a", "b", "c"]
+    # a name imported from the package that is not one of its modules is no module
+    sources["c"] = "from steps import not_a_module"
+    assert fingerprint.module_closure("a", sources) == ["__init__", "a", "b", "c"]
     assert fingerprint.module_closure("c", sources) == ["__init__", "c"]
 
 
@@ -64,3 +67,19 @@ def test_a_shared_module_or_the_lock_changes_every_step_using_it(project):
     lock = project / "requirements.lock"
     lock.write_text(lock.read_text() + "\n")
     assert all(hashes(project)[s] != after[s] for s in after)
+
+
+def test_a_file_hashes_under_its_name_so_a_moved_file_changes_the_hash():
+    assert fingerprint.digest([("steps/a.py", b"x")]) != fingerprint.digest([("steps/b.py", b"x")])
+    assert fingerprint.digest([("a", b"x"), ("b", b"y")]) != fingerprint.digest(
+        [("a", b"y"), ("b", b"x")]
+    )
+
+
+@pytest.mark.parametrize("name", ["MLproject", "python_env.yaml", "requirements.lock"])
+def test_what_every_entry_point_runs_under_changes_every_hash(project, name):
+    before = hashes(project)
+    path = project / name
+    path.write_text(path.read_text() + "\n")
+    after = hashes(project)
+    assert all(after[s] != before[s] for s in before)

@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import time
 
 import pytest
 
@@ -72,25 +73,93 @@ def test_an_interrupt_during_a_launch_is_raised_once_the_launch_is_done(signum):
     assert done == ["launched"]
 
 
-def test_a_step_waiting_for_its_upstream_gives_up_when_main_is_gone(tmp_path, monkeypatch):
-    gone = subprocess.Popen([sys.executable, "-c", "pass"])
-    gone.wait()
-    gate = tmp_path / "upstream-run-id"
-    monkeypatch.setenv(config.START_AFTER_ENV, str(gate))
-    monkeypatch.setenv(config.MAIN_PID_ENV, str(gone.pid))
-    with pytest.raises(KeyboardInterrupt, match="main is gone"):
+WAITER = textwrap.dedent(
+    """
+    import os
+    from steps import config, runtime
+
+    try:
         runtime.wait_for_upstream(warm=("json",))
-    assert (tmp_path / f"upstream-run-id{runtime.READY_SUFFIX}").exists()
-    assert config.START_AFTER_ENV not in os.environ  # not handed on to its own children
+    except KeyboardInterrupt as exc:
+        print("interrupted:", exc, flush=True)
+        raise SystemExit(130)
+    print("through; gate handed on:", config.START_AFTER_ENV in os.environ, flush=True)
+    """
+)
 
 
-def test_a_step_waits_for_its_gate_while_main_lives(tmp_path, monkeypatch):
+def start_waiter(gate, main_pid: int) -> subprocess.Popen:
+    """A real step-like process waiting at ``gate`` for ``main_pid``, as main starts one."""
+    env = os.environ | {config.START_AFTER_ENV: str(gate), config.MAIN_PID_ENV: str(main_pid)}
+    return subprocess.Popen(
+        [sys.executable, "-c", WAITER],
+        cwd=config.PROJECT_ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def wait_at_gate(waiter: subprocess.Popen, gate) -> None:
+    """Until the waiter says it reached the gate (``<gate>.ready``), then check it stays."""
+    ready = gate.with_name(gate.name + runtime.READY_SUFFIX)
+    deadline = time.monotonic() + 60
+    while not ready.exists():
+        assert waiter.poll() is None, waiter.communicate()
+        assert time.monotonic() < deadline, "the waiter never reached its gate"
+        time.sleep(0.02)
+    # the one fixed wait: a waiter that does not wait has exited well within it
+    with pytest.raises(subprocess.TimeoutExpired):
+        waiter.wait(timeout=1.0)
+
+
+@pytest.fixture
+def main_process():
+    """Stands in for main: alive until the test ends it."""
+    proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
+    yield proc
+    proc.kill()
+    proc.wait()
+
+
+def test_a_step_waits_at_its_gate_while_main_lives_and_goes_on_once_it_opens(
+    tmp_path, main_process
+):
     gate = tmp_path / "upstream-run-id"
-    gate.touch()
-    monkeypatch.setenv(config.START_AFTER_ENV, str(gate))
-    monkeypatch.setenv(config.MAIN_PID_ENV, str(os.getpid()))
-    runtime.wait_for_upstream()  # returns: the gate is open and main (us) is alive
-    assert runtime.process_alive(os.getpid())
+    waiter = start_waiter(gate, main_process.pid)
+    try:
+        wait_at_gate(waiter, gate)
+        gate.touch()  # main: the upstream finished
+        out, err = waiter.communicate(timeout=30)
+    finally:
+        waiter.kill()
+    assert waiter.returncode == 0, err
+    # the gate is not handed on to the step's own children
+    assert out.splitlines() == ["through; gate handed on: False"]
+
+
+def test_a_step_waiting_for_its_upstream_gives_up_once_main_is_gone(tmp_path, main_process):
+    gate = tmp_path / "upstream-run-id"
+    waiter = start_waiter(gate, main_process.pid)
+    try:
+        wait_at_gate(waiter, gate)
+        main_process.kill()
+        main_process.wait()  # reaped: a zombie would still answer kill(pid, 0)
+        out, err = waiter.communicate(timeout=30)
+    finally:
+        waiter.kill()
+    assert waiter.returncode == 130, err
+    assert out.splitlines() == ["interrupted: main is gone"]
+    assert not gate.exists()
+
+
+def test_a_step_run_on_its_own_does_not_wait(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv(config.START_AFTER_ENV, raising=False)
+    monkeypatch.setenv(config.MAIN_PID_ENV, "999999999")  # would be "gone" if it were looked at
+    runtime.wait_for_upstream()
+    assert not list(tmp_path.iterdir())  # and leaves no ready file behind
 
 
 SIGNALS_PROBE = textwrap.dedent(

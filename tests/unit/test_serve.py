@@ -573,6 +573,35 @@ def test_microbatcher_answers_each_request_with_the_model_it_started_with():
     assert sorted(calls) == [("new", 4), ("old", 6)]
 
 
+def test_microbatcher_answers_the_others_when_a_request_went_away():
+    def predict(pipeline, rows):
+        return np.array([float(r) for r in rows])
+
+    async def main():
+        batcher = batching.MicroBatcher(predict)
+        gone = batcher.submit("m", [1])
+        stays = [batcher.submit("m", [2]), batcher.submit("m", [3, 4])]
+        gone.cancel()  # the client disconnected before the batch ran
+        return await asyncio.wait_for(asyncio.gather(*stays), timeout=5)
+
+    assert [r.tolist() for r in asyncio.run(main())] == [[2.0], [3.0, 4.0]]
+
+
+def test_the_scorer_runs_a_pipelines_steps_and_skips_passthrough():
+    from sklearn.linear_model import LinearRegression
+    from sklearn.pipeline import Pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    rng = np.random.default_rng(0)
+    X, y = rng.normal(size=(50, 3)), rng.normal(size=50)
+    pipeline = Pipeline(
+        [("scale", StandardScaler()), ("skip", "passthrough"), ("fit", LinearRegression())]
+    ).fit(X, y)
+    np.testing.assert_array_equal(batching.scorer(pipeline)(X), pipeline.predict(X))
+    model = LinearRegression().fit(X, y)  # not a Pipeline: its own predict
+    np.testing.assert_array_equal(batching.scorer(model)(X), model.predict(X))
+
+
 # --- model loading ------------------------------------------------------------------------
 @pytest.mark.parametrize(
     ("uri", "parsed"),
