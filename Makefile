@@ -27,6 +27,8 @@ export MLFLOW_LOGGING_LEVEL ?= WARNING
 export MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR ?= false
 endif
 MLFLOW_PORT ?= 5000
+# empty: mlflow server's own default (4 workers) for `make server` / `make server-postgres`
+MLFLOW_WORKERS ?=
 # empty: serve's own default port (steps/serve.py DEFAULT_PORT)
 SERVE_PORT ?=
 PIPELINE_EXPERIMENT ?= california_housing_price
@@ -180,7 +182,7 @@ format: setup ## apply ruff formatting and fixes
 # needs MLFLOW_AUTH_ADMIN_PASSWORD and MLFLOW_FLASK_SERVER_SECRET_KEY (or *_FILE, outside the repo).
 server: setup ## tracking server on 127.0.0.1:$(MLFLOW_PORT) (SQLite + ./mlruns, absolute paths; AUTH=1: basic auth)
 	$(if $(filter 1,$(AUTH)),python -m steps.authserver --auth-database-uri sqlite:///$(CURDIR)/basic_auth.db --,mlflow server) \
-	  --host 127.0.0.1 --port $(MLFLOW_PORT) \
+	  --host 127.0.0.1 --port $(MLFLOW_PORT) $(if $(MLFLOW_WORKERS),--workers $(MLFLOW_WORKERS)) \
 	  --backend-store-uri sqlite:///$(CURDIR)/mlflow.db --default-artifact-root $(CURDIR)/mlruns
 
 # The shared server: basic auth (unless AUTH=0), users and grants in the database mlflow_auth
@@ -190,7 +192,7 @@ server-postgres: setup ## shared tracking server: PostgreSQL (.ci/postgres.sh; r
 	auth_uri="$$(PG_DB=mlflow_auth .ci/postgres.sh)" && \
 	$(if $(filter 0,$(AUTH)),mlflow server,python -m steps.authserver \
 	  --auth-database-uri "$${auth_uri/postgresql:/postgresql+psycopg2:}" --) \
-	  --host 127.0.0.1 --port $(MLFLOW_PORT) \
+	  --host 127.0.0.1 --port $(MLFLOW_PORT) $(if $(MLFLOW_WORKERS),--workers $(MLFLOW_WORKERS)) \
 	  --backend-store-uri "$${pg_uri/postgresql:/postgresql+psycopg2:}" \
 	  --artifacts-destination $(CURDIR)/mlartifacts --serve-artifacts
 

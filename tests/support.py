@@ -367,6 +367,46 @@ def auth_env(username: str | None = None, **extra: str) -> dict[str, str]:
     return env | extra
 
 
+def auth_server_secrets(secrets_dir: Path) -> dict[str, str]:
+    """The environment an auth server takes its secrets from: files written in ``secrets_dir``
+    (keep it outside the project: steps.authserver refuses a secret file inside it)."""
+    (secrets_dir / "admin").write_text(AUTH_ADMIN_PASSWORD + "\n")
+    (secrets_dir / "flask").write_text("test-flask-secret-key\n")
+    return {
+        "MLFLOW_AUTH_ADMIN_PASSWORD_FILE": str(secrets_dir / "admin"),
+        "MLFLOW_FLASK_SERVER_SECRET_KEY_FILE": str(secrets_dir / "flask"),
+        # MLflow's GenAI job runners (seven huey processes) are no part of this project
+        "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
+    }
+
+
+def rest(
+    url: str, path: str, body: dict | None = None, username: str | None = None
+) -> tuple[int, dict]:
+    """One MLflow REST call (POST with ``body``, else GET) as ``username`` (None: anonymous;
+    the passwords of TEST_ACCOUNTS, ``admin``'s of AUTH_ADMIN_PASSWORD): status, JSON body."""
+    import base64
+    import json
+    import urllib.error
+
+    headers = {"Content-Type": "application/json"}
+    if username is not None:
+        creds = auth_env(username)
+        token = f"{username}:{creds['MLFLOW_TRACKING_PASSWORD']}".encode()
+        headers["Authorization"] = "Basic " + base64.b64encode(token).decode()
+    data = None if body is None else json.dumps(body).encode()
+    req = urllib.request.Request(f"{url}{path}", data=data, headers=headers)
+    try:
+        with urllib.request.urlopen(req, timeout=30) as resp:
+            return resp.status, json.loads(resp.read() or b"{}")
+    except urllib.error.HTTPError as exc:
+        text = exc.read()
+        try:
+            return exc.code, json.loads(text or b"{}")
+        except ValueError:
+            return exc.code, {"text": text.decode(errors="replace")}
+
+
 def start_auth_server(
     backend_uri: str,
     auth_db_uri: str,
@@ -376,14 +416,8 @@ def start_auth_server(
 ) -> tuple[subprocess.Popen, str]:
     """`python -m steps.authserver` (mlflow server --app-name basic-auth) on a free port, the
     secrets read from files in ``secrets_dir``, artifacts proxied."""
-    (secrets_dir / "admin").write_text(AUTH_ADMIN_PASSWORD + "\n")
-    (secrets_dir / "flask").write_text("test-flask-secret-key\n")
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")} | {
-        "MLFLOW_AUTH_ADMIN_PASSWORD_FILE": str(secrets_dir / "admin"),
-        "MLFLOW_FLASK_SERVER_SECRET_KEY_FILE": str(secrets_dir / "flask"),
-        # MLflow's GenAI job runners (seven huey processes) are no part of this project
-        "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
-    }
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
+    env |= auth_server_secrets(secrets_dir)
     port = free_port()
     proc = subprocess.Popen(
         [
@@ -417,9 +451,15 @@ def stop_auth_server(proc: subprocess.Popen) -> None:
     kill_session(proc.pid)
 
 
+def write_accounts(accounts_file: Path) -> Path:
+    """TEST_ACCOUNTS as the accounts file steps.accounts reads ('<role> <username> <password>')."""
+    accounts_file.write_text("".join(f"{r} {u} {p}\n" for r, u, p in TEST_ACCOUNTS))
+    return accounts_file
+
+
 def apply_accounts(url: str, accounts_file: Path) -> subprocess.CompletedProcess:
     """`python -m steps.accounts apply` as the admin: TEST_ACCOUNTS created and granted."""
-    accounts_file.write_text("".join(f"{r} {u} {p}\n" for r, u, p in TEST_ACCOUNTS))
+    write_accounts(accounts_file)
     return subprocess.run(
         [sys.executable, "-m", "steps.accounts", "apply", "--accounts-file", str(accounts_file)],
         cwd=PROJECT_ROOT,
