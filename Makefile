@@ -27,6 +27,8 @@ export MLFLOW_LOGGING_LEVEL ?= WARNING
 export MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR ?= false
 endif
 MLFLOW_PORT ?= 5000
+# empty: mlflow server's own default (4 workers) for `make server` / `make server-postgres`
+MLFLOW_WORKERS ?=
 # empty: serve's own default port (steps/serve.py DEFAULT_PORT)
 SERVE_PORT ?=
 PIPELINE_EXPERIMENT ?= california_housing_price
@@ -180,17 +182,26 @@ format: setup ## apply ruff formatting and fixes
 # needs MLFLOW_AUTH_ADMIN_PASSWORD and MLFLOW_FLASK_SERVER_SECRET_KEY (or *_FILE, outside the repo).
 server: setup ## tracking server on 127.0.0.1:$(MLFLOW_PORT) (SQLite + ./mlruns, absolute paths; AUTH=1: basic auth)
 	$(if $(filter 1,$(AUTH)),python -m steps.authserver --auth-database-uri sqlite:///$(CURDIR)/basic_auth.db --,mlflow server) \
-	  --host 127.0.0.1 --port $(MLFLOW_PORT) \
+	  --host 127.0.0.1 --port $(MLFLOW_PORT) $(if $(MLFLOW_WORKERS),--workers $(MLFLOW_WORKERS)) \
 	  --backend-store-uri sqlite:///$(CURDIR)/mlflow.db --default-artifact-root $(CURDIR)/mlruns
 
-# The shared server: basic auth (unless AUTH=0), users and grants in the database mlflow_auth
-# on the same PostgreSQL; secrets as for `make server AUTH=1`. Accounts: `make accounts`.
-server-postgres: setup ## shared tracking server: PostgreSQL (.ci/postgres.sh; root) + proxied artifacts + basic auth
-	pg_uri="$$(.ci/postgres.sh)" && \
-	auth_uri="$$(PG_DB=mlflow_auth .ci/postgres.sh)" && \
+# The shared server: basic auth (unless AUTH=0), secrets as for `make server AUTH=1`.
+# Accounts: `make accounts`. PG_URI=postgresql://user:password@host:port/db: a PostgreSQL of
+# your own (the database must exist); users and grants in PG_AUTH_URI, by default the database
+# mlflow_auth of the same server. Without PG_URI, .ci/postgres.sh makes both on this machine
+# (Debian's PostgreSQL; root). Both are read from the environment (a command-line variable is
+# exported too), so the recipe Make prints holds no password.
+server-postgres: setup ## shared tracking server: PostgreSQL (PG_URI=…, else .ci/postgres.sh; root) + proxied artifacts + basic auth
+	if [ -n "$${PG_URI:-}" ]; then \
+	  pg_uri="$$PG_URI" base="$${PG_URI%%\?*}"; \
+	  auth_uri="$${PG_AUTH_URI:-$${base%/*}/mlflow_auth$${PG_URI:$${#base}}}"; \
+	else \
+	  pg_uri="$$(.ci/postgres.sh)" && \
+	  auth_uri="$${PG_AUTH_URI:-$$(PG_DB=mlflow_auth .ci/postgres.sh)}" || exit; \
+	fi; \
 	$(if $(filter 0,$(AUTH)),mlflow server,python -m steps.authserver \
 	  --auth-database-uri "$${auth_uri/postgresql:/postgresql+psycopg2:}" --) \
-	  --host 127.0.0.1 --port $(MLFLOW_PORT) \
+	  --host 127.0.0.1 --port $(MLFLOW_PORT) $(if $(MLFLOW_WORKERS),--workers $(MLFLOW_WORKERS)) \
 	  --backend-store-uri "$${pg_uri/postgresql:/postgresql+psycopg2:}" \
 	  --artifacts-destination $(CURDIR)/mlartifacts --serve-artifacts
 

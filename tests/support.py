@@ -2,8 +2,9 @@
 
 Synthetic, real and resampled (larger) data, copies of the project as fresh git repos, new
 data versions in them (`dvc add`, commit), `mlflow run` argv and environments, free loopback
-ports, waiting for HTTP, a static HTTP server, MLflow servers, and a demo model logged and
-registered like the train and register steps do.
+ports, waiting for HTTP, a static HTTP server, MLflow servers, Make targets run in a project
+copy that shares this venv, and a demo model logged and registered like the train and
+register steps do.
 ``tests/conftest.py`` wraps some of these as fixtures; ``bench/`` imports them directly.
 """
 
@@ -15,6 +16,7 @@ import http.server
 import os
 import re
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -365,6 +367,46 @@ def auth_env(username: str | None = None, **extra: str) -> dict[str, str]:
     return env | extra
 
 
+def auth_server_secrets(secrets_dir: Path) -> dict[str, str]:
+    """The environment an auth server takes its secrets from: files written in ``secrets_dir``
+    (keep it outside the project: steps.authserver refuses a secret file inside it)."""
+    (secrets_dir / "admin").write_text(AUTH_ADMIN_PASSWORD + "\n")
+    (secrets_dir / "flask").write_text("test-flask-secret-key\n")
+    return {
+        "MLFLOW_AUTH_ADMIN_PASSWORD_FILE": str(secrets_dir / "admin"),
+        "MLFLOW_FLASK_SERVER_SECRET_KEY_FILE": str(secrets_dir / "flask"),
+        # MLflow's GenAI job runners (seven huey processes) are no part of this project
+        "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
+    }
+
+
+def rest(
+    url: str, path: str, body: dict | None = None, username: str | None = None
+) -> tuple[int, dict]:
+    """One MLflow REST call (POST with ``body``, else GET) as ``username`` (None: anonymous;
+    the passwords of TEST_ACCOUNTS, ``admin``'s of AUTH_ADMIN_PASSWORD): status, JSON body."""
+    import base64
+    import json
+    import urllib.error
+
+    headers = {"Content-Type": "application/json"}
+    if username is not None:
+        creds = auth_env(username)
+        token = f"{username}:{creds['MLFLOW_TRACKING_PASSWORD']}".encode()
+        headers["Authorization"] = "Basic " + base64.b64encode(token).decode()
+    data = None if body is None else json.dumps(body).encode()
+    req = urllib.request.Request(f"{url}{path}", data=data, headers=headers)
+    try:
+        with urllib.request.urlopen(req, timeout=30) as resp:
+            return resp.status, json.loads(resp.read() or b"{}")
+    except urllib.error.HTTPError as exc:
+        text = exc.read()
+        try:
+            return exc.code, json.loads(text or b"{}")
+        except ValueError:
+            return exc.code, {"text": text.decode(errors="replace")}
+
+
 def start_auth_server(
     backend_uri: str,
     auth_db_uri: str,
@@ -374,14 +416,8 @@ def start_auth_server(
 ) -> tuple[subprocess.Popen, str]:
     """`python -m steps.authserver` (mlflow server --app-name basic-auth) on a free port, the
     secrets read from files in ``secrets_dir``, artifacts proxied."""
-    (secrets_dir / "admin").write_text(AUTH_ADMIN_PASSWORD + "\n")
-    (secrets_dir / "flask").write_text("test-flask-secret-key\n")
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")} | {
-        "MLFLOW_AUTH_ADMIN_PASSWORD_FILE": str(secrets_dir / "admin"),
-        "MLFLOW_FLASK_SERVER_SECRET_KEY_FILE": str(secrets_dir / "flask"),
-        # MLflow's GenAI job runners (seven huey processes) are no part of this project
-        "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
-    }
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
+    env |= auth_server_secrets(secrets_dir)
     port = free_port()
     proc = subprocess.Popen(
         [
@@ -415,9 +451,15 @@ def stop_auth_server(proc: subprocess.Popen) -> None:
     kill_session(proc.pid)
 
 
+def write_accounts(accounts_file: Path) -> Path:
+    """TEST_ACCOUNTS as the accounts file steps.accounts reads ('<role> <username> <password>')."""
+    accounts_file.write_text("".join(f"{r} {u} {p}\n" for r, u, p in TEST_ACCOUNTS))
+    return accounts_file
+
+
 def apply_accounts(url: str, accounts_file: Path) -> subprocess.CompletedProcess:
     """`python -m steps.accounts apply` as the admin: TEST_ACCOUNTS created and granted."""
-    accounts_file.write_text("".join(f"{r} {u} {p}\n" for r, u, p in TEST_ACCOUNTS))
+    write_accounts(accounts_file)
     return subprocess.run(
         [sys.executable, "-m", "steps.accounts", "apply", "--accounts-file", str(accounts_file)],
         cwd=PROJECT_ROOT,
@@ -609,6 +651,77 @@ def kill_session(sid: int) -> None:
     for proc in alive:
         with contextlib.suppress(psutil.Error):
             proc.kill()
+
+
+# --- Make targets in a copy of the project -------------------------------------------------
+# The venv running these tests: a copy's ``.venv`` links to it (no 60-s build per copy).
+VENV = Path(sys.executable).parents[1]
+
+
+def project_with_venv(dest: Path) -> Path:
+    """A copy of the project whose ``.venv`` is this test run's venv, up to date for Make."""
+    project = copy_project(dest)
+    (project / ".venv").symlink_to(VENV, target_is_directory=True)
+    # The copy's venv is the installed one by construction: date its locks no later than the
+    # install stamp, so `make` does not reinstall into a venv other test runs are using.
+    installed = (VENV / "bin" / ".installed").stat().st_mtime_ns
+    for lock in ("requirements.lock", "requirements-dev.lock"):
+        os.utime(project / lock, ns=(installed, installed))
+    bin_dir = project.resolve() / ".venv" / "bin"
+    stamps = [str(bin_dir / ".installed"), str(bin_dir / ".store-template")]
+    up_to_date = subprocess.run(["make", "-q", *stamps], cwd=project, env=make_env(""), check=False)
+    assert up_to_date.returncode == 0, f"`make setup` would rebuild {VENV}: run it there first"
+    return project
+
+
+def make_env(tracking_uri: str, **extra: str) -> dict[str, str]:
+    """A user's shell for `make`: only this store, no flags of a make the tests run under."""
+    env = project_env(tracking_uri, **extra)
+    for name in ("MAKEFLAGS", "MFLAGS", "MAKELEVEL", "VERBOSE", config.VERBOSE_ENV):
+        env.pop(name, None)
+    return env
+
+
+def restore_sigint() -> None:
+    # A test runner started in the background (`cmd &`) inherits SIGINT ignored, and make and
+    # Python keep it ignored: give make the default a user's terminal would.
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
+def start_make(project: Path, target: str, env: dict[str, str], *args: str) -> subprocess.Popen:
+    """`make <target>` in its own session (its pid is the session's and the group's id)."""
+    log = (project.parent / f"make-{target}.log").open("wb")
+    with log:
+        return subprocess.Popen(
+            ["make", target, *args],
+            cwd=project,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            preexec_fn=restore_sigint,
+        )
+
+
+def make_output(project: Path, target: str) -> str:
+    return (project.parent / f"make-{target}.log").read_text(errors="replace")
+
+
+def run_make(
+    project: Path, target: str, env: dict[str, str], *args: str, timeout: float = 900
+) -> tuple[int, str]:
+    """`make <target>` to its end (start_make): its exit code and output. Whatever it left
+    running in its session is ended too."""
+    make = start_make(project, target, env, *args)
+    try:
+        code = make.wait(timeout=timeout)
+    finally:
+        kill_session(make.pid)
+        if make.poll() is None:
+            make.kill()
+            make.wait()
+    return code, make_output(project, target)
 
 
 def wait_for_run(tracking_uri: str, step: str, proc: subprocess.Popen, timeout: float = 900):

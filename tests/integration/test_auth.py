@@ -30,19 +30,28 @@ from mlflow.exceptions import MlflowException
 
 from steps import config
 from tests.support import (
+    AUTH_ADMIN_PASSWORD,
     PROJECT_ROOT,
     TEST_ACCOUNTS,
     apply_accounts,
     auth_env,
+    auth_server_secrets,
     copy_project,
     free_port,
     housing_tgz,
+    kill_session,
+    make_env,
     mlflow_run_local,
+    project_with_venv,
+    rest,
     run_cmd,
+    run_make,
     start_auth_server,
+    start_make,
     stop,
     stop_auth_server,
     wait_http,
+    write_accounts,
 )
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration]
@@ -411,4 +420,60 @@ def test_users_and_grants_live_in_postgresql(tmp_path, postgres_uri):
         with psycopg2.connect(auth_db) as conn, conn.cursor() as cur:
             cur.execute("SELECT username FROM users")
             users = {row[0] for row in cur.fetchall()}
+    assert users == {"admin", *(user for _, user, _ in TEST_ACCOUNTS)}
+
+
+# --- make server AUTH=1, make accounts ----------------------------------------------------
+def test_make_server_auth_and_make_accounts_in_a_project_copy(tmp_path):
+    """What the Makefile promises: the server's stores are ./mlflow.db and ./basic_auth.db
+    of the clone it runs in, anonymous requests are refused, `make accounts` gives each role
+    its grants."""
+    import sqlite3
+
+    project = project_with_venv(tmp_path / "project").resolve()
+    (tmp_path / "secrets").mkdir()
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    env = make_env(url, **auth_server_secrets(tmp_path / "secrets"))
+    server = start_make(project, "server", env, "AUTH=1", f"MLFLOW_PORT={port}", "MLFLOW_WORKERS=1")
+    try:
+        wait_http(f"{url}/health", server, timeout=300)
+        search = "/api/2.0/mlflow/experiments/search?max_results=1"
+        assert rest(url, search)[0] == 401
+
+        admin = {
+            "MLFLOW_TRACKING_USERNAME": "admin",
+            "MLFLOW_TRACKING_PASSWORD": AUTH_ADMIN_PASSWORD,
+        }
+        accounts = write_accounts(tmp_path / "accounts.txt")  # outside the repository
+        code, output = run_make(
+            project, "accounts", make_env(url, **admin), f"ACCOUNTS_FILE={accounts}", timeout=300
+        )
+        assert code == 0, output[-3000:]
+        assert not [p for p in (*PASSWORDS, AUTH_ADMIN_PASSWORD) if p in output]
+
+        status, found = rest(
+            url,
+            f"/api/2.0/mlflow/experiments/get-by-name?experiment_name={config.EXPERIMENT_NAME}",
+            username="serving",
+        )
+        assert status == 200, found
+        experiment_id = found["experiment"]["experiment_id"]
+        create = "/api/2.0/mlflow/runs/create"
+        assert rest(url, create, {"experiment_id": experiment_id}, "serving")[0] == 403
+        status, made = rest(url, create, {"experiment_id": experiment_id}, "pipeline")
+        assert status == 200, made
+        assert rest(url, create, {"experiment_id": experiment_id})[0] == 401
+    finally:
+        kill_session(server.pid)
+        if server.poll() is None:
+            server.kill()
+            server.wait()
+
+    with contextlib.closing(sqlite3.connect(project / "mlflow.db")) as db:
+        runs = db.execute("SELECT run_uuid, artifact_uri FROM runs").fetchall()
+    assert runs == [(made["run"]["info"]["run_id"], made["run"]["info"]["artifact_uri"])]
+    assert runs[0][1].startswith(str(project / "mlruns"))
+    with contextlib.closing(sqlite3.connect(project / "basic_auth.db")) as db:
+        users = {row[0] for row in db.execute("SELECT username FROM users")}
     assert users == {"admin", *(user for _, user, _ in TEST_ACCOUNTS)}

