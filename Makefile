@@ -150,7 +150,7 @@ test-prerequisites:
 # PostgreSQL and Java come from wheels in the dev lock (tests/services.py), the data from
 # HOUSING_DATA_URL or the public URL (make data): nothing else to install or start.
 test: test-prerequisites setup spark-setup lint data ## lint, then every unit and integration test (both cores), with coverage of steps/
-	pytest -n $(PYTEST_WORKERS) --dist loadfile $(PYTEST_ARGS); rc=$$?; [ $$rc -eq 5 ] && echo "no tests collected" && exit 1; exit $$rc
+	pytest -n $(PYTEST_WORKERS) --dist loadfile --no-loadscope-reorder $(PYTEST_ARGS); rc=$$?; [ $$rc -eq 5 ] && echo "no tests collected" && exit 1; exit $$rc
 
 test-unit: setup data ## fast unit tests only
 	pytest tests/unit $(PYTEST_ARGS)

@@ -13,8 +13,8 @@ import pytest
 from tests import services
 from tests.support import copy_project, free_port, start_mlflow_server, stop, synthetic_housing
 
-# `make test` hands whole files to two workers (pytest-xdist --dist loadfile) in collection
-# order; the longest go first so that both workers finish near the same time. Ranked by
+# `make test` hands whole files to two workers (pytest-xdist --dist loadfile, in collection
+# order with --no-loadscope-reorder); the longest go first so that both workers finish near the same time. Ranked by
 # `--durations` of a full run; files not listed keep their order after these.
 LONGEST_FIRST = (
     "test_readme.py",
@@ -37,6 +37,34 @@ LONGEST_FIRST = (
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
     items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable for the rest
+
+
+def _mlflow_environment() -> dict[str, str]:
+    return {k: v for k, v in os.environ.items() if k.startswith("MLFLOW_")}
+
+
+def _restore_mlflow_environment(saved: dict[str, str]) -> None:
+    for name in set(_mlflow_environment()) - set(saved):
+        del os.environ[name]
+    os.environ.update(saved)
+
+
+# mlflow.set_experiment and set_tracking_uri export MLFLOW_EXPERIMENT_ID/MLFLOW_TRACKING_URI
+# for subprocesses. A test that calls them in-process would hand its experiment to every later
+# `mlflow run` of the same worker (which then refuses --experiment-name, or looks for an
+# experiment its store does not have): whatever a test or a module set, it takes back.
+@pytest.fixture(autouse=True, scope="module")
+def _module_keeps_mlflow_environment() -> Iterator[None]:
+    saved = _mlflow_environment()
+    yield
+    _restore_mlflow_environment(saved)
+
+
+@pytest.fixture(autouse=True)
+def _test_keeps_mlflow_environment() -> Iterator[None]:
+    saved = _mlflow_environment()
+    yield
+    _restore_mlflow_environment(saved)
 
 
 def pytest_configure(config: pytest.Config) -> None:

@@ -131,12 +131,13 @@ def test_pipeline_on_postgres_with_proxied_artifacts(tmp_path, pg_server):
     assert not [r for r in all_runs(client) if r.info.status == "RUNNING"]
 
 
-def test_four_concurrent_mains_on_postgres(tmp_path, postgres_uri):
-    # a database of its own: the registry must hold exactly these four versions
+def test_concurrent_mains_on_postgres(tmp_path, postgres_uri):
+    # a database of its own: the registry must hold exactly these versions (three mains on
+    # two cores already write at once; the SQLite server case runs three too)
     with fresh_database(postgres_uri) as uri:
         proc, url = start_mlflow_server(sqlalchemy_uri(uri), tmp_path / "artifacts")
         try:
-            run_concurrent_mains(tmp_path, url, n=4)
+            run_concurrent_mains(tmp_path, url, n=3)
         finally:
             stop(proc)
 
