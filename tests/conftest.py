@@ -18,19 +18,21 @@ from tests.support import copy_project, free_port, start_mlflow_server, stop, sy
 # the same time. Ranked by `--durations` of a full run; files not listed keep their order.
 LONGEST_FIRST = (
     "test_readme.py",
-    "test_ci_paths.py",
-    "test_env_managers.py",
-    "test_pipeline.py",
     "test_faults.py",
+    "test_ci_paths.py",
+    "test_auth.py",
+    "test_postgres.py",
+    "test_pipeline.py",
     "test_bad_data_matrix.py",
     "test_registry.py",
-    "test_postgres.py",
-    "test_auth.py",
     "test_git_url.py",
     "test_spark_predict.py",
-    "test_serving.py",
-    "test_reload.py",
     "test_interrupt_make.py",
+    "test_api_fuzz.py",
+    "test_reload.py",
+    "test_serving.py",
+    "test_env_managers.py",
+    "test_interrupts.py",
 )
 
 
