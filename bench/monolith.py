@@ -24,7 +24,8 @@ PROJECT_ROOT = Path(__file__).resolve().parents[1]
 if str(PROJECT_ROOT) not in sys.path:  # run as a script: make `steps` importable
     sys.path.insert(0, str(PROJECT_ROOT))
 
-DEFAULT_CSV = PROJECT_ROOT.parent / "shared" / "data" / "housing.csv"
+# the clone's verified copy: `make data` (and `make bench`) fetch it
+DEFAULT_CSV = PROJECT_ROOT / "data" / "housing.csv"
 EXPERIMENT = "california_housing_monolith"
 
 
