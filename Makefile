@@ -53,7 +53,7 @@ ACCOUNTS_FILE ?=
 PREFLIGHT = python -m steps.accounts check --experiment-name $(PIPELINE_EXPERIMENT)
 
 .DEFAULT_GOAL := help
-.PHONY: help setup spark-setup data test-prerequisites lock run steps run-from-git serve predict test test-unit test-integration test-git-url \
+.PHONY: help setup spark-setup data test-prerequisites lock run steps run-from-git serve predict test coverage test-unit test-integration test-git-url \
 	test-envmanagers bench lint format server server-postgres accounts serve-readonly ui clean
 
 help: ## list targets
@@ -149,8 +149,15 @@ test-prerequisites:
 
 # PostgreSQL and Java come from wheels in the dev lock (tests/services.py), the data from
 # HOUSING_DATA_URL or the public URL (make data): nothing else to install or start.
-test: test-prerequisites setup spark-setup lint data ## lint, then every unit and integration test (both cores), with coverage of steps/
-	pytest -n $(PYTEST_WORKERS) --dist loadfile --no-loadscope-reorder $(PYTEST_ARGS); rc=$$?; [ $$rc -eq 5 ] && echo "no tests collected" && exit 1; exit $$rc
+# Exit code 5 (nothing collected: a PYTEST_ARGS that selects nothing) is a failure too.
+PYTEST_ALL = pytest -n $(PYTEST_WORKERS) --dist loadfile --no-loadscope-reorder
+test: test-prerequisites setup spark-setup lint data ## lint, then every unit and integration test (both cores)
+	$(PYTEST_ALL) $(PYTEST_ARGS); rc=$$?; [ $$rc -eq 5 ] && echo "no tests collected" && exit 1; exit $$rc
+
+# Coverage traces every Python process the suite starts (each `mlflow run` step included),
+# which costs about a quarter more CPU: its own target, not part of `make test`.
+coverage: test-prerequisites setup spark-setup data ## make test's suite with line coverage of steps/ (subprocesses included)
+	$(PYTEST_ALL) --cov --cov-report=term-missing:skip-covered $(PYTEST_ARGS); rc=$$?; [ $$rc -eq 5 ] && echo "no tests collected" && exit 1; exit $$rc
 
 test-unit: setup data ## fast unit tests only
 	pytest tests/unit $(PYTEST_ARGS)

@@ -16,7 +16,15 @@ import yaml
 
 from steps import config
 from tests.cleanshell import STEPS, Shell, commands, ok, pyenv_root, readme_blocks, statuses
-from tests.support import PLAIN_PATH, PROJECT_ROOT, clean_shell_env, housing_csv
+from tests.support import (
+    PLAIN_PATH,
+    PROJECT_ROOT,
+    clean_shell_env,
+    housing_csv,
+    make_env,
+    project_with_venv,
+    run_make,
+)
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 WORKFLOW = PROJECT_ROOT / ".github" / "workflows" / "ci.yml"
@@ -115,3 +123,12 @@ def test_make_test_provisions_what_the_suite_needs(tmp_path, uv_cache):
     # the data came from HOUSING_DATA_URL and is the version data.dvc pins
     csv = config.raw_data_path(shell.clone)
     assert csv.read_bytes() == housing_csv().read_bytes()
+
+
+def test_make_test_that_selects_no_test_fails(tmp_path):
+    """pytest's exit code 5 (nothing collected) is a failure with a line that says so: a typo
+    in PYTEST_ARGS must not pass as a green suite."""
+    project = project_with_venv(tmp_path / "project")
+    code, output = run_make(project, "test", make_env(""), "PYTEST_ARGS=-k no_test_is_named_so")
+    assert code != 0, output[-3000:]
+    assert "no tests collected" in output, output[-3000:]
