@@ -314,6 +314,11 @@ def server_args(port: int, backend_uri: str, artifacts: Path) -> list[str]:
     ]
 
 
+# How `make server` starts the server (the Makefile exports it): without MLflow's GenAI job
+# runners, seven processes that are no part of this project.
+NO_JOB_RUNNERS = {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+
+
 def start_mlflow_server(
     backend_uri: str, artifacts: Path, port: int | None = None
 ) -> tuple[subprocess.Popen, str]:
@@ -326,6 +331,7 @@ def start_mlflow_server(
             "server",
             *server_args(port, backend_uri, artifacts),
         ],
+        env=os.environ | NO_JOB_RUNNERS,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
         start_new_session=True,
@@ -375,8 +381,6 @@ def auth_server_secrets(secrets_dir: Path) -> dict[str, str]:
     return {
         "MLFLOW_AUTH_ADMIN_PASSWORD_FILE": str(secrets_dir / "admin"),
         "MLFLOW_FLASK_SERVER_SECRET_KEY_FILE": str(secrets_dir / "flask"),
-        # MLflow's GenAI job runners (seven huey processes) are no part of this project
-        "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
     }
 
 
@@ -417,7 +421,7 @@ def start_auth_server(
     """`python -m steps.authserver` (mlflow server --app-name basic-auth) on a free port, the
     secrets read from files in ``secrets_dir``, artifacts proxied."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
-    env |= auth_server_secrets(secrets_dir)
+    env |= auth_server_secrets(secrets_dir) | NO_JOB_RUNNERS
     port = free_port()
     proc = subprocess.Popen(
         [
@@ -623,6 +627,19 @@ def clean_shell_env(home: Path, **extra: str) -> dict[str, str]:
         "HOUSING_DATA_URL": housing_tgz().as_uri(),
         **extra,
     }
+
+
+def job_runners(sid: int) -> list[str]:
+    """Command lines of MLflow's GenAI job runners (huey consumers) in a session."""
+    found = []
+    for proc in session_processes(sid):
+        try:
+            cmdline = " ".join(proc.cmdline())
+        except Exception:  # psutil.Error: it exited meanwhile
+            continue
+        if "huey" in cmdline:
+            found.append(cmdline)
+    return found
 
 
 def session_processes(sid: int) -> list[Any]:

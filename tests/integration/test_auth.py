@@ -39,6 +39,7 @@ from tests.support import (
     copy_project,
     free_port,
     housing_tgz,
+    job_runners,
     kill_session,
     make_env,
     mlflow_run_local,
@@ -464,6 +465,8 @@ def test_make_server_auth_and_make_accounts_in_a_project_copy(tmp_path):
         status, made = rest(url, create, {"experiment_id": experiment_id}, "pipeline")
         assert status == 200, made
         assert rest(url, create, {"experiment_id": experiment_id})[0] == 401
+        # the server alone: none of MLflow's GenAI job runners (the Makefile turns them off)
+        assert not job_runners(server.pid)
     finally:
         kill_session(server.pid)
         if server.poll() is None:

@@ -34,6 +34,7 @@ from tests.support import (
     auth_server_secrets,
     copy_project,
     free_port,
+    job_runners,
     kill_session,
     launched_run_id,
     make_env,
@@ -264,6 +265,7 @@ def test_make_server_postgres_on_a_postgresql_of_ones_own(tmp_path, postgres_uri
             assert rest(url, create, {"name": "made-by-admin"})[0] == 401
             status, made = rest(url, create, {"name": "made-by-admin"}, "admin")
             assert status == 200, made
+            assert not job_runners(server.pid)
         finally:
             kill_session(server.pid)
             if server.poll() is None:
