@@ -58,8 +58,8 @@ def pyenv_root() -> Path:
 class Shell:
     """A fresh clone and an empty HOME; runs README blocks as a new user's shell would.
 
-    ``uv_cache``: uv's package cache, shared by the clones of one test module (the first
-    clone fills it from PyPI as a new machine would; the others then install in seconds).
+    ``uv_cache``: uv's package cache (the conftest fixture: the one the checkout's own
+    ``make setup`` filled), so that a clone's ``make setup`` installs without downloading.
     """
 
     def __init__(self, root: Path, uv_cache: Path | None = None) -> None:

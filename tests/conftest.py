@@ -4,6 +4,9 @@ and the services the suite starts in ``tests/services.py``."""
 from __future__ import annotations
 
 import os
+import shutil
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -100,10 +103,14 @@ def mlflow_server(tmp_path: Path) -> Iterator[str]:
 
 
 @pytest.fixture(scope="session")
-def uv_cache(tmp_path_factory) -> Path:
-    """uv's package cache for the clean-shell clones (tests/cleanshell.py) of one worker: the
-    first fills it from PyPI as a new machine would; the others then install in seconds."""
-    return tmp_path_factory.mktemp("uv-cache")
+def uv_cache() -> Path:
+    """uv's package cache for the clean-shell clones (tests/cleanshell.py): the one `make
+    setup` of this checkout filled (`uv cache dir`), so that no clone downloads the ~1 GB of
+    the locks again. The cold path is that `make setup` itself, on CI's fresh machine."""
+    uv = shutil.which("uv", path=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
+    assert uv, "uv is not installed (it is in requirements-dev.lock)"
+    found = subprocess.run([uv, "cache", "dir"], capture_output=True, text=True, check=True)
+    return Path(found.stdout.strip())
 
 
 @pytest.fixture(scope="session")
