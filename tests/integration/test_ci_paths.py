@@ -96,7 +96,9 @@ def test_make_test_provisions_what_the_suite_needs(tmp_path, uv_cache):
     PostgreSQL, no Java the suite could borrow): it fetches the data from HOUSING_DATA_URL,
     starts PostgreSQL and Java from the lock, and the tests that use each of them pass."""
     shell = Shell(tmp_path, uv_cache)
-    assert not any((parent / "shared").exists() for parent in shell.clone.parents)
+    # beside the clone only what the harness made (the clone's origin and the empty HOME):
+    # no data folder next to it to borrow from
+    assert {p.name for p in shell.clone.parent.iterdir()} == {"origin", "home", "clone"}
     make_test = commands(readme_blocks()["two-commands"])[1]
     services = "tests/integration/test_services.py"
 
