@@ -721,6 +721,14 @@ def start_make(project: Path, target: str, env: dict[str, str], *args: str) -> s
         )
 
 
+def end_make(make: subprocess.Popen) -> None:
+    """Whatever a `make` started with start_make left running in its session ends, make too."""
+    kill_session(make.pid)
+    if make.poll() is None:
+        make.kill()
+        make.wait()
+
+
 def make_output(project: Path, target: str) -> str:
     return (project.parent / f"make-{target}.log").read_text(errors="replace")
 
@@ -734,10 +742,7 @@ def run_make(
     try:
         code = make.wait(timeout=timeout)
     finally:
-        kill_session(make.pid)
-        if make.poll() is None:
-            make.kill()
-            make.wait()
+        end_make(make)
     return code, make_output(project, target)
 
 

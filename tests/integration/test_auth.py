@@ -37,10 +37,10 @@ from tests.support import (
     auth_env,
     auth_server_secrets,
     copy_project,
+    end_make,
     free_port,
     housing_tgz,
     job_runners,
-    kill_session,
     make_env,
     mlflow_run_local,
     project_with_venv,
@@ -468,10 +468,7 @@ def test_make_server_auth_and_make_accounts_in_a_project_copy(tmp_path):
         # the server alone: none of MLflow's GenAI job runners (the Makefile turns them off)
         assert not job_runners(server.pid)
     finally:
-        kill_session(server.pid)
-        if server.poll() is None:
-            server.kill()
-            server.wait()
+        end_make(server)
 
     with contextlib.closing(sqlite3.connect(project / "mlflow.db")) as db:
         runs = db.execute("SELECT run_uuid, artifact_uri FROM runs").fetchall()

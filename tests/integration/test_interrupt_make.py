@@ -31,9 +31,9 @@ from mlflow.entities import ViewType
 from steps import storetemplate
 from tests.support import (
     demo_pipeline,
+    end_make,
     free_port,
     housing_sample,
-    kill_session,
     make_env,
     make_output,
     project_with_venv,
@@ -131,10 +131,7 @@ def test_ctrl_c_on_make_run_stops_the_pipeline_and_kills_the_working_step(tmp_pa
             wait_for(download_begun, make, "download", timeout=30)
             code, seconds, left = ctrl_c(make)
         finally:
-            kill_session(make.pid)
-            if make.poll() is None:
-                make.kill()
-                make.wait()
+            end_make(make)
     output = make_output(project, "run")
     print(f"\nmake run: Ctrl-C → exit {code}, session empty after {seconds:.1f} s")
     assert code != 0, output[-3000:]
@@ -194,10 +191,7 @@ def test_ctrl_c_on_make_serve_stops_both_workers_and_ends_the_run(tmp_path):
         assert len(running(client)) == 1  # the run `mlflow run -e serve` opened
         code, seconds, left = ctrl_c(make)
     finally:
-        kill_session(make.pid)
-        if make.poll() is None:
-            make.kill()
-            make.wait()
+        end_make(make)
     output = make_output(project, "serve")
     print(f"\nmake serve: Ctrl-C → exit {code}, session empty after {seconds:.1f} s")
     assert code != 0, output[-3000:]

@@ -33,9 +33,9 @@ from tests.integration.test_faults import (
 from tests.support import (
     auth_server_secrets,
     copy_project,
+    end_make,
     free_port,
     job_runners,
-    kill_session,
     launched_run_id,
     make_env,
     make_output,
@@ -267,10 +267,7 @@ def test_make_server_postgres_on_a_postgresql_of_ones_own(tmp_path, postgres_uri
             assert status == 200, made
             assert not job_runners(server.pid)
         finally:
-            kill_session(server.pid)
-            if server.poll() is None:
-                server.kill()
-                server.wait()
+            end_make(server)
         # the URIs, passwords and all, stay out of what Make prints
         assert store_db not in make_output(project, "server-postgres")
         with psycopg2.connect(store_db) as conn, conn.cursor() as cur:
