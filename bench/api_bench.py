@@ -39,8 +39,8 @@ PROJECT_ROOT = Path(__file__).resolve().parents[1]
 if str(PROJECT_ROOT) not in sys.path:  # run as a script: make `steps` and `tests` importable
     sys.path.insert(0, str(PROJECT_ROOT))
 
-from steps.loading import DEFAULT_MODEL_URI  # noqa: E402
 from steps.serve import DEFAULT_WORKERS  # noqa: E402
+from steps.tracking.loading import DEFAULT_MODEL_URI  # noqa: E402
 from tests.support import (  # noqa: E402
     demo_pipeline,
     free_port,

@@ -6,7 +6,8 @@ Out: a parent run in experiment ``california_housing_price`` (tagged
 ``mlflow.experimentKind=custom_model_development`` so the UI opens its classic ML view)
 whose children are the step runs (``mlflow.parentRunId``), each fed its upstream run id. A
 step is reused instead of rerun when a FINISHED run of it exists with the same parameters
-(as MLflow stores them), the same code hash (``steps.fingerprint``: the step's modules,
+(as MLflow stores them), the same code hash (``steps.orchestration.fingerprint``: the step's
+modules in any subpackage,
 MLproject, the lock file — read from the work tree, so a dirty tree still reuses), the same
 upstream run and the same data md5; register is never reused. Parent tags:
 ``pipeline.<step>.run_id``, ``pipeline.<step>.reused``, ``registry.version``,
@@ -35,23 +36,17 @@ from typing import Any
 
 import click
 
-from steps import config, fingerprint, forkserver, runtime
-from steps.hyperparams import DEFAULT_HYPERPARAMS, hyperparameter_options
-from steps.runtime import StepError
+from steps import config
+from steps.infra import forkserver, processes
+from steps.infra.errors import StepError, one_line
+from steps.ml.hyperparams import DEFAULT_HYPERPARAMS, hyperparameter_options
+from steps.orchestration import fingerprint, upstream_wait
+from steps.tracking import provenance, refusals, steprun, storerace
 
 STEP = "main"
-DEFAULT_EXPERIMENT_ID = "0"
 STEPS = ("load_data", "preprocess", "train", "register")
 CHAIN_POLL_S = 0.05
 NEVER_REUSED = frozenset({"register"})
-# Fail in ~15 s instead of ~4 min per request when the tracking server is gone (mlflow's
-# defaults: 7 retries, backoff factor 2, capped at 120 s). Children inherit them; the user's
-# own settings win.
-HTTP_DEFAULTS = {
-    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "4",
-    "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
-    "MLFLOW_HTTP_REQUEST_TIMEOUT": "30",
-}
 # What the children print unless the user asks for detail: no INFO chatter from MLflow, no
 # per-file progress bars (the run's log artifact keeps whatever they print anyway).
 QUIET_DEFAULTS = {
@@ -62,7 +57,6 @@ LOG_ARTIFACT_DIR = "logs"
 # How long a finished or cancelled step's output may take to arrive through its pipes
 # (verbose): the child has exited, so only a process that inherited the pipe holds it open.
 TEE_DRAIN_S = 5.0
-EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
 EXPERIMENT_KIND = "custom_model_development"
 
 
@@ -194,7 +188,7 @@ def ensure_experiment() -> str:
         return mlflow.create_experiment(
             config.EXPERIMENT_NAME,
             artifact_location=location,
-            tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND},
+            tags={config.TAG_EXPERIMENT_KIND: EXPERIMENT_KIND},
         )
     except mlflow.exceptions.MlflowException:
         # Another pipeline created it between our lookup and our create.
@@ -204,8 +198,8 @@ def ensure_experiment() -> str:
 def tag_experiment_kind(client: Any, experiment_id: str) -> None:
     """Without this tag the MLflow 3 UI opens the experiment on its GenAI overview page."""
     experiment = client.get_experiment(experiment_id)
-    if experiment.tags.get(EXPERIMENT_KIND_TAG) != EXPERIMENT_KIND:
-        client.set_experiment_tag(experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
+    if experiment.tags.get(config.TAG_EXPERIMENT_KIND) != EXPERIMENT_KIND:
+        client.set_experiment_tag(experiment_id, config.TAG_EXPERIMENT_KIND, EXPERIMENT_KIND)
 
 
 def open_parent_run() -> Any:
@@ -221,7 +215,7 @@ def open_parent_run() -> Any:
     client = mlflow.MlflowClient()
     launcher_id = os.environ.get("MLFLOW_RUN_ID")
     launcher = client.get_run(launcher_id) if launcher_id else None
-    if launcher is not None and launcher.info.experiment_id != DEFAULT_EXPERIMENT_ID:
+    if launcher is not None and launcher.info.experiment_id != config.DEFAULT_EXPERIMENT_ID:
         return mlflow.start_run(run_id=launcher_id)
 
     experiment_id = ensure_experiment()
@@ -231,12 +225,12 @@ def open_parent_run() -> Any:
     if launcher is not None:
         copied = {k: v for k, v in launcher.data.tags.items() if k.startswith("mlflow.")}
         copied.pop("mlflow.runName", None)
-        copied["pipeline.launcher_run_id"] = launcher_id
+        copied[config.TAG_LAUNCHER_RUN] = launcher_id
     run = mlflow.start_run(experiment_id=experiment_id, tags=copied)
     if launcher is not None:
         mlflow.log_params(launcher.data.params)
-        client.set_tag(launcher_id, "pipeline.moved_to_run_id", run.info.run_id)
-        runtime.echo(STEP, f"pipeline runs are grouped in experiment {config.EXPERIMENT_NAME!r}")
+        client.set_tag(launcher_id, config.TAG_MOVED_TO_RUN, run.info.run_id)
+        steprun.echo(STEP, f"pipeline runs are grouped in experiment {config.EXPERIMENT_NAME!r}")
     return run
 
 
@@ -365,7 +359,7 @@ def attach_log(client: Any, run_id: str, log: Path) -> None:
 
 
 def child_environment(env_manager: str, verbose: bool) -> None:
-    """Environment the children inherit: quiet MLflow, main's pid (runtime.wait_for_upstream)
+    """Environment the children inherit: quiet MLflow, main's pid (upstream_wait.wait_for_upstream)
     and our own interpreter first on PATH.
 
     With ``--env-manager local`` MLflow runs each step's ``python`` from PATH; a pipeline
@@ -399,9 +393,9 @@ class Launched:
         return self.submitted.run_id
 
     def warmed_up(self) -> bool:
-        """Imports done and run open (runtime.wait_for_upstream); a step started without a
+        """Imports done and run open (upstream_wait.wait_for_upstream); a step started without a
         gate is taken as warm, since nothing can be started earlier than it anyway."""
-        return self.gate is None or Path(f"{self.gate}{runtime.READY_SUFFIX}").exists()
+        return self.gate is None or Path(f"{self.gate}{upstream_wait.READY_SUFFIX}").exists()
 
 
 def project_run_args(
@@ -462,10 +456,8 @@ def launch(
         shutil.rmtree(log.parent, ignore_errors=True)
         if isinstance(exc, ExecutionException):
             raise StepError(f"step {step} failed: {exc}") from exc
-        if isinstance(exc, MlflowException) and runtime.tracking_unreachable(exc):
-            raise StepError(
-                f"step {step}: tracking server unreachable: {runtime.one_line(exc)}"
-            ) from exc
+        if isinstance(exc, MlflowException) and refusals.tracking_unreachable(exc):
+            raise StepError(f"step {step}: tracking server unreachable: {one_line(exc)}") from exc
         raise
     finally:
         os.environ.pop(config.START_AFTER_ENV, None)
@@ -562,7 +554,7 @@ def key_metric(step: str, run: Any) -> str:
         return f"train/test={metrics.get('n_train', 0):,.0f}/{metrics.get('n_test', 0):,.0f}"
     if step == "train":
         return f"test_rmse=${metrics.get('test_rmse', float('nan')):,.0f}"
-    return f"v{tags.get('registry.version')} @{tags.get('registry.alias')}"
+    return f"v{tags.get(config.TAG_REGISTRY_VERSION)} @{tags.get(config.TAG_REGISTRY_ALIAS)}"
 
 
 @click.command(help="Run the whole pipeline as nested MLflow runs, reusing finished steps.")
@@ -580,23 +572,23 @@ def key_metric(step: str, run: Any) -> str:
 @click.option("--env-manager", default=config.DEFAULT_ENV_MANAGER, show_default=True)
 @click.option("--use-cache", type=bool, default=config.DEFAULT_USE_CACHE, show_default=True)
 def cli(env_manager: str, use_cache: bool, **opts: Any) -> None:
-    for name, value in HTTP_DEFAULTS.items():
+    for name, value in config.HTTP_RETRY_DEFAULTS.items():
         os.environ.setdefault(name, value)
-    runtime.take_interrupts()
-    runtime.die_with_parent()
-    runtime.skip_exit_collection()
+    processes.take_interrupts()
+    processes.die_with_parent()
+    processes.skip_exit_collection()
     child_environment(env_manager, config.verbose())
     with forkserver.running():  # before our own MLflow import: the two overlap
         try:
             run_pipeline(env_manager, use_cache, opts)
         except Exception as exc:
-            refused = runtime.refusal(exc)
-            if not refused and not runtime.tracking_unreachable(exc):
+            refused = refusals.refusal(exc)
+            if not refused and not refusals.tracking_unreachable(exc):
                 raise
             from mlflow.entities import RunStatus
 
-            runtime.end_run_safely(RunStatus.to_string(RunStatus.FAILED))
-            problem = refused or f"tracking server unreachable: {runtime.one_line(exc)}"
+            steprun.end_run_safely(RunStatus.to_string(RunStatus.FAILED))
+            problem = refused or f"tracking server unreachable: {one_line(exc)}"
             click.echo(f"error: {STEP}: {problem}", err=True)
             raise SystemExit(1) from None
 
@@ -606,7 +598,7 @@ def end_orphaned_launcher_run(launcher_id: str | None, launcher_pid: int) -> Non
     import mlflow
     from mlflow.exceptions import MlflowException
 
-    if not launcher_id or runtime.parent_pid() == launcher_pid:
+    if not launcher_id or processes.parent_pid() == launcher_pid:
         return
     client = mlflow.MlflowClient()
     with contextlib.suppress(MlflowException):
@@ -621,7 +613,7 @@ def show_data_and_model(client: Any, parent_id: str, load_run: Any, train_run: A
         d for d in load_run.inputs.dataset_inputs if d.dataset.name == config.RAW_DATASET_NAME
     ]
     if datasets:
-        runtime.with_unique_race_retry(lambda: client.log_inputs(parent_id, datasets=datasets))
+        storerace.with_unique_race_retry(lambda: client.log_inputs(parent_id, datasets=datasets))
     models = train_run.outputs.model_outputs if train_run.outputs else []
     if models:
         client.log_outputs(parent_id, models=list(models))
@@ -636,25 +628,30 @@ def where_to_look(tracking: str, experiment_id: str, run_id: str) -> str:
     )
 
 
-def run_pipeline(env_manager: str, use_cache: bool, opts: dict[str, Any]) -> None:
-    import mlflow
-    from mlflow.entities import RunStatus
+@dataclass
+class Pipeline:
+    """The parent run and what every step of this pipeline shares."""
 
-    mlflow.set_tracking_uri(config.tracking_uri())
-    # an interrupt before the loop below leaves the parent run to the exit hook: KILLED then
-    runtime.end_open_run_at_exit()
-    launcher_id, launcher_pid = os.environ.get("MLFLOW_RUN_ID"), runtime.parent_pid()
-    opts["hyperparam_names"] = list(DEFAULT_HYPERPARAMS)
-    is_verbose = config.verbose()
+    run: Any
+    client: Any
+    experiment_id: str
+    data_md5: str
+    source_name: str | None  # the parent's mlflow.source.name, given to every child
+    live: list[Launched] = field(default_factory=list)  # started, not yet done
+
+
+def open_pipeline(opts: dict[str, Any]) -> Pipeline:
+    """Open the parent run and tag it as running."""
+    import mlflow
+
     parent = open_parent_run()
-    experiment_id = parent.info.experiment_id
     client = mlflow.MlflowClient()
-    tag_experiment_kind(client, experiment_id)
+    tag_experiment_kind(client, parent.info.experiment_id)
     # Under `mlflow run <git URL>` children are launched from the temp clone, so MLflow names
     # their source file:///tmp/…; give them the parent's (the URL the user ran, #subdir kept).
     source_name = client.get_run(parent.info.run_id).data.tags.get("mlflow.source.name")
-    git = runtime.git_state()
-    data_md5 = runtime.expected_md5(config.PROJECT_ROOT)
+    git = provenance.git_state()
+    data_md5 = provenance.expected_md5(config.PROJECT_ROOT)
     mlflow.set_tags(
         {
             config.TAG_STEP: STEP,
@@ -663,101 +660,137 @@ def run_pipeline(env_manager: str, use_cache: bool, opts: dict[str, Any]) -> Non
         }
     )
     if git.dirty:
-        runtime.echo(STEP, "uncommitted changes: runs are keyed on the code as it is on disk")
+        steprun.echo(STEP, "uncommitted changes: runs are keyed on the code as it is on disk")
+    return Pipeline(parent, client, parent.info.experiment_id, data_md5, source_name)
+
+
+def run_steps(
+    pipeline: Pipeline, env_manager: str, use_cache: bool, opts: dict[str, Any], gates: Path
+) -> list[StepResult]:
+    """Each step in order: reused when it may be, else started (with the steps after it,
+    ahead of their turn) and waited for. One table row per step."""
+    import mlflow
+
+    is_verbose = config.verbose()
 
     def start(step: str, upstream_id: str | None, gate: Path | None) -> Launched:
         if is_verbose:
-            runtime.echo(STEP, f"{step}: starting")
+            steprun.echo(STEP, f"{step}: starting")
         params = step_params(step, upstream_id, opts)
         log = new_log(step)
-        with runtime.interrupts_deferred():  # a started child is always in `live`
-            launched = launch(step, params, env_manager, experiment_id, log, gate, is_verbose)
-            live.append(launched)
+        with processes.interrupts_deferred():  # a started child is always in `live`
+            launched = launch(
+                step, params, env_manager, pipeline.experiment_id, log, gate, is_verbose
+            )
+            pipeline.live.append(launched)
         return launched
 
+    client = pipeline.client
     results: list[StepResult] = []
     upstream: str | None = None
-    gates = Path(tempfile.mkdtemp(prefix="pipeline-gates-"))
-    live: list[Launched] = []
     chain: Chain | None = None
-    click.echo(table_row(TABLE_HEADER))
-    try:
-        for index, step in enumerate(STEPS):
-            started = time.perf_counter()
-            hit = None
-            if not chain:
-                params = step_params(step, upstream, opts)
-                key = CacheKey(step, params, fingerprint.code_hash(step), data_md5)
-                if use_cache and step not in NEVER_REUSED:
-                    hit = find_reusable(experiment_id, key)
-                if hit is None:
-                    chain = Chain(list(STEPS[index:]), upstream, start, gates)
-            if hit is not None:
-                run_id = hit.info.run_id
-            else:
-                assert chain is not None
-                launched = chain.run_next(client)
-                live.remove(launched)
-                started, run_id = launched.released, launched.run_id
-                if source_name:
-                    client.set_tag(run_id, "mlflow.source.name", source_name)
-            run = client.get_run(run_id)
-            result = StepResult(
-                step, run_id, hit is not None, time.perf_counter() - started, key_metric(step, run)
-            )
-            results.append(result)
-            click.echo(result_row(result))
-            mlflow.set_tags(
-                {
-                    f"pipeline.{step}.run_id": run_id,
-                    f"pipeline.{step}.reused": str(hit is not None).lower(),
-                }
-            )
-            upstream = run_id
-    except StepError as exc:
-        for launched in live:
-            cancel(launched, client)
-        runtime.end_run_safely(RunStatus.to_string(RunStatus.FAILED))
-        click.echo(f"error: {STEP}: {exc}", err=True)
-        raise SystemExit(1) from None
-    except KeyboardInterrupt:
-        runtime.ignore_interrupts()
-        for launched in live:
-            cancel(launched, client)
-        runtime.end_run_safely(RunStatus.to_string(RunStatus.KILLED))
-        end_orphaned_launcher_run(launcher_id, launcher_pid)
-        click.echo(f"error: {STEP}: interrupted", err=True)
-        raise SystemExit(130) from None
-    except Exception:
-        for launched in live:
-            with contextlib.suppress(Exception):
-                cancel(launched, client)
-        # The parent may be our own run (not the launcher's): nobody else would end it.
-        runtime.end_run_safely(RunStatus.to_string(RunStatus.FAILED))
-        raise
-    finally:
-        shutil.rmtree(gates, ignore_errors=True)
+    for index, step in enumerate(STEPS):
+        started = time.perf_counter()
+        hit = None
+        if not chain:
+            params = step_params(step, upstream, opts)
+            key = CacheKey(step, params, fingerprint.code_hash(step), pipeline.data_md5)
+            if use_cache and step not in NEVER_REUSED:
+                hit = find_reusable(pipeline.experiment_id, key)
+            if hit is None:
+                chain = Chain(list(STEPS[index:]), upstream, start, gates)
+        if hit is not None:
+            run_id = hit.info.run_id
+        else:
+            assert chain is not None
+            launched = chain.run_next(client)
+            pipeline.live.remove(launched)
+            started, run_id = launched.released, launched.run_id
+            if pipeline.source_name:
+                client.set_tag(run_id, "mlflow.source.name", pipeline.source_name)
+        run = client.get_run(run_id)
+        elapsed = time.perf_counter() - started
+        result = StepResult(step, run_id, hit is not None, elapsed, key_metric(step, run))
+        results.append(result)
+        click.echo(result_row(result))
+        reused = str(hit is not None).lower()
+        mlflow.set_tags({f"pipeline.{step}.run_id": run_id, f"pipeline.{step}.reused": reused})
+        upstream = run_id
+    return results
 
+
+def stop_pipeline(pipeline: Pipeline, status: str, tolerant: bool = False) -> None:
+    """Stop every step still running or waiting (their runs end KILLED), then end the parent
+    run with ``status``. ``tolerant``: a step that cannot be stopped does not keep the
+    parent run from being ended (the failure being handled matters more)."""
+    from mlflow.entities import RunStatus
+
+    for launched in pipeline.live:
+        if tolerant:
+            with contextlib.suppress(Exception):
+                cancel(launched, pipeline.client)
+        else:
+            cancel(launched, pipeline.client)
+    steprun.end_run_safely(RunStatus.to_string(getattr(RunStatus, status)))
+
+
+def finish_pipeline(pipeline: Pipeline, results: list[StepResult], opts: dict[str, Any]) -> None:
+    """The parent's summary: the model it produced, its metric, name and description."""
+    import mlflow
+
+    client, parent_id = pipeline.client, pipeline.run.info.run_id
     train_run = client.get_run(results[2].run_id)
-    show_data_and_model(client, parent.info.run_id, client.get_run(results[0].run_id), train_run)
+    show_data_and_model(client, parent_id, client.get_run(results[0].run_id), train_run)
     register_tags = client.get_run(results[3].run_id).data.tags
-    version, alias = register_tags["registry.version"], register_tags["registry.alias"]
+    version = register_tags[config.TAG_REGISTRY_VERSION]
+    alias = register_tags[config.TAG_REGISTRY_ALIAS]
     model = f"{config.MODEL_NAME} v{version} @{alias}"
     mlflow.log_metric("test_rmse", train_run.data.metrics["test_rmse"])
     mlflow.set_tags(
         {
-            config.TAG_DVC_MD5: data_md5,
-            "registry.version": version,
-            "registry.alias": alias,
+            config.TAG_DVC_MD5: pipeline.data_md5,
+            config.TAG_REGISTRY_VERSION: version,
+            config.TAG_REGISTRY_ALIAS: alias,
             "mlflow.runName": parent_run_name(opts["model_kind"], version, alias),
             "mlflow.note.content": run_description(results, model),
         }
     )
-    click.echo(f"model: {model} ({register_tags.get('registry.reason', '')})")
-    click.echo(
-        f"runs:  {where_to_look(mlflow.get_tracking_uri(), experiment_id, parent.info.run_id)}"
-    )
+    click.echo(f"model: {model} ({register_tags.get(config.TAG_REGISTRY_REASON, '')})")
+    where = where_to_look(mlflow.get_tracking_uri(), pipeline.experiment_id, parent_id)
+    click.echo(f"runs:  {where}")
     mlflow.end_run()
+
+
+def run_pipeline(env_manager: str, use_cache: bool, opts: dict[str, Any]) -> None:
+    import mlflow
+
+    mlflow.set_tracking_uri(config.tracking_uri())
+    # an interrupt before the loop below leaves the parent run to the exit hook: KILLED then
+    steprun.end_open_run_at_exit()
+    launcher_id, launcher_pid = os.environ.get("MLFLOW_RUN_ID"), processes.parent_pid()
+    opts["hyperparam_names"] = list(DEFAULT_HYPERPARAMS)
+    pipeline = open_pipeline(opts)
+    gates = Path(tempfile.mkdtemp(prefix="pipeline-gates-"))
+    click.echo(table_row(TABLE_HEADER))
+    try:
+        results = run_steps(pipeline, env_manager, use_cache, opts, gates)
+    except StepError as exc:
+        stop_pipeline(pipeline, "FAILED")
+        click.echo(f"error: {STEP}: {exc}", err=True)
+        raise SystemExit(1) from None
+    except KeyboardInterrupt:
+        processes.ignore_interrupts()
+        stop_pipeline(pipeline, "KILLED")
+        end_orphaned_launcher_run(launcher_id, launcher_pid)
+        click.echo(f"error: {STEP}: interrupted", err=True)
+        raise SystemExit(130) from None
+    except Exception:
+        # The parent may be our own run (not the launcher's): nobody else would end it.
+        stop_pipeline(pipeline, "FAILED", tolerant=True)
+        raise
+    finally:
+        shutil.rmtree(gates, ignore_errors=True)
+    finish_pipeline(pipeline, results, opts)
 
 
 if __name__ == "__main__":

@@ -31,7 +31,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from steps import config, models, runtime
+from steps import config, models
+from steps.tracking import provenance
 
 PROJECT_ROOT = config.PROJECT_ROOT
 
@@ -83,7 +84,7 @@ def resample_housing(df: pd.DataFrame, factor: float, seed: int = 0) -> pd.DataF
     Each row keeps the index label of the row it was drawn from (write it with
     ``index=False``). Used by bench/cost_curve.py to measure how the pipeline grows.
     """
-    from steps import schema
+    from steps.data import schema
 
     rng = np.random.default_rng(seed)
     n = round(len(df) * factor)
@@ -106,8 +107,8 @@ def resample_housing(df: pd.DataFrame, factor: float, seed: int = 0) -> pd.DataF
 def housing_csv() -> Path:
     """The real CSV, as the project gets it: ``data/housing.csv`` of this clone, fetched on
     first use from ``$HOUSING_DATA_URL`` (else the public URL) or DVC and checked against
-    ``data.dvc`` (steps.fetchdata). A fetch that fails is an error, not a skip."""
-    from steps.fetchdata import fetch
+    ``data.dvc`` (steps.data.fetch). A fetch that fails is an error, not a skip."""
+    from steps.data.fetch import fetch
 
     return fetch(PROJECT_ROOT)
 
@@ -117,7 +118,7 @@ def housing_tgz() -> Path:
     """The real CSV packed as the public download serves it (a .tgz holding housing.csv),
     built once per clone beside DVC's temp files (ignored by git, so not in project copies)."""
     csv = housing_csv()
-    version = runtime.expected_md5(PROJECT_ROOT).removesuffix(".dir")
+    version = provenance.expected_md5(PROJECT_ROOT).removesuffix(".dir")
     target = PROJECT_ROOT / ".dvc" / "tmp" / f"housing-{version}.tgz"
     if not target.exists():
         partial = target.with_suffix(f".{os.getpid()}.partial")
@@ -339,9 +340,9 @@ def start_mlflow_server(
     return proc, url
 
 
-# --- an authenticated tracking server (steps.authserver, steps.accounts) ---------------------
+# --- an authenticated tracking server (steps.infra.authserver, steps.infra.accounts) -------
 AUTH_ADMIN_PASSWORD = "admin-test-password-1"
-# role, username, password: the accounts file `python -m steps.accounts apply` reads
+# role, username, password: the accounts file `python -m steps.infra.accounts apply` reads
 TEST_ACCOUNTS = (
     ("pipeline", "pipeline", "pipeline-test-pass-1"),
     ("serving", "serving", "serving-test-pass-12"),
@@ -369,7 +370,7 @@ def auth_env(username: str | None = None, **extra: str) -> dict[str, str]:
 
 def auth_server_secrets(secrets_dir: Path) -> dict[str, str]:
     """The environment an auth server takes its secrets from: files written in ``secrets_dir``
-    (keep it outside the project: steps.authserver refuses a secret file inside it)."""
+    (keep it outside the project: steps.infra.authserver refuses a secret file inside it)."""
     (secrets_dir / "admin").write_text(AUTH_ADMIN_PASSWORD + "\n")
     (secrets_dir / "flask").write_text("test-flask-secret-key\n")
     return {
@@ -414,7 +415,7 @@ def start_auth_server(
     secrets_dir: Path,
     auth_options: Sequence[str] = (),
 ) -> tuple[subprocess.Popen, str]:
-    """`python -m steps.authserver` (mlflow server --app-name basic-auth) on a free port, the
+    """`python -m steps.infra.authserver` (mlflow server --app-name basic-auth) on a free port, the
     secrets read from files in ``secrets_dir``, artifacts proxied."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
     env |= auth_server_secrets(secrets_dir)
@@ -423,7 +424,7 @@ def start_auth_server(
         [
             sys.executable,
             "-m",
-            "steps.authserver",
+            "steps.infra.authserver",
             "--auth-database-uri",
             auth_db_uri,
             *auth_options,
@@ -452,16 +453,24 @@ def stop_auth_server(proc: subprocess.Popen) -> None:
 
 
 def write_accounts(accounts_file: Path) -> Path:
-    """TEST_ACCOUNTS as the accounts file steps.accounts reads ('<role> <username> <password>')."""
+    """TEST_ACCOUNTS as the accounts file steps.infra.accounts reads
+    ('<role> <username> <password>')."""
     accounts_file.write_text("".join(f"{r} {u} {p}\n" for r, u, p in TEST_ACCOUNTS))
     return accounts_file
 
 
 def apply_accounts(url: str, accounts_file: Path) -> subprocess.CompletedProcess:
-    """`python -m steps.accounts apply` as the admin: TEST_ACCOUNTS created and granted."""
+    """`python -m steps.infra.accounts apply` as the admin: TEST_ACCOUNTS created and granted."""
     write_accounts(accounts_file)
     return subprocess.run(
-        [sys.executable, "-m", "steps.accounts", "apply", "--accounts-file", str(accounts_file)],
+        [
+            sys.executable,
+            "-m",
+            "steps.infra.accounts",
+            "apply",
+            "--accounts-file",
+            str(accounts_file),
+        ],
         cwd=PROJECT_ROOT,
         env=auth_env("admin", MLFLOW_TRACKING_URI=url),
         capture_output=True,

@@ -28,7 +28,7 @@ import pytest
 from mlflow import MlflowClient
 from mlflow.entities import ViewType
 
-from steps import storetemplate
+from steps.infra import storetemplate
 from tests.support import (
     demo_pipeline,
     free_port,

@@ -7,8 +7,10 @@ import pytest
 from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import PERMISSION_DENIED, UNAUTHENTICATED
 
-from steps import accounts, authserver, config, runtime
-from steps.runtime import StepError
+from steps import config
+from steps.infra import accounts, authserver
+from steps.infra.errors import StepError
+from steps.tracking import refusals
 
 
 def test_parse_accounts_reads_roles_and_never_shows_a_password():
@@ -89,13 +91,13 @@ def refused(status: int, code) -> MlflowException:
 def test_refusal_names_operation_and_account_but_not_the_password(monkeypatch):
     monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", "serving")
     monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", "serving-secret-1")
-    line = runtime.refusal(refused(403, PERMISSION_DENIED))
+    line = refusals.refusal(refused(403, PERMISSION_DENIED))
     assert line.startswith("tracking server refused runs/create for user 'serving' (403 ")
     assert "serving-secret-1" not in line
     wrapped = StepError("no registered model named M")
     wrapped.__cause__ = refused(401, UNAUTHENTICATED)
-    assert "(401 UNAUTHENTICATED): wrong username or password" in runtime.refusal(wrapped)
+    assert "(401 UNAUTHENTICATED): wrong username or password" in refusals.refusal(wrapped)
     monkeypatch.delenv("MLFLOW_TRACKING_USERNAME")
-    assert "anonymous" in runtime.refusal(refused(401, UNAUTHENTICATED))
-    assert runtime.refusal(MlflowException("other")) is None
-    assert runtime.refusal(ValueError("x")) is None
+    assert "anonymous" in refusals.refusal(refused(401, UNAUTHENTICATED))
+    assert refusals.refusal(MlflowException("other")) is None
+    assert refusals.refusal(ValueError("x")) is None

@@ -1,4 +1,4 @@
-"""API keys: parsing, matching, and the check in front of serve's real app (steps.api)."""
+"""API keys: parsing, matching, and the check in front of serve's real app (steps.serving.api)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
-from steps import api, apikeys
+from steps.serving import api, apikeys
 
 KEY_A = "a" * 20
 KEY_B = "b" * 24
@@ -72,7 +72,7 @@ def test_the_app_answers_401_without_a_valid_key_and_keeps_health_open(tmp_path)
         assert "API key" in refused.json()["detail"]
         assert refused.headers["www-authenticate"].startswith("Bearer")
     assert client.get("/metrics").status_code == 401
-    # the hot lane (steps.api.HotLane) answers these without FastAPI: the check comes first
+    # the hot lane (steps.serving.api.HotLane) answers these without FastAPI: the check comes first
     assert client.post("/invocations", json={"inputs": []}).status_code == 401
     assert client.post("/v2/models/m/infer", json={"inputs": []}).status_code == 401
     # past the key check: the app's own answer (no model loaded)

@@ -1,4 +1,4 @@
-"""The data contract's core (steps/contract.py) and the downstream size guards."""
+"""The data contract's core (steps/data/contract.py) and the downstream size guards."""
 
 from __future__ import annotations
 
@@ -10,9 +10,10 @@ import pandas as pd
 import pytest
 from matplotlib.figure import Figure
 
-from steps import config, contract, features, schema
+from steps import config, features
+from steps.data import contract, schema
+from steps.infra.errors import StepError
 from steps.preprocess import split_data
-from steps.runtime import StepError
 from steps.train import check_trainable
 from tests.support import synthetic_housing
 

@@ -1,11 +1,11 @@
-"""steps.follower: what a moved alias, a broken version and a silent registry lead to."""
+"""steps.serving.follower: what a moved alias, a broken version and a silent registry lead to."""
 
 from __future__ import annotations
 
 import threading
 
-from steps.follower import ModelFollower
-from steps.loading import ModelLoadError, ModelRef
+from steps.serving.follower import ModelFollower
+from steps.tracking.loading import ModelLoadError, ModelRef
 
 URI = "models:/M@champion"
 

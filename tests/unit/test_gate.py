@@ -1,4 +1,4 @@
-"""steps.gate's rules, each broken by some test here: which rows a fair comparison uses, the
+"""steps.ml.gate's rules, each broken by some test here: which rows a fair comparison uses, the
 verdict's margins and their order, the record a verdict leaves and the settle rule that
 reads those records."""
 
@@ -9,8 +9,9 @@ import itertools
 import numpy as np
 import pytest
 
-from steps import config, gate
-from steps.gate import GateRecord, Scores, Thresholds, Verdict
+from steps import config
+from steps.ml import gate
+from steps.ml.gate import GateRecord, Scores, Thresholds, Verdict
 from tests.support import synthetic_housing
 
 LIMITS = Thresholds(min_abs=400.0, min_rel=0.01, baseline_min_rel=0.10, min_rows=1000)
@@ -293,7 +294,8 @@ def test_without_a_champion_only_a_first_model_verdict_is_fresh():
 
 
 def test_gate_scores_recorded_predictions_by_the_same_rmse():
-    from steps import config, gate
+    from steps import config
+    from steps.ml import gate
 
     test = synthetic_housing(50, seed=3).sample(frac=1, random_state=0)
     actual = test[config.TARGET].to_numpy()

@@ -1,4 +1,5 @@
-"""Unit tests for steps.runtime helpers that need no tracking store."""
+"""Unit tests for the step-run, process and upstream-wait helpers that need no tracking store
+(steps.tracking.steprun, steps.infra.processes, steps.orchestration.upstream_wait)."""
 
 from __future__ import annotations
 
@@ -11,17 +12,20 @@ import time
 
 import pytest
 
-from steps import config, runtime
+from steps import config
+from steps.infra import processes
+from steps.orchestration import upstream_wait
 
 EXIT_PROBE = textwrap.dedent(
     """
     import atexit, gc, sys
-    from steps import runtime
+    from steps.infra import processes
+    from steps.orchestration import upstream_wait
 
     # Registered before the freeze, so it runs after it (atexit is last-in, first-out).
     atexit.register(lambda: print("frozen at exit:", gc.get_freeze_count() > 0, flush=True))
     print("frozen before exit:", gc.get_freeze_count() > 0, flush=True)
-    runtime.skip_exit_collection()
+    processes.skip_exit_collection()
     atexit.register(lambda: print("later hook ran", flush=True))
     sys.exit(3)
     """
@@ -45,7 +49,7 @@ def test_skip_exit_collection_freezes_only_at_exit_and_keeps_hooks_and_exit_code
 
 
 def test_only_generated_run_names_are_replaced_by_the_step_name():
-    from steps.runtime import is_generated_name
+    from steps.tracking.steprun import is_generated_name
 
     assert is_generated_name("skittish-eel-6")
     assert is_generated_name("silent-pug-522")
@@ -58,14 +62,14 @@ def test_only_generated_run_names_are_replaced_by_the_step_name():
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
 def test_an_interrupt_during_a_launch_is_raised_once_the_launch_is_done(signum):
     done = []
-    saved = signal.signal(signal.SIGTERM, runtime.raise_interrupt)
+    saved = signal.signal(signal.SIGTERM, processes.raise_interrupt)
     # a shell that starts the suite in the background hands it SIGINT ignored: set Python's own
     saved_int = signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
-        with pytest.raises(KeyboardInterrupt), runtime.interrupts_deferred():
+        with pytest.raises(KeyboardInterrupt), processes.interrupts_deferred():
             os.kill(os.getpid(), signum)
             done.append("launched")  # the signal did not cut the block short
-        assert signal.getsignal(signal.SIGTERM) is runtime.raise_interrupt
+        assert signal.getsignal(signal.SIGTERM) is processes.raise_interrupt
         assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
     finally:
         signal.signal(signal.SIGTERM, saved)
@@ -76,10 +80,12 @@ def test_an_interrupt_during_a_launch_is_raised_once_the_launch_is_done(signum):
 WAITER = textwrap.dedent(
     """
     import os
-    from steps import config, runtime
+    from steps import config
+    from steps.infra import processes
+    from steps.orchestration import upstream_wait
 
     try:
-        runtime.wait_for_upstream(warm=("json",))
+        upstream_wait.wait_for_upstream(warm=("json",))
     except KeyboardInterrupt as exc:
         print("interrupted:", exc, flush=True)
         raise SystemExit(130)
@@ -103,7 +109,7 @@ def start_waiter(gate, main_pid: int) -> subprocess.Popen:
 
 def wait_at_gate(waiter: subprocess.Popen, gate) -> None:
     """Until the waiter says it reached the gate (``<gate>.ready``), then check it stays."""
-    ready = gate.with_name(gate.name + runtime.READY_SUFFIX)
+    ready = gate.with_name(gate.name + upstream_wait.READY_SUFFIX)
     deadline = time.monotonic() + 60
     while not ready.exists():
         assert waiter.poll() is None, waiter.communicate()
@@ -158,16 +164,17 @@ def test_a_step_run_on_its_own_does_not_wait(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv(config.START_AFTER_ENV, raising=False)
     monkeypatch.setenv(config.MAIN_PID_ENV, "999999999")  # would be "gone" if it were looked at
-    runtime.wait_for_upstream()
+    upstream_wait.wait_for_upstream()
     assert not list(tmp_path.iterdir())  # and leaves no ready file behind
 
 
 SIGNALS_PROBE = textwrap.dedent(
     """
     import os, signal
-    from steps import runtime
+    from steps.infra import processes
+    from steps.orchestration import upstream_wait
 
-    runtime.take_interrupts()
+    processes.take_interrupts()
     try:
         os.kill(os.getpid(), signal.SIGTERM)
         print("not interrupted", flush=True)

@@ -1,4 +1,5 @@
-"""The online API (steps.api, steps.apischema, steps.batching) and the batch validation/IO
+"""The online API (steps.serving.api, steps.serving.rowschema, steps.serving.batching) and the
+batch validation/IO
 core (steps.predict).
 
 The app is the real one (``create_app``) around a small real pipeline fitted on a sample of
@@ -17,8 +18,11 @@ import pandas as pd
 import pytest
 from fastapi.testclient import TestClient
 
-from steps import api, apischema, batching, config, loading, predict, schema
-from steps.runtime import StepError
+from steps import config, predict
+from steps.data import schema
+from steps.infra.errors import StepError
+from steps.serving import api, batching, rowschema
+from steps.tracking import loading
 from tests.support import demo_pipeline, housing_csv, housing_sample
 
 MAX_ROWS = 50
@@ -310,8 +314,8 @@ def test_raw_row_array_predicts_exactly_like_the_training_frame(pipeline, sample
     missing bedrooms included."""
     X = sample[0].head(200)
     assert X["total_bedrooms"].isna().any()
-    rows = [apischema.HousingRow(**r) for r in records(X)]
-    array = apischema.rows_to_array(rows)
+    rows = [rowschema.HousingRow(**r) for r in records(X)]
+    array = rowschema.rows_to_array(rows)
     assert array.shape == (200, len(config.FEATURES))
     np.testing.assert_array_equal(pipeline.predict(array), pipeline.predict(X))
     np.testing.assert_array_equal(
@@ -321,7 +325,7 @@ def test_raw_row_array_predicts_exactly_like_the_training_frame(pipeline, sample
 
 def test_raw_row_array_must_have_every_column(pipeline):
     with pytest.raises(ValueError, match="9 columns"):
-        pipeline.predict(apischema.rows_to_array([apischema.PROBE_ROW])[:, :8])
+        pipeline.predict(rowschema.rows_to_array([rowschema.PROBE_ROW])[:, :8])
 
 
 LANE_CASES = [
@@ -482,7 +486,7 @@ def test_chunked_body_under_the_limit_is_served(client):
 
 # --- schema agreement ---------------------------------------------------------------------
 def test_row_fields_and_bounds_come_from_config_and_schema():
-    fields = apischema.HousingRow.model_fields
+    fields = rowschema.HousingRow.model_fields
     assert tuple(fields) == config.FEATURES
     for name in config.NUMERIC_FEATURES:
         col = schema.NUMERIC_BY_NAME[name]
@@ -513,7 +517,7 @@ def test_batch_validation_agrees_with_the_api(change):
     row = good_row() | change
     api_ok = True
     try:
-        apischema.HousingRow.model_validate_json(json.dumps(row))
+        rowschema.HousingRow.model_validate_json(json.dumps(row))
     except ValueError:
         api_ok = False
     frame = pd.DataFrame([row])

@@ -1,4 +1,4 @@
-"""The Spark engine's pure parts (steps.sparkscore), without a JVM: the per-batch check is
+"""The Spark engine's pure parts (steps.batch.sparkscore), without a JVM: the per-batch check is
 the local engine's, row numbers continue across batches and partitions, output naming,
 input format, Java detection, and PySpark staying out of the pipeline's imports."""
 
@@ -12,8 +12,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from steps import config, predict, sparkscore
-from steps.runtime import StepError
+from steps import config, predict
+from steps.batch import sparkscore
+from steps.infra.errors import StepError
 from tests.support import PROJECT_ROOT, housing_sample, messy_rows
 
 
@@ -134,3 +135,17 @@ def test_the_pipeline_never_imports_pyspark():
         check=True,
     )
     assert out.stdout.strip() == "[]"
+
+
+def test_the_executors_get_every_subpackage(tmp_path):
+    """Spark ships only what addPyFile gets: the zip must hold steps/ with its subpackages."""
+    import zipfile
+
+    with zipfile.ZipFile(sparkscore.steps_archive(tmp_path / "steps.zip")) as archive:
+        names = set(archive.namelist())
+    on_disk = {
+        path.relative_to(config.PROJECT_ROOT).as_posix()
+        for path in (config.PROJECT_ROOT / "steps").rglob("*.py")
+    }
+    assert names == on_disk
+    assert {"steps/__init__.py", "steps/data/__init__.py", "steps/data/schema.py"} <= names

@@ -1,10 +1,10 @@
-"""steps.storetemplate: the empty store make setup builds is one MLflow takes as its own."""
+"""steps.infra.storetemplate: the empty store make setup builds is one MLflow takes as its own."""
 
 from __future__ import annotations
 
 from mlflow import MlflowClient
 
-from steps import storetemplate
+from steps.infra import storetemplate
 
 
 def test_a_placed_store_is_a_working_mlflow_store(tmp_path):

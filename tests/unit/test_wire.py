@@ -1,4 +1,5 @@
-"""steps.wire: one socket write per response, same bytes in the same order, on a real uvicorn
+"""steps.serving.wire: one socket write per response, same bytes in the same order, on a real
+uvicorn
 server with the protocol (and on a recording transport, to count the writes)."""
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import time
 import pytest
 import uvicorn
 
-from steps.wire import CoalescingTransport, OneWriteHttpToolsProtocol
+from steps.serving.wire import CoalescingTransport, OneWriteHttpToolsProtocol
 from tests.support import free_port
 
 

@@ -1,4 +1,5 @@
-"""API keys for the prediction API: the check ``steps.api``'s app makes before anything else.
+"""API keys for the prediction API: the check ``steps.serving.api``'s app makes before
+anything else.
 
 In: keys from a file (``serve --api-keys-file`` or ``SERVE_API_KEYS_FILE``: one key a line,
 blank lines and ``#`` comments ignored) and/or ``SERVE_API_KEYS`` (comma-separated). Neither

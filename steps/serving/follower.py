@@ -19,7 +19,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from steps.loading import ModelRef
+from steps.tracking.loading import ModelRef
 
 # Seconds between two looks at the registry: a moved alias is served within this plus the
 # load (~1 s), and a check is one small registry read.

@@ -1,9 +1,9 @@
-"""Model Registry state shared by register and promote (loading models: ``steps.loading``).
+"""Model Registry state shared by register and promote (loading models: ``steps.tracking.loading``).
 
-* Lineage: a version's train run → its preprocess run → ``splits/{train,test}.parquet``.
+* Lineage: a train run's logged model (its outputs are read by ``steps.tracking.outputs``).
 * Alias state: ``@champion``, every version's gate record (tag ``gate.record``) and the
   floor/pinned version a manual promotion left (registered-model tags), and the settle loop
-  that points ``@champion`` at ``steps.gate.settle_target`` of that state.
+  that points ``@champion`` at ``steps.ml.gate.settle_target`` of that state.
 * History: register and promote runs that moved ``@champion`` carry
   ``registry.champion_from``/``registry.champion_to``; ``champion_history`` lists them.
 
@@ -12,70 +12,20 @@ Imports nothing heavy at module level: serve imports it on its start-up path.
 
 from __future__ import annotations
 
-import tempfile
 import time
 from dataclasses import dataclass
 from typing import Any
 
-from steps import config, gate, runtime
-from steps.runtime import StepError
+from steps import config
+from steps.infra.errors import StepError
+from steps.ml import gate
+from steps.tracking import storerace
 
 MAX_SETTLE_ROUNDS = 20
 SETTLE_PAUSE_S = 0.2
 
 
-# --- lineage --------------------------------------------------------------------------------
-def read_gate_predictions(train_run_id: str) -> Any:
-    """The test rows a train run scored, with its and the baseline's predictions."""
-    import mlflow
-    import pandas as pd
-    from mlflow.exceptions import MlflowException
-
-    with tempfile.TemporaryDirectory(prefix="registry-predictions-") as tmp:
-        try:
-            path = mlflow.artifacts.download_artifacts(
-                run_id=train_run_id, artifact_path=config.GATE_PREDICTIONS_FILE, dst_path=tmp
-            )
-            return pd.read_parquet(path)
-        except (MlflowException, OSError) as exc:
-            raise StepError(
-                f"train run {train_run_id} has no {config.GATE_PREDICTIONS_FILE} "
-                f"({runtime.one_line(exc, 120)}): rerun train"
-            ) from exc
-
-
-def read_splits(train_run_id: str, *names: str) -> list[Any]:
-    """The preprocess splits (``train.parquet``/``test.parquet``) a train run was fitted on."""
-    import mlflow
-    import pandas as pd
-    from mlflow.exceptions import MlflowException
-
-    client = mlflow.MlflowClient()
-    try:
-        train_run = client.get_run(train_run_id)
-    except MlflowException as exc:
-        raise StepError(f"train run {train_run_id} not found") from exc
-    preprocess_id = train_run.data.tags.get(config.TAG_UPSTREAM)
-    if not preprocess_id:
-        raise StepError(f"train run {train_run_id} has no {config.TAG_UPSTREAM} tag")
-    frames = []
-    with tempfile.TemporaryDirectory(prefix="registry-splits-") as tmp:
-        for name in names:
-            try:
-                path = mlflow.artifacts.download_artifacts(
-                    run_id=preprocess_id,
-                    artifact_path=f"{config.SPLITS_ARTIFACT_DIR}/{name}",
-                    dst_path=tmp,
-                )
-                frames.append(pd.read_parquet(path))
-            except (MlflowException, OSError) as exc:
-                raise StepError(
-                    f"{config.SPLITS_ARTIFACT_DIR}/{name} of preprocess run {preprocess_id} "
-                    f"is unavailable: {runtime.one_line(exc, 160)}"
-                ) from exc
-    return frames
-
-
+# --- lineage ---------------------------------------------------------------------------------
 def logged_model_id(train_run) -> str:
     """The logged model a train run produced: its tag, else the run's only logged model."""
     import mlflow
@@ -148,7 +98,7 @@ def read_state(client, model_name: str) -> RegistryState:
 
 def set_alias(client, model_name: str, alias: str, version: int | str) -> None:
     # The store upserts aliases without a lock; concurrent registers can collide on the key.
-    runtime.with_unique_race_retry(
+    storerace.with_unique_race_retry(
         lambda: client.set_registered_model_alias(model_name, alias, str(version))
     )
 
@@ -212,7 +162,7 @@ def champion_history(client, model_name: str) -> list[Move]:
                 from_version=int(source) if source.isdigit() else None,
                 to_version=int(tags[config.TAG_CHAMPION_TO]),
                 user=tags.get("mlflow.user", "?"),
-                reason=tags.get("registry.reason", ""),
+                reason=tags.get(config.TAG_REGISTRY_REASON, ""),
             )
         )
     return moves

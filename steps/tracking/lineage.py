@@ -11,8 +11,9 @@ from typing import Any
 
 import pandas as pd
 
-from steps import config, runtime
-from steps.runtime import StepError
+from steps import config
+from steps.infra.errors import StepError
+from steps.tracking import storerace
 
 
 def resolve_upstream(run_id: str, step: str):
@@ -74,26 +75,7 @@ def log_split_inputs(train: pd.DataFrame, test: pd.DataFrame) -> dict[str, Any]:
 
     datasets = {"train": split_dataset(train, "train"), "test": split_dataset(test, "test")}
     for context, dataset in datasets.items():
-        runtime.with_unique_race_retry(lambda d=dataset, c=context: mlflow.log_input(d, context=c))
-    return datasets
-
-
-def read_preprocess_outputs(run_id: str) -> tuple[pd.DataFrame, pd.DataFrame, Any]:
-    """A preprocess run's train/test splits and its fitted preprocessor (skops, trusted types)."""
-    import tempfile
-
-    import mlflow
-    import skops.io
-
-    from steps import models
-
-    with tempfile.TemporaryDirectory() as tmp:
-        root = mlflow.artifacts.download_artifacts(run_id=run_id, dst_path=tmp)
-        splits = f"{root}/{config.SPLITS_ARTIFACT_DIR}"
-        train = pd.read_parquet(f"{splits}/{config.TRAIN_SPLIT_FILE}")
-        test = pd.read_parquet(f"{splits}/{config.TEST_SPLIT_FILE}")
-        preprocessor = skops.io.load(
-            f"{root}/{config.PREPROCESSOR_ARTIFACT}/{config.PREPROCESSOR_FILE}",
-            trusted=list(models.SKOPS_TRUSTED_TYPES),
+        storerace.with_unique_race_retry(
+            lambda d=dataset, c=context: mlflow.log_input(d, context=c)
         )
-    return train, test, preprocessor
+    return datasets

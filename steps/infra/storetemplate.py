@@ -74,5 +74,5 @@ if __name__ == "__main__":
     elif sys.argv[1:] == ["place"]:
         place(config.tracking_uri())
     else:
-        print("usage: python -m steps.storetemplate build | place", file=sys.stderr)
+        print("usage: python -m steps.infra.storetemplate build | place", file=sys.stderr)
         sys.exit(2)

@@ -24,7 +24,7 @@ import zlib
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from steps.runtime import StepError, one_line
+from steps.infra.errors import StepError, one_line
 
 if TYPE_CHECKING:
     import optuna

@@ -1,6 +1,6 @@
 """uvicorn's httptools HTTP/1.1 protocol, writing each response to its socket in one call.
 
-In: nothing but uvicorn's own settings (``--http steps.wire:OneWriteHttpToolsProtocol``;
+In: nothing but uvicorn's own settings (``--http steps.serving.wire:OneWriteHttpToolsProtocol``;
 ``steps.serve`` selects it). Out: the same bytes on the wire, in the same order, as
 ``uvicorn.protocols.http.httptools_impl.HttpToolsProtocol``; no I/O of its own, no MLflow.
 

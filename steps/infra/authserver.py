@@ -9,7 +9,7 @@ account, created the first time the auth database is empty) and
 holds no default for either: a missing one is an error line and exit 2, before anything starts.
 
 Out: the auth config (``default_permission = NO_PERMISSIONS``: an account sees only what it is
-granted, see ``steps.accounts``; admin user ``admin``; verified passwords cached
+granted, see ``steps.infra.accounts``; admin user ``admin``; verified passwords cached
 ``--auth-cache-ttl`` seconds, bench/auth_bench.py) in a private temp dir for the server's
 lifetime, removed when it stops; the server runs in the foreground, SIGINT/SIGTERM passed on.
 Secrets go to the server through its environment only, never into the config or a log.
@@ -28,7 +28,7 @@ from pathlib import Path
 import click
 
 from steps import config
-from steps.runtime import StepError
+from steps.infra.errors import StepError
 
 STEP = "auth-server"
 ADMIN_USERNAME = "admin"

@@ -1,7 +1,7 @@
 """Prediction for the API: validated rows in, dollars out, with concurrent requests batched.
 
 In: a fitted pipeline (``steps.features.HousingFeatures`` + estimator, as logged), made a
-``Scorer`` once per loaded version (``scorer``), and the ``steps.apischema.HousingRow`` rows
+``Scorer`` once per loaded version (``scorer``), and the ``steps.serving.rowschema.HousingRow`` rows
 of one or more requests. Out: float64 predictions, one per row, each request's slice resolved
 on its own future. No I/O, no MLflow.
 """
@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 from sklearn.pipeline import Pipeline
 
-from steps.apischema import HousingRow, rows_to_array
+from steps.serving.rowschema import HousingRow, rows_to_array
 
 # A fitted pipeline's predict as a function of the (n, 9) raw-value array.
 Scorer = Callable[[np.ndarray], np.ndarray]

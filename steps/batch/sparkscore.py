@@ -7,7 +7,7 @@ Parquet directory with ``row`` (0-based input position), the input columns (extr
 carried through; features as the model's types) and ``predicted_median_house_value`` in
 dollars, and a Parquet directory ``<output stem>.rejected.parquet`` with the rows that fail
 validation, their raw values and a ``reason``: the same columns, rules and messages as the
-local engine (``steps.schema.rejection_reasons``, applied to each pandas batch inside Spark).
+local engine (``steps.data.schema.rejection_reasons``, applied to each pandas batch inside Spark).
 
 The model is scored by MLflow's own ``mlflow.pyfunc.spark_udf``: raw rows in, the logged
 pipeline unchanged, dollars out. PySpark is imported lazily, only on this path: nothing the
@@ -29,15 +29,16 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from steps import config, runtime, schema
-from steps.runtime import StepError
+from steps import config
+from steps.data import schema
+from steps.infra.errors import StepError, one_line
 
 DEFAULT_MASTER = "local[*]"
 # `local`: the executors' Python already has the model's packages (local mode, or a cluster
 # image built from requirements.lock); uv/virtualenv/conda: MLflow builds the model's env
 # on each executor from the logged requirements.
 ENV_MANAGERS: tuple[str, ...] = ("local", "uv", "virtualenv", "conda")
-DEFAULT_ENV_MANAGER = "local"
+DEFAULT_SPARK_ENV_MANAGER = "local"
 APP_NAME = "california-housing-predict"
 REJECTED_SUFFIX = ".rejected.parquet"
 # Typed copies of the features travel beside the raw values until rows are split: rejected
@@ -213,11 +214,12 @@ def start_session(master: str, workdir: Path) -> Any:
 
 
 def steps_archive(target: Path) -> Path:
-    """The ``steps`` package zipped, shipped to the executors (the batch check imports it)."""
-    package = Path(__file__).resolve().parent
+    """The ``steps`` package zipped with its subpackages, shipped to the executors (the batch
+    check imports ``steps.data.schema``, which imports ``steps.config``)."""
+    package = Path(__file__).resolve().parent.parent  # steps/batch/ → steps/
     with zipfile.ZipFile(target, "w") as archive:
-        for source in sorted(package.glob("*.py")):
-            archive.write(source, f"steps/{source.name}")
+        for source in sorted(package.rglob("*.py")):
+            archive.write(source, f"steps/{source.relative_to(package).as_posix()}")
     return target
 
 
@@ -234,7 +236,7 @@ def read_input(spark: Any, uri: str, kind: str) -> Any:
     except AnalysisException as exc:
         if "PATH_NOT_FOUND" in str(exc):
             raise StepError(f"{uri}: no such file or directory") from exc
-        raise StepError(f"{uri}: cannot read as {kind}: {runtime.one_line(exc)}") from exc
+        raise StepError(f"{uri}: cannot read as {kind}: {one_line(exc)}") from exc
     check_columns(df.columns, uri)
     return df
 

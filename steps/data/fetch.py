@@ -1,4 +1,4 @@
-"""``python -m steps.fetchdata`` (``make data``): ``data/housing.csv`` without an MLflow run.
+"""``python -m steps.data.fetch`` (``make data``): ``data/housing.csv`` without an MLflow run.
 
 In: ``data.dvc``; the data from where load_data takes it (``data/`` → the local DVC cache →
 a DVC remote → a download from ``$HOUSING_DATA_URL``, else the public URL). Out: ``data/``
@@ -19,8 +19,8 @@ from pathlib import Path
 import click
 
 from steps import config
-from steps.load_data import acquire
-from steps.runtime import StepError
+from steps.data.acquisition import acquire
+from steps.infra.errors import StepError
 
 
 def fetch(root: Path = config.PROJECT_ROOT) -> Path:

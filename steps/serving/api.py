@@ -8,12 +8,14 @@ request limits. Out: ``create_app(...)``, the app uvicorn serves:
   "model_version"}``; ``POST /invocations`` (MLflow's scoring protocol, answered like
   ``mlflow models serve``); ``POST /v2/models/{name}/infer`` and the rest of the Open
   Inference Protocol (V2). Every protocol's rows go through the same validation
-  (``steps.apischema``) and the same batcher (``steps.batching``); every prediction answer
+  (``steps.serving.rowschema``) and the same batcher (``steps.serving.batching``); every
+  prediction answer
   names its model in ``x-model-name``/``x-model-version``.
-* ``GET /metrics`` (``steps.metrics``), ``/health``, ``/ping``, ``/ready``, ``/version``,
+* ``GET /metrics`` (``steps.serving.metrics``), ``/health``, ``/ping``, ``/ready``, ``/version``,
   ``/docs``.
 
-With API keys (``--api-keys-file`` / ``SERVE_API_KEYS``, ``steps.apikeys``) every endpoint but
+With API keys (``--api-keys-file`` / ``SERVE_API_KEYS``, ``steps.serving.apikeys``) every
+endpoint but
 the health probes and ``/docs`` answers 401 without a valid key, the hot lane included.
 
 Errors: invalid body -> 422 with field-level ``detail`` (V2: 400 with ``error``); more rows
@@ -42,8 +44,10 @@ from fastapi.openapi.utils import get_openapi
 from fastapi.responses import Response
 from pydantic import BaseModel, ValidationError
 
-from steps import apikeys, metrics
-from steps.apischema import (
+from steps.serving import apikeys, metrics
+from steps.serving.batching import MicroBatcher, Scorer, predict_rows, scorer
+from steps.serving.protocols import V2_OUTPUT, invocation_rows, v2_metadata, v2_rows
+from steps.serving.rowschema import (
     DEFAULT_MAX_ROWS,
     HousingRow,
     PredictResponse,
@@ -52,9 +56,7 @@ from steps.apischema import (
     request_model,
     version_info,
 )
-from steps.batching import MicroBatcher, Scorer, predict_rows, scorer
-from steps.loading import ModelRef
-from steps.protocols import V2_OUTPUT, invocation_rows, v2_metadata, v2_rows
+from steps.tracking.loading import ModelRef
 
 # A compact row is ~190 bytes of JSON: 4 MiB fits DEFAULT_MAX_ROWS rows, even pretty-printed.
 DEFAULT_MAX_BODY_BYTES = 4 * 1024 * 1024
@@ -233,9 +235,10 @@ class HotLane:
 class HousingAPI(FastAPI):
     """FastAPI, except that the hot POST paths (``hot_lane``; None = off) skip Starlette's
     middleware stack and FastAPI's routing, and that with ``api_keys`` every request but the
-    open ones (``steps.apikeys``) needs a valid key first, whichever path answers it."""
+    open ones (``steps.serving.apikeys``) needs a valid key first, whichever path answers it."""
 
     hot_lane: HotLane | None = None
+    handlers: Handlers | None = None
     api_keys: apikeys.KeyStore | None = None
 
     async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
@@ -308,47 +311,44 @@ def _install_openapi(app: FastAPI, request_schema: type[BaseModel]) -> None:
     app.openapi = openapi  # type: ignore[method-assign]
 
 
-def create_app(
-    model: ServedModel | None,
-    max_rows: int = DEFAULT_MAX_ROWS,
-    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
-    api_keys: apikeys.KeyStore | None = None,
-) -> HousingAPI:
-    """The ASGI app serving ``model`` (None: not ready, predictions and /ready answer 503);
-    ``api_keys``: the keys every request but the health probes and /docs must present.
-    ``app.state.model`` is what a follower swaps; ``app.state.follower`` (if any) is
-    reported by /ready."""
-    request_schema = request_model(max_rows)
-    app = HousingAPI(
-        title="California housing price API",
-        version="1.0",
-        description="Median house value (dollars) of California census block groups.",
-    )
-    app.state.model = model
-    app.state.follower = None
-    app.api_keys = api_keys
-    if model is not None:
-        metrics.serving(model.ref.name, model.ref.version)
+def predict_and_count(score: Scorer, rows: Sequence[HousingRow]) -> np.ndarray:
+    """Score the rows and count the predictions in the metrics."""
+    predictions = predict_rows(score, rows)
+    metrics.observe_predictions(predictions)
+    return predictions
 
-    def predict_and_count(score: Scorer, rows: Sequence[HousingRow]) -> np.ndarray:
-        predictions = predict_rows(score, rows)
-        metrics.observe_predictions(predictions)
-        return predictions
 
-    batcher = MicroBatcher(predict_and_count)
-    not_ready = answer({"detail": "model not loaded"}, 503)
+def detail_error(status: int, detail: Any) -> Answer:
+    """An error the way /predict and /invocations answer it: ``{"detail": ...}``."""
+    return answer({"detail": detail}, status)
 
-    def detail_error(status: int, detail: Any) -> Answer:
-        return answer({"detail": detail}, status)
 
-    def v2_error(status: int, detail: Any) -> Answer:
-        # the Open Inference Protocol answers errors as {"error": "<message>"}
-        if isinstance(detail, str):
-            return answer({"error": detail}, status)
-        message = "; ".join(f"{'.'.join(map(str, d['loc'][1:]))}: {d['msg']}" for d in detail)
-        return answer({"error": message, "detail": detail}, 400)
+def v2_error(status: int, detail: Any) -> Answer:
+    """An error the way the Open Inference Protocol answers it: ``{"error": "<message>"}``."""
+    if isinstance(detail, str):
+        return answer({"error": detail}, status)
+    message = "; ".join(f"{'.'.join(map(str, d['loc'][1:]))}: {d['msg']}" for d in detail)
+    return answer({"error": message, "detail": detail}, 400)
+
+
+class Handlers:
+    """Every protocol's request handling, bytes in and an ``Answer`` out, over one app's state
+    (``state.model``: the served model, swapped by a follower; None: not ready). The FastAPI
+    routes and the hot lane both call these, so each protocol has one code path."""
+
+    def __init__(self, state: Any, max_rows: int = DEFAULT_MAX_ROWS) -> None:
+        self.state = state
+        self.max_rows = max_rows
+        self.request_schema = request_model(max_rows)
+        self.batcher = MicroBatcher(predict_and_count)
+        self.not_ready = answer({"detail": "model not loaded"}, 503)
+
+    @property
+    def served(self) -> ServedModel | None:
+        return self.state.model
 
     def rows_or_error(
+        self,
         validate: Callable[[], Any],
         root: str = "data",
         respond: Callable[[int, Any], Answer] = detail_error,
@@ -359,30 +359,30 @@ def create_app(
             return validate().data
         except ValidationError as exc:
             if any(e["type"] == "too_long" and e["loc"] == ("data",) for e in exc.errors()):
-                return respond(413, f"too many rows: the maximum per request is {max_rows}")
+                return respond(413, f"too many rows: the maximum per request is {self.max_rows}")
             return respond(422, error_detail(exc, root))
 
-    async def handle_predict(raw: bytes, content_type: str) -> Answer:
-        served: ServedModel | None = app.state.model
+    async def predict(self, raw: bytes, content_type: str) -> Answer:
+        """``POST /predict``: ``{"data": [row, ...]}`` → predictions with the model's name."""
+        served = self.served
         if served is None:
-            return not_ready
-        rows = rows_or_error(lambda: request_schema.model_validate_json(raw))
+            return self.not_ready
+        rows = self.rows_or_error(lambda: self.request_schema.model_validate_json(raw))
         if isinstance(rows, tuple):
             return rows
-        predictions = await batcher.submit(served.score, rows)
-        return answer(
-            {
-                "predictions": predictions.tolist(),
-                "model_name": served.ref.name,
-                "model_version": served.ref.version,
-            },
-            served=served,
-        )
+        predictions = await self.batcher.submit(served.score, rows)
+        reply = {
+            "predictions": predictions.tolist(),
+            "model_name": served.ref.name,
+            "model_version": served.ref.version,
+        }
+        return answer(reply, served=served)
 
-    async def handle_invocations(raw: bytes, content_type: str) -> Answer:
-        served: ServedModel | None = app.state.model
+    async def invocations(self, raw: bytes, content_type: str) -> Answer:
+        """``POST /invocations``: MLflow's JSON input formats, answered as MLflow does."""
+        served = self.served
         if served is None:
-            return not_ready
+            return self.not_ready
         content_type = content_type.split(";")[0].strip().lower()
         if content_type != "application/json":
             detail = f"send application/json (MLflow's JSON formats), not {content_type!r}"
@@ -392,22 +392,26 @@ def create_app(
         except (ValueError, RecursionError) as exc:  # bad JSON or none of the formats
             item = {"type": "invalid_payload", "loc": ["body"], "msg": str(exc)[:300]}
             return answer({"detail": [item]}, 422)
-        rows = rows_or_error(lambda: request_schema.model_validate({"data": records}), root)
+        rows = self.rows_or_error(
+            lambda: self.request_schema.model_validate({"data": records}), root
+        )
         if isinstance(rows, tuple):
             return rows
-        predictions = await batcher.submit(served.score, rows)
+        predictions = await self.batcher.submit(served.score, rows)
         return answer({"predictions": predictions.tolist()}, served=served)
 
-    def v2_model(model_name: str) -> ServedModel | Answer:
-        served: ServedModel | None = app.state.model
+    def v2_model(self, model_name: str) -> ServedModel | Answer:
+        """The served model if it is the one a V2 path names, else the 503/404 answer."""
+        served = self.served
         if served is None:
             return answer({"error": "model not loaded"}, 503)
         if model_name != served.ref.name:
             return answer({"error": f"unknown model {model_name!r}"}, 404)
         return served
 
-    async def handle_v2_infer(model_name: str, raw: bytes) -> Answer:
-        served = v2_model(model_name)
+    async def v2_infer(self, model_name: str, raw: bytes) -> Answer:
+        """``POST /v2/models/{name}/infer``: one input tensor per raw column."""
+        served = self.v2_model(model_name)
         if isinstance(served, tuple):
             return served
         try:
@@ -415,27 +419,25 @@ def create_app(
             records = v2_rows(payload)
         except (ValueError, RecursionError) as exc:  # bad JSON or not a V2 request
             return answer({"error": str(exc)[:300]}, 400)
-        rows = rows_or_error(
-            lambda: request_schema.model_validate({"data": records}), "rows", v2_error
+        rows = self.rows_or_error(
+            lambda: self.request_schema.model_validate({"data": records}), "rows", v2_error
         )
         if isinstance(rows, tuple):
             return rows
-        predictions = (await batcher.submit(served.score, rows)).tolist()
+        predictions = (await self.batcher.submit(served.score, rows)).tolist()
+        output = {"name": V2_OUTPUT, "datatype": "FP64", "shape": [len(predictions)]}
         reply: dict[str, Any] = {
             "model_name": served.ref.name,
             "model_version": served.ref.version,
-            "outputs": [
-                {
-                    "name": V2_OUTPUT,
-                    "datatype": "FP64",
-                    "shape": [len(predictions)],
-                    "data": predictions,
-                }
-            ],
+            "outputs": [{**output, "data": predictions}],
         }
         if isinstance(payload.get("id"), str):
             reply["id"] = payload["id"]
         return answer(reply, served=served)
+
+
+def add_probe_routes(app: HousingAPI, handlers: Handlers) -> None:
+    """/health, /ping, /metrics, /ready, /version."""
 
     @app.get("/health", summary="Process is up")
     async def health() -> dict[str, str]:
@@ -455,9 +457,9 @@ def create_app(
 
     @app.get("/ready", summary="Model is loaded", responses={503: {"description": "Not ready"}})
     async def ready() -> Response:
-        served: ServedModel | None = app.state.model
+        served = handlers.served
         if served is None:
-            return to_response(not_ready)
+            return to_response(handlers.not_ready)
         return json_response(
             {
                 "status": "ready",
@@ -469,12 +471,14 @@ def create_app(
 
     @app.get("/version", response_model=VersionInfo, summary="Served model and its lineage")
     async def version() -> Response:
-        served: ServedModel | None = app.state.model
+        served = handlers.served
         if served is None:
-            return to_response(not_ready)
+            return to_response(handlers.not_ready)
         return json_response(version_info(served.ref).model_dump())
 
-    too_big = f"More than {max_rows} rows or more than {max_body_bytes} bytes"
+
+def add_prediction_routes(app: HousingAPI, handlers: Handlers, too_big: str) -> None:
+    """POST /predict and MLflow's POST /invocations."""
 
     @app.post(
         "/predict",
@@ -488,7 +492,7 @@ def create_app(
     )
     async def predict(request: Request) -> Response:
         content_type = request.headers.get("content-type", "")
-        return to_response(await handle_predict(await request.body(), content_type))
+        return to_response(await handlers.predict(await request.body(), content_type))
 
     @app.post(
         "/invocations",
@@ -502,28 +506,31 @@ def create_app(
     )
     async def invocations(request: Request) -> Response:
         content_type = request.headers.get("content-type", "")
-        return to_response(await handle_invocations(await request.body(), content_type))
+        return to_response(await handlers.invocations(await request.body(), content_type))
 
-    # --- Open Inference Protocol (V2): KServe, Triton and MLServer clients ---------------------
+
+def add_v2_routes(app: HousingAPI, handlers: Handlers, too_big: str) -> None:
+    """The Open Inference Protocol (V2): KServe, Triton and MLServer clients."""
+
     @app.get("/v2/health/live", summary="V2: process is up")
     async def v2_live() -> dict[str, bool]:
         return {"live": True}
 
     @app.get("/v2/health/ready", summary="V2: model loaded", responses={503: {}})
     async def v2_ready() -> Response:
-        ready = app.state.model is not None
+        ready = handlers.served is not None
         return json_response({"ready": ready}, 200 if ready else 503)
 
     @app.get("/v2/models/{model_name}", summary="V2: model metadata", responses={404: {}, 503: {}})
     async def v2_model_metadata(model_name: str) -> Response:
-        served = v2_model(model_name)
+        served = handlers.v2_model(model_name)
         if isinstance(served, tuple):
             return to_response(served)
         return json_response(v2_metadata(served.ref.name, served.ref.version))
 
     @app.get("/v2/models/{model_name}/ready", summary="V2: model ready", responses={404: {}})
     async def v2_model_ready(model_name: str) -> Response:
-        served = v2_model(model_name)
+        served = handlers.v2_model(model_name)
         if isinstance(served, tuple):
             return to_response(served)
         return json_response({"name": served.ref.name, "ready": True})
@@ -539,12 +546,39 @@ def create_app(
         },
     )
     async def v2_infer(model_name: str, request: Request) -> Response:
-        return to_response(await handle_v2_infer(model_name, await request.body()))
+        return to_response(await handlers.v2_infer(model_name, await request.body()))
 
-    _install_openapi(app, request_schema)
+
+def create_app(
+    model: ServedModel | None,
+    max_rows: int = DEFAULT_MAX_ROWS,
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+    api_keys: apikeys.KeyStore | None = None,
+) -> HousingAPI:
+    """The ASGI app serving ``model`` (None: not ready, predictions and /ready answer 503);
+    ``api_keys``: the keys every request but the health probes and /docs must present.
+    ``app.state.model`` is what a follower swaps; ``app.state.follower`` (if any) is
+    reported by /ready. ``app.handlers``: the protocol handlers behind the routes."""
+    app = HousingAPI(
+        title="California housing price API",
+        version="1.0",
+        description="Median house value (dollars) of California census block groups.",
+    )
+    app.state.model = model
+    app.state.follower = None
+    app.api_keys = api_keys
+    if model is not None:
+        metrics.serving(model.ref.name, model.ref.version)
+    handlers = Handlers(app.state, max_rows)
+    app.handlers = handlers
+    too_big = f"More than {max_rows} rows or more than {max_body_bytes} bytes"
+    add_probe_routes(app, handlers)
+    add_prediction_routes(app, handlers, too_big)
+    add_v2_routes(app, handlers, too_big)
+    _install_openapi(app, handlers.request_schema)
     app.add_middleware(BodySizeLimit, max_bytes=max_body_bytes)
     app.add_middleware(metrics.RequestMetrics)  # 413s from the limit count too
     app.hot_lane = HotLane(
-        {"/predict": handle_predict, "/invocations": handle_invocations}, max_body_bytes
+        {"/predict": handlers.predict, "/invocations": handlers.invocations}, max_body_bytes
     )
     return app

@@ -1,7 +1,7 @@
 """The data contract: rules on a whole raw table and on how it changed since a reference.
 
 In: a raw table that already passed ``schema.validate_raw`` (column by column), optionally
-the profile of a reference version, and the rules declared in ``steps/schema.py``
+the profile of a reference version, and the rules declared in ``steps/data/schema.py``
 (``TABLE_RULES``, ``DRIFT_RULES``). Out (``check`` → ``Result``): a compact, JSON-ready
 **profile** of the table (row count; per column missing rate, summary statistics, its
 deciles and the shares of rows between them, a histogram; category shares), the drift
@@ -26,7 +26,8 @@ from typing import TYPE_CHECKING, Any, Literal
 import numpy as np
 import pandas as pd
 
-from steps import config, schema
+from steps import config
+from steps.data import schema
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -352,45 +353,26 @@ def _fmt(value: Any) -> str:
     return str(value)
 
 
-def report_markdown(
-    result: Result,
-    reference: dict[str, Any] | None,
-    version: str,
-    reference_label: str,
-    table_rules: schema.TableRules = schema.TABLE_RULES,
-    drift_rules: schema.DriftRules = schema.DRIFT_RULES,
-) -> str:
-    """The data report: verdict, findings, drift statistics and per-column statistics."""
-    new, findings, verdict = result.profile, result.findings, result.verdict
-    status = "FAILED" if verdict.failures else "passed"
+def _findings_lines(findings: list[Finding]) -> list[str]:
+    if not findings:
+        return ["None: every rule holds."]
     lines = [
-        "# Data report",
-        "",
-        f"- version: `{version}` ({new['n_rows']:,} rows)",
-        f"- reference: {reference_label}"
-        + (f" ({reference['n_rows']:,} rows)" if reference else ""),
-        f"- contract: **{status}** — {len(verdict.failures)} failure(s), "
-        f"{len(verdict.warnings)} warning(s)",
-        "",
-        "## Findings",
-        "",
+        "| severity | rule | column | statistic | threshold | detail |",
+        "|---|---|---|---|---|---|",
     ]
-    if findings:
-        lines += [
-            "| severity | rule | column | statistic | threshold | detail |",
-            "|---|---|---|---|---|---|",
-        ]
-        for f in findings:
-            severity = "fail (accepted)" if f.accepted else f.severity
-            lines.append(
-                f"| {severity} | {f.rule} | {f.column or '–'} | {_fmt(float(f.statistic))} "
-                f"| {_fmt(float(f.threshold))} | {f.detail} |"
-            )
-    else:
-        lines.append("None: every rule holds.")
-    lines += [
+    for f in findings:
+        severity = "fail (accepted)" if f.accepted else f.severity
+        lines.append(
+            f"| {severity} | {f.rule} | {f.column or '–'} | {_fmt(float(f.statistic))} "
+            f"| {_fmt(float(f.threshold))} | {f.detail} |"
+        )
+    return lines
+
+
+def _rules_lines(table_rules: schema.TableRules, drift_rules: schema.DriftRules) -> list[str]:
+    lines = [
         "",
-        "## Rules (steps/schema.py)",
+        "## Rules (steps/data/schema.py)",
         "",
         f"- min_rows: at least {table_rules.min_rows:,} rows",
         f"- duplicate_rows: at most {table_rules.max_duplicate_fraction:.1%} exact duplicate rows",
@@ -400,25 +382,33 @@ def report_markdown(
     for name in DRIFT_RULE_NAMES:
         band = getattr(drift_rules, name)
         lines.append(f"- {name}: warn above {band.warn:g}, fail above {band.fail:g}")
-    stats = result.drift
-    if reference is not None and stats is not None:
-        lines += [
-            "",
-            "## Drift against the reference",
-            "",
-            f"Row count change: {stats['row_count_change']:+.2%}.",
-            "",
-            "| column | PSI | warn / fail | missing (new) | missing (reference) |",
-            "|---|---|---|---|---|",
-        ]
-        for name, col in stats["columns"].items():
-            band = drift_rules.target_psi if name == config.TARGET else drift_rules.feature_psi
-            lines.append(
-                f"| {name} | {col['psi']:.4f} | {band.warn:g} / {band.fail:g} "
-                f"| {new['columns'][name]['missing_rate']:.2%} "
-                f"| {reference['columns'][name]['missing_rate']:.2%} |"
-            )
-    lines += ["", "## Column statistics (new / reference)", ""]
+    return lines
+
+
+def _drift_lines(
+    new: dict[str, Any], reference: dict[str, Any], stats: dict[str, Any], rules: schema.DriftRules
+) -> list[str]:
+    lines = [
+        "",
+        "## Drift against the reference",
+        "",
+        f"Row count change: {stats['row_count_change']:+.2%}.",
+        "",
+        "| column | PSI | warn / fail | missing (new) | missing (reference) |",
+        "|---|---|---|---|---|",
+    ]
+    for name, col in stats["columns"].items():
+        band = rules.target_psi if name == config.TARGET else rules.feature_psi
+        lines.append(
+            f"| {name} | {col['psi']:.4f} | {band.warn:g} / {band.fail:g} "
+            f"| {new['columns'][name]['missing_rate']:.2%} "
+            f"| {reference['columns'][name]['missing_rate']:.2%} |"
+        )
+    return lines
+
+
+def _column_lines(new: dict[str, Any], reference: dict[str, Any] | None) -> list[str]:
+    lines = ["", "## Column statistics (new / reference)", ""]
     keys = ("mean", "std", "min", "p50", "max")
     lines += ["| column | " + " | ".join(keys) + " |", "|---" * (len(keys) + 1) + "|"]
     for name, col in new["columns"].items():
@@ -436,6 +426,37 @@ def report_markdown(
             f"- {value}: {new_shares.get(value, 0.0):.2%} / "
             + (f"{ref_shares.get(value, 0.0):.2%}" if reference else "–")
         )
+    return lines
+
+
+def report_markdown(
+    result: Result,
+    reference: dict[str, Any] | None,
+    version: str,
+    reference_label: str,
+    table_rules: schema.TableRules = schema.TABLE_RULES,
+    drift_rules: schema.DriftRules = schema.DRIFT_RULES,
+) -> str:
+    """The data report: verdict, findings, drift statistics and per-column statistics."""
+    new, verdict = result.profile, result.verdict
+    status = "FAILED" if verdict.failures else "passed"
+    lines = [
+        "# Data report",
+        "",
+        f"- version: `{version}` ({new['n_rows']:,} rows)",
+        f"- reference: {reference_label}"
+        + (f" ({reference['n_rows']:,} rows)" if reference else ""),
+        f"- contract: **{status}** — {len(verdict.failures)} failure(s), "
+        f"{len(verdict.warnings)} warning(s)",
+        "",
+        "## Findings",
+        "",
+        *_findings_lines(result.findings),
+        *_rules_lines(table_rules, drift_rules),
+    ]
+    if reference is not None and result.drift is not None:
+        lines += _drift_lines(new, reference, result.drift, drift_rules)
+    lines += _column_lines(new, reference)
     lines += ["", "![overlay histograms](histograms.png)", ""]
     return "\n".join(lines)
 

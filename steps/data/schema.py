@@ -149,7 +149,7 @@ def with_model_dtypes(valid: pd.DataFrame) -> pd.DataFrame:
 
 
 # --- the data contract: rules on the whole table and on the change from a reference --------
-# Checked by steps/contract.py. Every threshold is declared here, once; docs/reliability.md
+# Checked by steps/data/contract.py. Every threshold is declared here, once; docs/reliability.md
 # gives the measurements each one is calibrated on (bench/contract_calibration.py prints them).
 @dataclass(frozen=True)
 class TableRules:

@@ -14,7 +14,7 @@ the worker's exit code, so runs, logs, cancellation and exit codes are as withou
 When the socket does not answer, the interpreter differs, or the module is not a step,
 ``delegate()`` returns and the step runs in its own process as usual.
 
-In: the socket path (``python -m steps.forkserver serve <path>``; ``run COMMAND...`` runs a
+In: the socket path (``python -m steps.infra.forkserver serve <path>``; ``run COMMAND...`` runs a
 command beside a server, as ``make run`` does). Out: nothing logged; the server exits when
 its parent dies or sends SIGTERM.
 """
@@ -31,6 +31,7 @@ import sys
 from collections.abc import Iterator
 
 from steps import config
+from steps.infra import processes
 
 # What each served module needs imported before it is forked (a fork that still had to import
 # its libraries would only compete with the server importing them), in the order main runs
@@ -71,8 +72,6 @@ LIGHT = ("steps.main", "steps.load_data")
 HEAVY = ("steps.preprocess", "steps.train", "steps.register")
 HEAVY_SUFFIX = ".heavy"
 _LENGTH = struct.Struct("!I")
-# In a worker: the pid of the process MLflow started, which waits for us (client_parent_pid).
-_client_pid: int | None = None
 _FORWARDED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 MAX_MESSAGE = 1 << 20
 
@@ -103,18 +102,6 @@ def _recv(sock: socket.socket) -> dict:
     return json.loads(_recv_exact(sock, size))
 
 
-def client_parent_pid() -> int | None:
-    """In a worker: the parent of the process MLflow started for us (1 once that process is
-    gone, as for an orphan); elsewhere None."""
-    if _client_pid is None:
-        return None
-    try:
-        with open(f"/proc/{_client_pid}/stat") as stat:
-            return int(stat.read().rsplit(")", 1)[1].split()[1])
-    except (OSError, IndexError, ValueError):
-        return 1
-
-
 def served_module(orig_argv: list[str]) -> str | None:
     """The step module of ``python [opts] -m <module> ...`` if it is one we serve."""
     if "-m" not in orig_argv:
@@ -132,10 +119,8 @@ def delegate() -> None:
     module = served_module(list(getattr(sys, "orig_argv", [])))
     if not path or module is None:
         return
-    # Our parent's death must still reach the worker (through us): see runtime.die_with_parent.
-    from steps import runtime
-
-    runtime.die_with_parent()
+    # Our parent's death must still reach the worker (through us): see processes.die_with_parent.
+    processes.die_with_parent()
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
         sock.connect(path + HEAVY_SUFFIX if module in HEAVY else path)
@@ -200,8 +185,8 @@ def _run_worker(conn: socket.socket, request: dict, fds: list[int]) -> None:
     module = request["module"]
     sys.modules.pop(module, None)  # runs afresh as __main__, as `python -m` would
     sys.argv = [module, *request["args"]]
-    global _client_pid
-    _client_pid = int(request["pid"])
+    # the process MLflow started, which waits for us (processes.client_parent_pid)
+    processes.set_client_pid(int(request["pid"]))
     _send(conn, {"pid": os.getpid()})
 
     def client_gone() -> None:
@@ -294,16 +279,14 @@ def serve(path: str) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # main decides; a Ctrl-C is for it
     signal.signal(signal.SIGTERM, lambda *_: os._exit(0))
     signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # workers report through their sockets
-    from steps import runtime
-
-    runtime.die_with_parent()
+    processes.die_with_parent()
     light, heavy = _bind(path), _bind(path + HEAVY_SUFFIX)
     for name in _COMMON:
         with contextlib.suppress(Exception):  # the step will report it
             importlib.import_module(name)
     if os.fork() == 0:
         light.close()
-        runtime.die_with_parent()
+        processes.die_with_parent()
         _serve_loop(heavy, HEAVY)
     heavy.close()
     _serve_loop(light, LIGHT)
@@ -358,7 +341,7 @@ def running() -> Iterator[None]:
     path = os.path.join(socket_dir, "socket")
     env = {k: v for k, v in os.environ.items() if k != config.FORKSERVER_ENV}
     server = subprocess.Popen(
-        [sys.executable, "-m", "steps.forkserver", "serve", path],
+        [sys.executable, "-m", "steps.infra.forkserver", "serve", path],
         stdin=subprocess.DEVNULL,
         # its imports' warnings would reach the terminal, not a step's log
         stdout=subprocess.DEVNULL,
@@ -383,7 +366,7 @@ def run_command(command: list[str]) -> int:
     import subprocess
 
     if not command:
-        print("usage: python -m steps.forkserver run COMMAND...", file=sys.stderr)
+        print("usage: python -m steps.infra.forkserver run COMMAND...", file=sys.stderr)
         return 2
     with running():
         child = subprocess.Popen(command)
@@ -401,7 +384,7 @@ if __name__ == "__main__":
         sys.exit(run_command(sys.argv[2:]))
     else:
         print(
-            "usage: python -m steps.forkserver serve SOCKET | run COMMAND...",
+            "usage: python -m steps.infra.forkserver serve SOCKET | run COMMAND...",
             file=sys.stderr,
         )
         sys.exit(2)

@@ -19,7 +19,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from steps import config, runtime
+from steps import config
+from steps.infra.errors import one_line
+from steps.tracking import refusals
 
 SKOPS_FORMAT = "skops"
 DEFAULT_MODEL_URI = f"models:/{config.MODEL_NAME}@{config.CHAMPION_ALIAS}"
@@ -73,7 +75,7 @@ def load_model_uri(model_uri: str) -> Any:
         try:
             local = mlflow.artifacts.download_artifacts(artifact_uri=model_uri, dst_path=tmp)
         except (MlflowException, OSError) as exc:
-            problem = runtime.refusal(exc) or runtime.one_line(exc)
+            problem = refusals.refusal(exc) or one_line(exc)
             raise ModelLoadError(f"cannot download {model_uri}: {problem}") from exc
         return load_skops_pipeline(Path(local))
 
@@ -125,7 +127,7 @@ def resolve_model_version(model_uri: str) -> ModelRef:
         else:
             mv = client.get_model_version(name, version)
     except MlflowException as exc:
-        problem = runtime.refusal(exc) or exc.message
+        problem = refusals.refusal(exc) or exc.message
         raise ModelLoadError(f"cannot resolve {model_uri}: {problem}") from exc
     return ModelRef(
         name=mv.name,
@@ -146,7 +148,7 @@ def download_model(ref: ModelRef, dst: Path) -> Path:
             artifact_uri=f"models:/{ref.name}/{ref.version}", dst_path=str(dst)
         )
     except MlflowException as exc:
-        problem = runtime.refusal(exc) or exc.message
+        problem = refusals.refusal(exc) or exc.message
         raise ModelLoadError(f"cannot download {ref.name} v{ref.version}: {problem}") from exc
     return Path(local)
 

@@ -1,9 +1,10 @@
 """The prediction API's request and response schema: what a valid row is.
 
 In: JSON request bodies (``/predict``'s ``{"data": [row, ...]}``; other protocols' rows after
-``steps.protocols`` has turned them into row dicts). Out: validated ``HousingRow`` objects, the
+``steps.serving.protocols`` has turned them into row dicts). Out: validated ``HousingRow``
+objects, the
 raw-row array the pipeline scores (``rows_to_array``), FastAPI-style 422 ``detail`` items, and
-the response models /docs shows. The numeric bounds come from ``steps.schema``, the table
+the response models /docs shows. The numeric bounds come from ``steps.data.schema``, the table
 rules load_data enforces: one source of truth for the pipeline, the API and batch scoring.
 No I/O, no MLflow.
 """
@@ -18,8 +19,9 @@ from typing import Annotated, Any, Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
 
-from steps import config, schema
-from steps.loading import ModelRef
+from steps import config
+from steps.data import schema
+from steps.tracking.loading import ModelRef
 
 # Most rows per request (more: 413); `serve --max-rows` and the MLproject mirror it.
 DEFAULT_MAX_ROWS = 10_000

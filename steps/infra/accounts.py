@@ -10,7 +10,7 @@ file): the experiment ``california_housing_price`` and the registered model, cre
 admin if missing (a resource's creator is granted MANAGE on it, and no role should own them);
 each account created, or its password set to the file's; the grants of ``GRANTS`` (an
 existing grant is updated in place). Prints one line per account with its grants, never a
-password. The server's default permission is NO_PERMISSIONS (``steps.authserver``): what is
+password. The server's default permission is NO_PERMISSIONS (``steps.infra.authserver``): what is
 not granted here is refused.
 
 Why these levels (mlflow/server/auth/__init__.py, MLflow 3.17): creating a run needs
@@ -33,12 +33,12 @@ from dataclasses import dataclass
 
 import click
 
-from steps import config, runtime
-from steps.runtime import StepError
+from steps import config
+from steps.infra.errors import StepError, one_line
+from steps.tracking import refusals, steprun
 
 STEP = "accounts"
 ROLES = ("pipeline", "serving", "maintainer")
-DEFAULT_EXPERIMENT_ID = "0"
 EXPERIMENT = "experiment"
 REGISTERED_MODEL = "registered_model"
 # Experiment ids are known only on the server; these stand for them in GRANTS.
@@ -70,7 +70,7 @@ class Grant:
 GRANTS: dict[str, tuple[Grant, ...]] = {
     "pipeline": (
         Grant(EXPERIMENT, PIPELINE_EXPERIMENT, "EDIT"),
-        Grant(EXPERIMENT, DEFAULT_EXPERIMENT_ID, "EDIT"),
+        Grant(EXPERIMENT, config.DEFAULT_EXPERIMENT_ID, "EDIT"),
         Grant(REGISTERED_MODEL, config.MODEL_NAME, "EDIT"),
     ),
     "serving": (
@@ -79,7 +79,7 @@ GRANTS: dict[str, tuple[Grant, ...]] = {
     ),
     "maintainer": (
         Grant(EXPERIMENT, PIPELINE_EXPERIMENT, "EDIT"),
-        Grant(EXPERIMENT, DEFAULT_EXPERIMENT_ID, "EDIT"),
+        Grant(EXPERIMENT, config.DEFAULT_EXPERIMENT_ID, "EDIT"),
         Grant(REGISTERED_MODEL, config.MODEL_NAME, "MANAGE"),
     ),
 }
@@ -240,8 +240,8 @@ def mlflow_client(uri: str):
 
 
 def fail(exc: BaseException) -> None:
-    problem = runtime.refusal(exc) or runtime.one_line(exc)
-    if runtime.tracking_unreachable(exc) or isinstance(exc, OSError):
+    problem = refusals.refusal(exc) or one_line(exc)
+    if refusals.tracking_unreachable(exc) or isinstance(exc, OSError):
         problem = f"tracking server unreachable: {problem}"
     click.echo(f"error: {STEP}: {problem}", err=True)
     raise SystemExit(1) from None
@@ -285,7 +285,7 @@ def apply(accounts_file: str, model_name: str) -> None:
             for grant in grants:
                 ensure_grant(auth, account.username, grant)
             summary = ", ".join(f"{g.resource_type} {g.resource_id} {g.permission}" for g in grants)
-            runtime.echo(STEP, f"{account.username} ({account.role}, {done}): {summary}")
+            steprun.echo(STEP, f"{account.username} ({account.role}, {done}): {summary}")
     except (StepError, MlflowException) as exc:
         fail(exc)
 

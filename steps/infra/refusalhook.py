@@ -1,15 +1,16 @@
 """One line instead of a traceback when a tracking server refuses a command that is not ours.
 
-Our steps turn a 401/403 from the tracking server into one line (``steps.runtime.refusal``).
+Our steps turn a 401/403 from the tracking server into one line
+(``steps.tracking.refusals.refusal``).
 MLflow's own command line cannot: the ``mlflow run`` launcher looks up the experiment and
 creates the run before any code of ours runs, and prints a Python traceback when the server
-refuses. ``make setup`` installs a ``.pth`` file into the venv (``python -m steps.refusalhook
+refuses. ``make setup`` installs a ``.pth`` file into the venv (``python -m steps.infra.refusalhook
 install``) that runs this file, standalone, when an interpreter of the venv starts. It only
 sets ``sys.excepthook``: an uncaught MLflow error whose code is UNAUTHENTICATED or
 PERMISSION_DENIED (or whose cause is one) is printed as ``error: <refusal line>`` (exit code
 1, as for any uncaught exception); every other exception keeps Python's own handling.
 
-In: nothing at start-up (standard library only; ``steps.runtime`` is imported only when a
+In: nothing at start-up (standard library only; ``steps.tracking.refusals`` is imported only when a
 refusal reaches the top). Out: ``install`` writes ``housing_refusals.pth`` into the running
 interpreter's site-packages; ``uninstall`` removes it. No MLflow run, no other file.
 """
@@ -23,6 +24,16 @@ from types import TracebackType
 
 PTH_NAME = "housing_refusals.pth"
 REFUSED_CODES = frozenset({"UNAUTHENTICATED", "PERMISSION_DENIED"})
+# Where this file sits below the project root: steps/infra/refusalhook.py.
+PACKAGE_PATH = ("steps", "infra")
+
+
+def project_root(hook_file: str) -> str:
+    """The project root for this file: the folder that holds the ``steps`` package."""
+    root = os.path.dirname(os.path.abspath(hook_file))
+    for _ in PACKAGE_PATH:
+        root = os.path.dirname(root)
+    return root
 
 
 def _refused(exc: BaseException | None) -> bool:
@@ -42,10 +53,10 @@ def _refusal_hook(
     if _refused(exc):
         line = None
         try:
-            root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+            root = project_root(__file__)
             if root not in sys.path:
                 sys.path.insert(0, root)
-            from steps.runtime import refusal
+            from steps.tracking.refusals import refusal
 
             line = refusal(exc)
         except Exception:  # the traceback below is still better than nothing
@@ -81,4 +92,4 @@ elif __name__ == "__main__":
         if os.path.exists(target):
             os.remove(target)
     else:
-        sys.exit("usage: python -m steps.refusalhook install|uninstall")
+        sys.exit("usage: python -m steps.infra.refusalhook install|uninstall")

@@ -1,0 +1,1 @@
+"""How main chains the steps: the code hash behind step reuse, waiting for the upstream step."""
