@@ -11,7 +11,8 @@ multiple of MLflow's, and the batch seconds; ``--json`` prints one JSON document
     python bench/api_bench.py                       # temp tracking store + demo model
     python bench/api_bench.py --tracking-uri sqlite:////abs/mlflow.db --json
 
-Needs ``wrk`` (``apt-get install -y wrk``). The demo model comes from ``tests/support.py``.
+Needs ``wrk`` (``apt-get install -y wrk``). The demo model comes from
+``tests/support/mlflow_helpers.py``.
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
 Starts ``python -m steps.infra.authserver`` twice on the same stores (``--auth-cache-ttl 0``: every
 request verifies the scrypt hash; the default, ``steps.infra.authserver.AUTH_CACHE_TTL_S``: verified
-once per worker and TTL), makes the ``pipeline`` account of tests/support.py, and times
+once per worker and TTL), makes the ``pipeline`` account of tests/support/servers.py, and times
 ``requests`` authenticated ``experiments/get-by-name`` calls in a row as that account on each.
 Prints requests/s and ms per request for both and their ratio.
 

@@ -1,5 +1,5 @@
-"""Fixtures only; the helpers behind them live in ``tests/support.py`` (shared with bench/)
-and the services the suite starts in ``tests/services.py``."""
+"""Fixtures only; the helpers behind them live in ``tests/support/`` (one module per concern,
+shared with bench/) and the services the suite starts in ``tests/services.py``."""
 
 from __future__ import annotations
 

@@ -2,7 +2,8 @@
 
 One auth server for the module (``python -m steps.infra.authserver``: SQLite store, SQLite auth
 database, proxied artifacts, secrets from files), its accounts made by ``python -m
-steps.infra.accounts apply``: ``pipeline``, ``serving``, maintainer ``alice`` (tests/support.py).
+steps.infra.accounts apply``: ``pipeline``, ``serving``, maintainer ``alice``
+(tests/support/servers.py).
 What each account may and may not do is asserted against the server's own answers; a
 refused request must end in one error line, no traceback, no run left behind, the champion
 untouched. The prediction API's keys are checked against the real server process, under load.
