@@ -19,8 +19,10 @@ Library subpackages, by concern:
   version, dataset sources), ``lineage`` (upstream runs and their outputs), ``registry``
   (alias state and history), ``loading`` (registry URIs to skops-loaded pipelines),
   ``refusals`` (a server's 401/403 as one line), ``storerace`` (a store race, retried)
-- ``orchestration``: ``fingerprint`` (the code hash behind step reuse), ``upstream_wait`` (a
-  step started early waits for its upstream)
+- ``orchestration``: how main chains the steps: ``fingerprint`` (the code hash behind step
+  reuse), ``reuse`` (the reuse key and the run that matches it), ``launch`` (steps started
+  through MLflow Projects ahead of their turn, and stopped), ``summary`` (the step table),
+  ``upstream_wait`` (a step started early waits for its upstream)
 - ``serving``: ``api`` (serve's ASGI app), ``rowschema`` (a valid request row), ``batching``,
   ``protocols`` (/invocations, V2), ``follower`` (alias following), ``apikeys``, ``metrics``,
   ``wire`` (one socket write per response)
