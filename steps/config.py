@@ -66,6 +66,20 @@ TAG_DATA_SOURCE = "dataset.acquired_from"
 TAG_GIT_DIRTY = "git.dirty"
 TAG_STEP = "pipeline.step"
 TAG_CODE_HASH = "pipeline.code_hash"
+# MLflow's own run tags that the steps write or read (names from mlflow.utils.mlflow_tags,
+# repeated so that config imports nothing).
+TAG_MLFLOW_RUN_NAME = "mlflow.runName"
+TAG_MLFLOW_NOTE = "mlflow.note.content"  # the run's description
+TAG_MLFLOW_GIT_COMMIT = "mlflow.source.git.commit"
+TAG_MLFLOW_SOURCE_NAME = "mlflow.source.name"
+TAG_MLFLOW_USER = "mlflow.user"
+
+
+def tag_pipeline_step(step: str, field: str) -> str:
+    """main's parent-run tags per step: ``pipeline.<step>.run_id``, ``pipeline.<step>.reused``."""
+    return f"pipeline.{step}.{field}"
+
+
 # Registry version tags written by register and read by serve.
 VERSION_TAG_TRAIN_RUN = "train_run_id"
 VERSION_TAG_GIT_COMMIT = "git_commit"

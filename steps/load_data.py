@@ -131,7 +131,7 @@ def run_contract(df: pd.DataFrame, md5: str, reference: Reference, accept_drift:
         config.TAG_CONTRACT_ACCEPT_DRIFT: str(accept_drift).lower(),
         config.TAG_CONTRACT_REFERENCE: reference.label[:500],
         # the run description: the report without its image (which only resolves as artifact)
-        "mlflow.note.content": markdown.replace("![overlay histograms](histograms.png)", "")[
+        config.TAG_MLFLOW_NOTE: markdown.replace("![overlay histograms](histograms.png)", "")[
             :NOTE_LIMIT
         ],
     }

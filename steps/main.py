@@ -111,7 +111,7 @@ def open_parent_run() -> Any:
     copied = {}
     if launcher is not None:
         copied = {k: v for k, v in launcher.data.tags.items() if k.startswith("mlflow.")}
-        copied.pop("mlflow.runName", None)
+        copied.pop(config.TAG_MLFLOW_RUN_NAME, None)
         copied[config.TAG_LAUNCHER_RUN] = launcher_id
     run = mlflow.start_run(experiment_id=experiment_id, tags=copied)
     if launcher is not None:
@@ -213,14 +213,14 @@ def open_pipeline(opts: dict[str, Any]) -> Pipeline:
     tag_experiment_kind(client, parent.info.experiment_id)
     # Under `mlflow run <git URL>` children are launched from the temp clone, so MLflow names
     # their source file:///tmp/…; give them the parent's (the URL the user ran, #subdir kept).
-    source_name = client.get_run(parent.info.run_id).data.tags.get("mlflow.source.name")
+    source_name = client.get_run(parent.info.run_id).data.tags.get(config.TAG_MLFLOW_SOURCE_NAME)
     git = provenance.git_state()
     data_md5 = provenance.expected_md5(config.PROJECT_ROOT)
     mlflow.set_tags(
         {
             config.TAG_STEP: STEP,
             config.TAG_GIT_DIRTY: str(git.dirty).lower(),
-            "mlflow.runName": f"{STEP} · {opts['model_kind']} · running",
+            config.TAG_MLFLOW_RUN_NAME: f"{STEP} · {opts['model_kind']} · running",
         }
     )
     if git.dirty:
@@ -271,14 +271,19 @@ def run_steps(
             pipeline.live.remove(launched)
             started, run_id = launched.released, launched.run_id
             if pipeline.source_name:
-                client.set_tag(run_id, "mlflow.source.name", pipeline.source_name)
+                client.set_tag(run_id, config.TAG_MLFLOW_SOURCE_NAME, pipeline.source_name)
         run = client.get_run(run_id)
         elapsed = time.perf_counter() - started
         result = StepResult(step, run_id, hit is not None, elapsed, key_metric(step, run))
         results.append(result)
         click.echo(result_row(result))
         reused = str(hit is not None).lower()
-        mlflow.set_tags({f"pipeline.{step}.run_id": run_id, f"pipeline.{step}.reused": reused})
+        mlflow.set_tags(
+            {
+                config.tag_pipeline_step(step, "run_id"): run_id,
+                config.tag_pipeline_step(step, "reused"): reused,
+            }
+        )
         upstream = run_id
     return results
 
@@ -315,8 +320,8 @@ def finish_pipeline(pipeline: Pipeline, results: list[StepResult], opts: dict[st
             config.TAG_DVC_MD5: pipeline.data_md5,
             config.TAG_REGISTRY_VERSION: version,
             config.TAG_REGISTRY_ALIAS: alias,
-            "mlflow.runName": parent_run_name(opts["model_kind"], version, alias),
-            "mlflow.note.content": run_description(results, model),
+            config.TAG_MLFLOW_RUN_NAME: parent_run_name(opts["model_kind"], version, alias),
+            config.TAG_MLFLOW_NOTE: run_description(results, model),
         }
     )
     click.echo(f"model: {model} ({register_tags.get(config.TAG_REGISTRY_REASON, '')})")

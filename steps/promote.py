@@ -132,9 +132,11 @@ def cli(version_arg: str, reason: str, model_name: str) -> None:
     )
     mlflow.log_metric("promoted_test_rmse", rmse)
     history = registry.champion_history(client, model_name)
-    user = client.get_run(mlflow.active_run().info.run_id).data.tags.get("mlflow.user", "?")
+    user = client.get_run(mlflow.active_run().info.run_id).data.tags.get(
+        config.TAG_MLFLOW_USER, "?"
+    )
     mlflow.set_tag(
-        "mlflow.note.content",
+        config.TAG_MLFLOW_NOTE,
         f"**{model_name} @champion: {source} → v{target.version}** by {user}\n\n"
         f"Why: {reason.strip()}\n\n"
         f"Test RMSE of v{target.version} on its own test rows: ${rmse:,.0f}\n\n"

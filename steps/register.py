@@ -317,7 +317,7 @@ def register_or_reuse(
     tags = {
         config.VERSION_TAG_TRAIN_RUN: train_run_id,
         config.VERSION_TAG_GIT_COMMIT: upstream.data.tags.get(
-            "mlflow.source.git.commit", "unknown"
+            config.TAG_MLFLOW_GIT_COMMIT, "unknown"
         ),
         config.TAG_DVC_MD5: upstream.data.tags.get(config.TAG_DVC_MD5, "unknown"),
         config.VERSION_TAG_TEST_RMSE: repr(upstream.data.metrics["test_rmse"]),
@@ -374,7 +374,7 @@ def log_register_run(
         if value is not None:
             metrics[key] = value
     mlflow.log_metrics(metrics)
-    mlflow.set_tag("mlflow.note.content", note)
+    mlflow.set_tag(config.TAG_MLFLOW_NOTE, note)
 
 
 @click.command(help="Register the train run's logged model; it takes @champion only if it wins.")

@@ -161,7 +161,7 @@ def champion_history(client, model_name: str) -> list[Move]:
                 ended=run.info.end_time or 0,
                 from_version=int(source) if source.isdigit() else None,
                 to_version=int(tags[config.TAG_CHAMPION_TO]),
-                user=tags.get("mlflow.user", "?"),
+                user=tags.get(config.TAG_MLFLOW_USER, "?"),
                 reason=tags.get(config.TAG_REGISTRY_REASON, ""),
             )
         )

@@ -140,10 +140,10 @@ def tag_step_run(
     if is_generated_name(run.info.run_name):
         # `mlflow run` without --run-name names a run at random; the step's name reads
         # better. A name the user chose is kept.
-        tags["mlflow.runName"] = step
+        tags[config.TAG_MLFLOW_RUN_NAME] = step
     if not launched_by_mlflow_run:
         if git.commit:
-            tags["mlflow.source.git.commit"] = git.commit
+            tags[config.TAG_MLFLOW_GIT_COMMIT] = git.commit
         if params:
             mlflow.log_params(params)
     mlflow.set_tags(tags)
