@@ -23,10 +23,12 @@ def project_with_venv(dest: Path) -> Path:
     # The copy's venv is the installed one by construction: date its locks no later than the
     # install stamp, so `make` does not reinstall into a venv other test runs are using.
     installed = (VENV / "bin" / ".installed").stat().st_mtime_ns
-    for lock in ("requirements.lock", "requirements-dev.lock"):
-        os.utime(project / lock, ns=(installed, installed))
+    # The same for the interpreter hook: a copy must not point the shared venv's .pth at
+    # itself (a temp dir that is gone after the test).
+    for dated in ("requirements.lock", "requirements-dev.lock", "steps/infra/refusalhook.py"):
+        os.utime(project / dated, ns=(installed, installed))
     bin_dir = project.resolve() / ".venv" / "bin"
-    stamps = [str(bin_dir / ".installed"), str(bin_dir / ".store-template")]
+    stamps = [str(bin_dir / name) for name in (".installed", ".refusal-hook", ".store-template")]
     up_to_date = subprocess.run(["make", "-q", *stamps], cwd=project, env=make_env(""), check=False)
     assert up_to_date.returncode == 0, f"`make setup` would rebuild {VENV}: run it there first"
     return project
