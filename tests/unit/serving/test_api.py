@@ -3,6 +3,7 @@ metrics and the version header. The app is the real one; nothing of ours is mock
 
 from __future__ import annotations
 
+import asyncio
 import json
 
 import numpy as np
@@ -295,3 +296,18 @@ def test_every_prediction_names_its_version_in_a_header(client, sample):
     for r in answers:
         assert r.status_code == 200
         assert (r.headers["x-model-name"], r.headers["x-model-version"]) == (config.MODEL_NAME, "7")
+
+
+def test_the_handlers_answer_without_fastapi(pipeline):
+    """The protocol handlers are plain objects over the app's state: bytes in, an answer out."""
+    from types import SimpleNamespace
+
+    state = SimpleNamespace(model=api.ServedModel(pipeline, REF))
+    handlers = api.Handlers(state, MAX_ROWS)
+    body = json.dumps({"data": [good_row()]}).encode()
+    status, payload, _ = asyncio.run(handlers.predict(body, "application/json"))
+    assert status == 200
+    assert json.loads(payload)["model_version"] == REF.version
+    state.model = None  # what a follower would swap; None: not ready
+    assert asyncio.run(handlers.predict(body, "application/json"))[0] == 503
+    assert asyncio.run(handlers.v2_infer(REF.name, b"{}"))[0] == 503
