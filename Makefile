@@ -47,13 +47,13 @@ ENGINE ?=
 SPARK_MASTER ?=
 # a path made absolute (`mlflow run` runs the step elsewhere); a URI (s3a://, hdfs://…) as is
 location = $(if $(findstring ://,$(1)),$(1),$(abspath $(1)))
-# `make server AUTH=1`: basic auth (steps.authserver); server-postgres has it unless AUTH=0.
+# `make server AUTH=1`: basic auth (steps.infra.authserver); server-postgres has it unless AUTH=0.
 AUTH ?=
 # '<role> <username> <password>' lines for `make accounts`, kept outside the repository.
 ACCOUNTS_FILE ?=
 # On an auth server the `mlflow run` launcher creates a run before our code runs, and turns
 # a refusal into a traceback: check the account first (nothing to check on a local store).
-PREFLIGHT = python -m steps.accounts check --experiment-name $(PIPELINE_EXPERIMENT)
+PREFLIGHT = python -m steps.infra.accounts check --experiment-name $(PIPELINE_EXPERIMENT)
 
 .DEFAULT_GOAL := help
 .PHONY: help setup spark-setup data test-prerequisites lock run steps run-from-git serve predict test coverage test-unit test-integration test-git-url \
@@ -74,15 +74,20 @@ $(BIN)/.installed: requirements.lock requirements-dev.lock
 	@echo "installing the locked dependencies into .venv (uv pip install --require-hashes)"
 	@uv pip install --quiet --compile-bytecode --require-hashes --python $(BIN)/python \
 	  -r requirements-dev.lock
-	@$(BIN)/python -m steps.refusalhook install
 	@touch $@
 
-# The empty tracking store `make run` starts a new ./mlflow.db from (steps.storetemplate).
+# The interpreter hook (.pth) names the hook file's path: reinstalled when that file changes
+# (a venv set up before the hook moved would otherwise point at a file that is gone).
+$(BIN)/.refusal-hook: $(BIN)/.installed steps/infra/refusalhook.py
+	@$(BIN)/python -m steps.infra.refusalhook install
+	@touch $@
+
+# The empty tracking store `make run` starts a new ./mlflow.db from (steps.infra.storetemplate).
 $(BIN)/.store-template: $(BIN)/.installed
-	@$(BIN)/python -m steps.storetemplate build
+	@$(BIN)/python -m steps.infra.storetemplate build
 	@touch $@
 
-setup: $(BIN)/.installed $(BIN)/.store-template ## create .venv with the locked dependencies (requirements-dev.lock)
+setup: $(BIN)/.installed $(BIN)/.refusal-hook $(BIN)/.store-template ## create .venv with the locked dependencies (requirements-dev.lock)
 
 # PySpark (~450 MB) only for Spark scoring and the tests; `make run` never needs it.
 $(BIN)/.spark-installed: $(BIN)/.installed requirements-spark.lock
@@ -94,7 +99,7 @@ $(BIN)/.spark-installed: $(BIN)/.installed requirements-spark.lock
 spark-setup: $(BIN)/.spark-installed ## add PySpark to .venv (predict -P engine=spark; needs a Java runtime)
 
 data: setup ## fetch data/housing.csv as load_data does (DVC, else HOUSING_DATA_URL or the public URL), md5-checked
-	@python -m steps.fetchdata >/dev/null
+	@python -m steps.data.fetch >/dev/null
 
 lock: ## re-resolve requirements*.in into the hashed requirements*.lock files
 	uv pip compile --quiet --universal --generate-hashes --python-version 3.11 \
@@ -106,13 +111,13 @@ lock: ## re-resolve requirements*.in into the hashed requirements*.lock files
 	uv pip compile --quiet --universal --generate-hashes --python-version 3.11 \
 	  requirements-spark.in -o requirements-spark.lock
 
-# steps.forkserver imports the steps' libraries once, while `mlflow run` starts; main's
+# steps.infra.forkserver imports the steps' libraries once, while `mlflow run` starts; main's
 # steps then start as forks of it (main starts its own server when run without make). A new
-# ./mlflow.db starts as a copy of the empty store built by `make setup` (steps.storetemplate).
+# ./mlflow.db starts as a copy of the empty store built by `make setup` (steps.infra.storetemplate).
 run: setup ## run the whole pipeline: mlflow run . -e main (data: HOUSING_DATA_URL or DVC)
-	@python -m steps.storetemplate place
+	@python -m steps.infra.storetemplate place
 	@$(PREFLIGHT)
-	python -m steps.forkserver run mlflow run . -e main --env-manager local --experiment-name $(PIPELINE_EXPERIMENT)
+	python -m steps.infra.forkserver run mlflow run . -e main --env-manager local --experiment-name $(PIPELINE_EXPERIMENT)
 
 steps: setup ## run the entry points one by one; each takes the latest finished upstream run
 	@$(PREFLIGHT)
@@ -188,10 +193,10 @@ format: setup ## apply ruff formatting and fixes
 	ruff format .
 	ruff check --fix .
 
-# AUTH=1: MLflow's basic-auth app (steps.authserver), users and grants in ./basic_auth.db;
+# AUTH=1: MLflow's basic-auth app (steps.infra.authserver), users and grants in ./basic_auth.db;
 # needs MLFLOW_AUTH_ADMIN_PASSWORD and MLFLOW_FLASK_SERVER_SECRET_KEY (or *_FILE, outside the repo).
 server: setup ## tracking server on 127.0.0.1:$(MLFLOW_PORT) (SQLite + ./mlruns, absolute paths; AUTH=1: basic auth)
-	$(if $(filter 1,$(AUTH)),python -m steps.authserver --auth-database-uri sqlite:///$(CURDIR)/basic_auth.db --,mlflow server) \
+	$(if $(filter 1,$(AUTH)),python -m steps.infra.authserver --auth-database-uri sqlite:///$(CURDIR)/basic_auth.db --,mlflow server) \
 	  --host 127.0.0.1 --port $(MLFLOW_PORT) $(if $(MLFLOW_WORKERS),--workers $(MLFLOW_WORKERS)) \
 	  --backend-store-uri sqlite:///$(CURDIR)/mlflow.db --default-artifact-root $(CURDIR)/mlruns
 
@@ -209,7 +214,7 @@ server-postgres: setup ## shared tracking server: PostgreSQL (PG_URI=…, else .
 	  pg_uri="$$(.ci/postgres.sh)" && \
 	  auth_uri="$${PG_AUTH_URI:-$$(PG_DB=mlflow_auth .ci/postgres.sh)}" || exit; \
 	fi; \
-	$(if $(filter 0,$(AUTH)),mlflow server,python -m steps.authserver \
+	$(if $(filter 0,$(AUTH)),mlflow server,python -m steps.infra.authserver \
 	  --auth-database-uri "$${auth_uri/postgresql:/postgresql+psycopg2:}" --) \
 	  --host 127.0.0.1 --port $(MLFLOW_PORT) $(if $(MLFLOW_WORKERS),--workers $(MLFLOW_WORKERS)) \
 	  --backend-store-uri "$${pg_uri/postgresql:/postgresql+psycopg2:}" \
@@ -217,7 +222,7 @@ server-postgres: setup ## shared tracking server: PostgreSQL (PG_URI=…, else .
 
 accounts: setup ## as admin (MLFLOW_TRACKING_USERNAME/PASSWORD): make accounts ACCOUNTS_FILE=… (idempotent)
 	@test -n "$(ACCOUNTS_FILE)" || { echo "error: accounts: give the accounts file: make accounts ACCOUNTS_FILE=/path/outside/the/repo" >&2; exit 2; }
-	python -m steps.accounts apply --accounts-file $(abspath $(ACCOUNTS_FILE))
+	python -m steps.infra.accounts apply --accounts-file $(abspath $(ACCOUNTS_FILE))
 
 ui: setup ## MLflow UI on 127.0.0.1:$(MLFLOW_PORT) over the local store
 	mlflow ui --backend-store-uri $(MLFLOW_TRACKING_URI) --host 127.0.0.1 --port $(MLFLOW_PORT)

@@ -11,7 +11,8 @@ multiple of MLflow's, and the batch seconds; ``--json`` prints one JSON document
     python bench/api_bench.py                       # temp tracking store + demo model
     python bench/api_bench.py --tracking-uri sqlite:////abs/mlflow.db --json
 
-Needs ``wrk`` (``apt-get install -y wrk``). The demo model comes from ``tests/support.py``.
+Needs ``wrk`` (``apt-get install -y wrk``). The demo model comes from
+``tests/support/mlflow_helpers.py``.
 """
 
 from __future__ import annotations
@@ -39,8 +40,8 @@ PROJECT_ROOT = Path(__file__).resolve().parents[1]
 if str(PROJECT_ROOT) not in sys.path:  # run as a script: make `steps` and `tests` importable
     sys.path.insert(0, str(PROJECT_ROOT))
 
-from steps.loading import DEFAULT_MODEL_URI  # noqa: E402
 from steps.serve import DEFAULT_WORKERS  # noqa: E402
+from steps.tracking.loading import DEFAULT_MODEL_URI  # noqa: E402
 from tests.support import (  # noqa: E402
     demo_pipeline,
     free_port,

@@ -1,8 +1,8 @@
 """What MLflow's basic auth costs per request, with and without the password cache.
 
-Starts ``python -m steps.authserver`` twice on the same stores (``--auth-cache-ttl 0``: every
-request verifies the scrypt hash; the default, ``steps.authserver.AUTH_CACHE_TTL_S``: verified
-once per worker and TTL), makes the ``pipeline`` account of tests/support.py, and times
+Starts ``python -m steps.infra.authserver`` twice on the same stores (``--auth-cache-ttl 0``: every
+request verifies the scrypt hash; the default, ``steps.infra.authserver.AUTH_CACHE_TTL_S``: verified
+once per worker and TTL), makes the ``pipeline`` account of tests/support/servers.py, and times
 ``requests`` authenticated ``experiments/get-by-name`` calls in a row as that account on each.
 Prints requests/s and ms per request for both and their ratio.
 
@@ -22,7 +22,8 @@ PROJECT_ROOT = Path(__file__).resolve().parents[1]
 if str(PROJECT_ROOT) not in sys.path:  # run as a script: make `steps` and `tests` importable
     sys.path.insert(0, str(PROJECT_ROOT))
 
-from steps import authserver, config  # noqa: E402
+from steps import config  # noqa: E402
+from steps.infra import authserver  # noqa: E402
 from tests.support import (  # noqa: E402
     TEST_ACCOUNTS,
     apply_accounts,

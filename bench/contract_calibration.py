@@ -1,7 +1,7 @@
-"""The numbers behind the data contract's thresholds (steps/schema.py, docs/reliability.md).
+"""The numbers behind the data contract's thresholds (steps/data/schema.py, docs/reliability.md).
 
 Builds legitimate and broken versions of the real housing.csv, runs the contract
-(steps/contract.py) against a reference profile and prints, per variant, the largest
+(steps/data/contract.py) against a reference profile and prints, per variant, the largest
 statistic of each rule and the verdict. Legitimate variants must pass, broken ones must fail.
 Run: ``.venv/bin/python bench/contract_calibration.py`` (the data as ``make data`` fetches it).
 """
@@ -20,7 +20,8 @@ PROJECT_ROOT = Path(__file__).resolve().parents[1]
 if str(PROJECT_ROOT) not in sys.path:  # run as a script: make `steps` and `tests` importable
     sys.path.insert(0, str(PROJECT_ROOT))
 
-from steps import config, contract, schema  # noqa: E402
+from steps import config  # noqa: E402
+from steps.data import contract, schema  # noqa: E402
 from tests.support import housing_csv  # noqa: E402
 
 

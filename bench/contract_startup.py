@@ -17,7 +17,7 @@ from pathlib import Path
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 
-# steps.load_data imports steps.contract, which imports only numpy/pandas at module level:
+# steps.load_data imports steps.data.contract, which imports only numpy/pandas at module level:
 # pandera and matplotlib are imported when the contract runs, and counted here.
 BASE = "steps.load_data, mlflow, mlflow.data.pandas_dataset, dvc.repo"
 SETS = {

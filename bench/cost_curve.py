@@ -53,7 +53,8 @@ if str(PROJECT_ROOT) not in sys.path:  # run as a script: make `steps` and `test
 
 import pandas as pd  # noqa: E402
 
-from steps import config, schema  # noqa: E402
+from steps import config  # noqa: E402
+from steps.data import schema  # noqa: E402
 from tests.support import (  # noqa: E402
     copy_project,
     housing_csv,

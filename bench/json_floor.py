@@ -1,7 +1,7 @@
 """The HTTP floor ``api_bench.py`` measures the API against: FastAPI + uvicorn, run with the
 same worker count as ``steps.serve``, that parses the same JSON body and answers a constant
 prediction. Nothing but HTTP and JSON. It runs uvicorn's stock httptools protocol, not serve's
-one-write one (``steps.wire``): the floor is the stack as it comes (docs/api.md gives both).
+one-write one (``steps.serving.wire``): the floor is the stack as it comes (docs/api.md gives both).
 
     python -m uvicorn --app-dir bench json_floor:app --workers 2 --no-access-log
 """

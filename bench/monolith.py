@@ -31,7 +31,7 @@ EXPERIMENT = "california_housing_monolith"
 
 def load(csv: Path) -> Any:
     """Validated raw frame (the same parser and schema load_data uses)."""
-    from steps.load_data import parse_raw
+    from steps.data.acquisition import parse_raw
 
     return parse_raw(csv.read_bytes())
 
@@ -54,7 +54,9 @@ def log_run(raw: Any, csv: Path, fitted: tuple[Any, Any, Any, dict[str, float]],
     """One MLflow run with what the step runs log between them; returns its id."""
     import mlflow
 
-    from steps import config, lineage, models, runtime, schema, train
+    from steps import config, models, train
+    from steps.data import schema
+    from steps.tracking import lineage, provenance
 
     pipeline, train_df, test_df, metrics = fitted
     mlflow.set_experiment(EXPERIMENT)
@@ -63,7 +65,7 @@ def log_run(raw: Any, csv: Path, fitted: tuple[Any, Any, Any, dict[str, float]],
         mlflow.set_tag("model.kind", kind)
         dataset = mlflow.data.from_pandas(
             raw,
-            source=runtime.dataset_source(str(csv)),
+            source=provenance.dataset_source(str(csv)),
             targets=config.TARGET,
             name=config.RAW_DATASET_NAME,
         )
@@ -81,7 +83,8 @@ def register(run_id: str, test_rmse: float) -> tuple[str, str]:
     import mlflow
     from mlflow.exceptions import MlflowException
 
-    from steps import config, gate
+    from steps import config
+    from steps.ml import gate
 
     client = mlflow.MlflowClient()
     try:
@@ -114,9 +117,10 @@ def cli(tracking_uri: str | None, csv: Path, model_kind: str | None, as_json: bo
     started = time.perf_counter()
     import mlflow
 
-    from steps import models, runtime
+    from steps import models
+    from steps.infra import processes
 
-    runtime.skip_exit_collection()  # the steps exit this way too: compare like with like
+    processes.skip_exit_collection()  # the steps exit this way too: compare like with like
     kind = model_kind or models.DEFAULT_MODEL_KIND
     os.environ.setdefault("MLFLOW_ALLOW_PICKLE_DESERIALIZATION", "true")
     if tracking_uri:

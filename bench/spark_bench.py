@@ -11,7 +11,8 @@ ratio spark / local.
     python bench/spark_bench.py                      # 1,000,000 rows, local[2]
     python bench/spark_bench.py --rows 200000 --master 'local[*]' --json
 
-Needs ``make spark-setup`` and a Java runtime. The demo model comes from ``tests/support.py``.
+Needs ``make spark-setup`` and a Java runtime. The demo model comes from
+``tests/support/mlflow_helpers.py``.
 """
 
 from __future__ import annotations

@@ -5,7 +5,7 @@ Usage (from the project root)::
     python bench/tune_bench.py [--csv PATH] [--trials 16] [--folds 3] [--seeds 2]
 
 Both arms run tune's own trial loop (steps.tune: the search space, the folds, the reports;
-steps.study: the budget) on the default split's train rows, in an in-memory study:
+steps.ml.study: the budget) on the default split's train rows, in an in-memory study:
 
 * ``random``: Optuna's RandomSampler, no pruning (what tune did before: uniform draws from
   the same space, every fold of every trial);
@@ -32,7 +32,8 @@ import pandas as pd
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(PROJECT_ROOT))  # run as a script without installing the project
 
-from steps import config, features, models, study, tune  # noqa: E402
+from steps import config, features, models, tune  # noqa: E402
+from steps.ml import study  # noqa: E402
 from steps.preprocess import split_data  # noqa: E402
 from tests.support import housing_csv  # noqa: E402
 

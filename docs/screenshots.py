@@ -1,6 +1,6 @@
 """Regenerate the screenshots of docs/quickstart.md from a real pipeline run.
 
-In a temp dir: a fresh copy of the work tree (tests/support.py ``copy_project``), two real
+In a temp dir: a fresh copy of the work tree (tests/support/projects.py ``copy_project``), two real
 ``mlflow run . -e main --env-manager local --experiment-name california_housing_price``
 runs into a temp SQLite store (the default LightGBM, which becomes ``@champion``, then
 ``-P model_kind=linear``, which loses and becomes ``@challenger``), the MLflow UI

@@ -2,7 +2,7 @@
 
 Nothing here touches the disk, the network or MLflow at import time: values are constants
 or small pure functions. Every default a step exposes (click option, MLproject parameter)
-is defined once: here, or beside the code it configures (``steps.hyperparams``,
+is defined once: here, or beside the code it configures (``steps.ml.hyperparams``,
 ``steps.features``, a step's ``DEFAULT_*``); ``tests/unit/test_project_files.py`` checks that
 MLproject agrees with every click default.
 """
@@ -44,6 +44,20 @@ MODEL_PACKAGES: tuple[str, ...] = (
     "pandas",
 )
 
+# Fail in ~15 s instead of ~4 min per request when the tracking server is gone (mlflow's
+# defaults: 7 retries, backoff factor 2, capped at 120 s). main sets them for its children
+# unless the user did; the Makefile (for the `mlflow run` launcher, which reads them before
+# main starts) and k8s/kubernetes_job_template.yaml repeat them, and
+# tests/unit/test_project_files.py fails if either differs.
+HTTP_RETRY_DEFAULTS: dict[str, str] = {
+    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "4",
+    "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+    "MLFLOW_HTTP_REQUEST_TIMEOUT": "30",
+}
+
+# MLflow's own experiment (every store has it): where the launcher files a run without a name.
+DEFAULT_EXPERIMENT_ID = "0"
+
 # --- tags ---------------------------------------------------------------------------------
 TAG_UPSTREAM = "lineage.upstream_run_id"
 TAG_DVC_MD5 = "dataset.dvc_md5"
@@ -52,23 +66,67 @@ TAG_DATA_SOURCE = "dataset.acquired_from"
 TAG_GIT_DIRTY = "git.dirty"
 TAG_STEP = "pipeline.step"
 TAG_CODE_HASH = "pipeline.code_hash"
+# MLflow's own run tags that the steps write or read (names from mlflow.utils.mlflow_tags,
+# repeated so that config imports nothing).
+TAG_MLFLOW_RUN_NAME = "mlflow.runName"
+TAG_MLFLOW_NOTE = "mlflow.note.content"  # the run's description
+TAG_MLFLOW_GIT_COMMIT = "mlflow.source.git.commit"
+TAG_MLFLOW_SOURCE_NAME = "mlflow.source.name"
+TAG_MLFLOW_USER = "mlflow.user"
+
+
+def tag_pipeline_step(step: str, field: str) -> str:
+    """main's parent-run tags per step: ``pipeline.<step>.run_id``, ``pipeline.<step>.reused``."""
+    return f"pipeline.{step}.{field}"
+
+
 # Registry version tags written by register and read by serve.
 VERSION_TAG_TRAIN_RUN = "train_run_id"
 VERSION_TAG_GIT_COMMIT = "git_commit"
 VERSION_TAG_TEST_RMSE = "test_rmse"
 VERSION_TAG_LOGGED_MODEL = "logged_model_id"
-# The gate's summary on a version (written by register, see steps/gate.py).
+# The gate's summary on a version (written by register, see steps/ml/gate.py).
 VERSION_TAG_GATE_RECORD = "gate.record"  # JSON: the settle rule's input, one atomic tag
 VERSION_TAG_GATE_PREFIX = "gate."
 # Train run: the logged model it produced (``models:/<id>``).
 TAG_LOGGED_MODEL = "model.logged_model_id"
-# Register and promote runs: champion history (``steps.registry.champion_history``).
+# Register and promote runs: champion history (``steps.tracking.registry.champion_history``).
 TAG_REGISTRY_MODEL = "registry.model_name"
 TAG_CHAMPION_FROM = "registry.champion_from"
 TAG_CHAMPION_TO = "registry.champion_to"
 # Registered-model tags written by promote: versions <= floor no longer compete.
 MODEL_TAG_SETTLE_FLOOR = "registry.settle_floor"
 MODEL_TAG_PINNED = "registry.pinned_version"
+# Register and promote runs, and main's parent run: what register did and why.
+TAG_REGISTRY_VERSION = "registry.version"
+TAG_REGISTRY_ALIAS = "registry.alias"
+TAG_REGISTRY_REASON = "registry.reason"
+TAG_REGISTRY_VERDICT = "registry.verdict"
+TAG_REGISTRY_REUSED_VERSION = "registry.reused_version"
+# Train and register runs: the model kind trained.
+TAG_MODEL_KIND = "model.kind"
+# main: the launcher's run points at the pipeline's parent run (and back).
+TAG_MOVED_TO_RUN = "pipeline.moved_to_run_id"
+TAG_LAUNCHER_RUN = "pipeline.launcher_run_id"
+TAG_EXPERIMENT_KIND = "mlflow.experimentKind"  # an experiment tag: the UI's view
+# load_data runs: the data contract's outcome (steps.data.contract).
+TAG_CONTRACT_STATUS = "data_contract.status"
+TAG_CONTRACT_ACCEPT_DRIFT = "data_contract.accept_drift"
+TAG_CONTRACT_REFERENCE = "data_contract.reference"
+TAG_CONTRACT_REFERENCE_RUN = "data_contract.reference_run_id"
+TAG_CONTRACT_WARNINGS = "data_contract.warnings"
+# predict runs: the model version that scored, and where the predictions went.
+TAG_PREDICT_MODEL_NAME = "model.name"
+TAG_PREDICT_MODEL_VERSION = "model.version"
+TAG_PREDICT_MODEL_RUN_ID = "model.run_id"
+TAG_PREDICT_OUTPUT = "predict.output"
+TAG_PREDICT_REJECTED_OUTPUT = "predict.rejected_output"
+# tune runs and their trial runs (steps.ml.study).
+TAG_OPTUNA_STUDY = "optuna.study_name"
+TAG_OPTUNA_STORAGE = "optuna.storage"
+TAG_OPTUNA_TRIAL_NUMBER = "optuna.trial_number"
+TAG_OPTUNA_TRIAL_STATE = "optuna.trial_state"
+TAG_TUNE_BEST_TRIAL_RUN = "tune.best_trial_run_id"
 
 # --- data ---------------------------------------------------------------------------------
 DATA_DIR_NAME = "data"
@@ -79,11 +137,11 @@ PUBLIC_DATA_URL = (
 )
 DATA_URL_ENV = "HOUSING_DATA_URL"
 # Set by main for a step it starts before the step's upstream has finished: the path of the
-# file main creates once it has (runtime.wait_for_upstream).
+# file main creates once it has (upstream_wait.wait_for_upstream).
 START_AFTER_ENV = "PIPELINE_START_AFTER"
 # main's pid, for its children: a step waiting for its upstream gives up if main is gone.
 MAIN_PID_ENV = "PIPELINE_MAIN_PID"
-# Set by main for its children: the Unix socket of its fork server (steps.forkserver).
+# Set by main for its children: the Unix socket of its fork server (steps.infra.forkserver).
 FORKSERVER_ENV = "PIPELINE_FORKSERVER"
 # 1/true/yes: main streams every step's output as it happens (make run VERBOSE=1).
 VERBOSE_ENV = "PIPELINE_VERBOSE"
@@ -118,7 +176,7 @@ OCEAN_PROXIMITY_VALUES: tuple[str, ...] = (
 # --- batch predictions (steps.predict, both engines: one output schema) -------------------
 PREDICTION_COLUMN = "predicted_median_house_value"
 ROW_COLUMN = "row"  # 0-based position of the row in the input
-REASON_COLUMN = "reason"  # rejected rows: why (steps.schema.rejection_reasons)
+REASON_COLUMN = "reason"  # rejected rows: why (steps.data.schema.rejection_reasons)
 TABLE_SUFFIXES: dict[str, str] = {".csv": "csv", ".parquet": "parquet", ".pq": "parquet"}
 
 

@@ -1,7 +1,7 @@
 """Estimator factory: a model kind and hyperparameters in, an unfitted sklearn regressor out.
 
 Every kind takes the same small set of hyperparameters (``DEFAULT_HYPERPARAMS``, defined in
-``steps.hyperparams`` with ``MODEL_KINDS`` and re-exported here) and maps
+``steps.ml.hyperparams`` with ``MODEL_KINDS`` and re-exported here) and maps
 them onto its own parameters; a hyperparameter a kind has no use for is ignored (documented
 in ``build_estimator``). All kinds predict dollars.
 
@@ -26,7 +26,7 @@ from sklearn.linear_model import Ridge
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
 
-from steps.hyperparams import DEFAULT_HYPERPARAMS, DEFAULT_MODEL_KIND, MODEL_KINDS
+from steps.ml.hyperparams import DEFAULT_HYPERPARAMS, DEFAULT_MODEL_KIND, MODEL_KINDS
 
 # Fixed per-kind settings (not tuned per run).
 FEATURE_FRACTION = 0.7  # columns sampled per tree (LightGBM) / per split (HGB)

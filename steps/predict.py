@@ -8,15 +8,15 @@ Out: ``--output`` (CSV or Parquet, by extension) = the valid input rows, their 0
 ``<output stem>.rejected.csv`` with a ``reason``. Both are logged as artifacts of this step's
 MLflow run, tagged with the model name/version (params: model_uri, input, output, engine, …).
 
-``--engine spark`` scores on Spark instead (``steps.sparkscore``, ``--spark-master``): the
+``--engine spark`` scores on Spark instead (``steps.batch.sparkscore``, ``--spark-master``): the
 input may also be a directory or any URI Spark reads, the output and
 ``<output stem>.rejected.parquet`` are Parquet directories written by Spark. They are not
 copied into the run (they can be any size); the tags ``predict.output`` and
 ``predict.rejected_output`` say where they are. Same columns, same metrics.
 
-Validation applies the same rules as the online API (``steps.schema`` bounds, known
+Validation applies the same rules as the online API (``steps.data.schema`` bounds, known
 ``ocean_proximity`` values, finite numbers, ``total_bedrooms`` may be missing), vectorised,
-in both engines (``steps.schema.rejection_reasons``). A missing/unreadable file or missing
+in both engines (``steps.data.schema.rejection_reasons``). A missing/unreadable file or missing
 columns (engine=spark: or no Java/PySpark) -> one error line, exit 1, run FAILED.
 """
 
@@ -34,16 +34,19 @@ import click
 import numpy as np
 import pandas as pd
 
-from steps import config, runtime, schema, sparkscore
-from steps.loading import (
+from steps import config
+from steps.batch import sparkscore
+from steps.data import schema
+from steps.data.schema import rejection_reasons
+from steps.infra.errors import StepError
+from steps.tracking import steprun
+from steps.tracking.loading import (
     DEFAULT_MODEL_URI,
     ModelLoadError,
     ModelRef,
     load_version,
     resolve_model_version,
 )
-from steps.runtime import StepError
-from steps.schema import rejection_reasons
 
 STEP = "predict"
 DEFAULT_CHUNK_ROWS = 50_000
@@ -55,11 +58,6 @@ PREDICTION_COLUMN = config.PREDICTION_COLUMN
 ROW_COLUMN = config.ROW_COLUMN
 REASON_COLUMN = config.REASON_COLUMN
 # Model facts recorded on the run (tags: searchable; params come from the command line).
-TAG_MODEL_NAME = "model.name"
-TAG_MODEL_VERSION = "model.version"
-TAG_MODEL_RUN_ID = "model.run_id"
-TAG_OUTPUT = "predict.output"
-TAG_REJECTED_OUTPUT = "predict.rejected_output"
 
 
 # --- pure core ----------------------------------------------------------------------------
@@ -231,11 +229,11 @@ def load_model(model_uri: str) -> tuple[Any, ModelRef]:
 @click.option(
     "--spark-env-manager",
     type=click.Choice(sparkscore.ENV_MANAGERS),
-    default=sparkscore.DEFAULT_ENV_MANAGER,
+    default=sparkscore.DEFAULT_SPARK_ENV_MANAGER,
     show_default=True,
     help="engine=spark: how executors get the model's packages (spark_udf's env_manager).",
 )
-@runtime.as_step(STEP)
+@steprun.as_step(STEP)
 def cli(
     input_uri: str,
     output: str,
@@ -258,9 +256,9 @@ def log_model_ref(ref: ModelRef) -> None:
 
     mlflow.set_tags(
         {
-            TAG_MODEL_NAME: ref.name,
-            TAG_MODEL_VERSION: ref.version,
-            TAG_MODEL_RUN_ID: ref.run_id or "",
+            config.TAG_PREDICT_MODEL_NAME: ref.name,
+            config.TAG_PREDICT_MODEL_VERSION: ref.version,
+            config.TAG_PREDICT_MODEL_RUN_ID: ref.run_id or "",
         }
     )
 
@@ -276,7 +274,7 @@ def predict_locally(
     pipeline, ref = load_model(model_uri)
     log_model_ref(ref)
     valid, rejected = split_valid(df)
-    runtime.echo(
+    steprun.echo(
         STEP,
         f"{len(df)} rows: {len(valid)} valid, {len(rejected)} rejected; "
         f"model {ref.name} v{ref.version}",
@@ -299,8 +297,8 @@ def predict_locally(
         bad_path = rejected_path(out_path)
         write_table(rejected, bad_path)
         mlflow.log_artifact(str(bad_path), artifact_path=STEP)
-        runtime.echo(STEP, f"{len(rejected)} rejected rows (with reasons) in {bad_path}")
-    runtime.echo(STEP, f"wrote {len(valid)} predictions to {out_path}")
+        steprun.echo(STEP, f"{len(rejected)} rejected rows (with reasons) in {bad_path}")
+    steprun.echo(STEP, f"wrote {len(valid)} predictions to {out_path}")
 
 
 def predict_on_spark(
@@ -319,8 +317,10 @@ def predict_on_spark(
         raise StepError(str(exc)) from exc
     log_model_ref(ref)
     rejected_output = sparkscore.rejected_location(output)
-    mlflow.set_tags({TAG_OUTPUT: output, TAG_REJECTED_OUTPUT: rejected_output})
-    runtime.echo(STEP, f"starting Spark on {master}; model {ref.name} v{ref.version}")
+    mlflow.set_tags(
+        {config.TAG_PREDICT_OUTPUT: output, config.TAG_PREDICT_REJECTED_OUTPUT: rejected_output}
+    )
+    steprun.echo(STEP, f"starting Spark on {master}; model {ref.name} v{ref.version}")
     with tempfile.TemporaryDirectory(prefix="predict-spark-") as tmp:
         spark = sparkscore.start_session(master, Path(tmp))
         try:
@@ -339,16 +339,16 @@ def predict_on_spark(
             "predict_seconds": predict_seconds,
         }
     )
-    runtime.echo(
+    steprun.echo(
         STEP,
         f"{counts.rows_in} rows: {counts.rows_predicted} valid, "
         f"{counts.rows_rejected} rejected; model {ref.name} v{ref.version}",
     )
     if counts.rows_rejected:
-        runtime.echo(
+        steprun.echo(
             STEP, f"{counts.rows_rejected} rejected rows (with reasons) in {rejected_output}"
         )
-    runtime.echo(STEP, f"wrote {counts.rows_predicted} predictions to {output}")
+    steprun.echo(STEP, f"wrote {counts.rows_predicted} predictions to {output}")
 
 
 if __name__ == "__main__":

@@ -19,9 +19,11 @@ import numpy as np
 import pandas as pd
 from sklearn.model_selection import train_test_split
 
-from steps import config, features, lineage, runtime, schema
-from steps.runtime import StepError
-from steps.schema import features_and_target
+from steps import config, features
+from steps.data import schema
+from steps.data.schema import features_and_target
+from steps.infra.errors import StepError
+from steps.tracking import lineage, steprun
 
 STEP = "preprocess"
 INCOME_BINS: tuple[float, ...] = (0.0, 1.5, 3.0, 4.5, 6.0, np.inf)
@@ -106,7 +108,7 @@ def read_raw(run_id: str) -> pd.DataFrame:
     default=config.DEFAULT_SPLIT_STRATEGY,
     show_default=True,
 )
-@runtime.as_step(STEP, warm=("skops.io",))
+@steprun.as_step(STEP, warm=("skops.io",))
 def cli(upstream_run_id: str, test_size: float, split_seed: int, split_strategy: str) -> None:
     import mlflow
     import skops.io
@@ -117,7 +119,7 @@ def cli(upstream_run_id: str, test_size: float, split_seed: int, split_strategy:
     train, test = split_data(raw, test_size, split_seed, split_strategy)
     preprocessor = fit_preprocessor(train)
     feature_names = list(preprocessor.get_feature_names_out())
-    runtime.echo(STEP, f"{len(train)} train / {len(test)} test rows, {len(feature_names)} features")
+    steprun.echo(STEP, f"{len(train)} train / {len(test)} test rows, {len(feature_names)} features")
 
     mlflow.log_metrics(
         {"n_train": len(train), "n_test": len(test), "n_features_out": len(feature_names)}

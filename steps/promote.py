@@ -20,9 +20,11 @@ from __future__ import annotations
 import click
 import numpy as np
 
-from steps import config, gate, loading, registry, runtime
-from steps.runtime import StepError
-from steps.schema import features_and_target
+from steps import config
+from steps.data.schema import features_and_target
+from steps.infra.errors import StepError, one_line
+from steps.ml import gate
+from steps.tracking import loading, outputs, registry, steprun
 
 STEP = "promote"
 PREVIOUS = "previous"
@@ -59,14 +61,12 @@ def check_servable(model_name: str, version) -> float:
     train_run = version.tags.get(config.VERSION_TAG_TRAIN_RUN)
     if not train_run:
         raise StepError(f"{label} has no {config.VERSION_TAG_TRAIN_RUN} tag: cannot score it")
-    (test,) = registry.read_splits(train_run, config.TEST_SPLIT_FILE)
+    (test,) = outputs.read_train_splits(train_run, config.TEST_SPLIT_FILE)
     X, y = features_and_target(test)
     try:
         predicted = np.asarray(pipeline.predict(X), dtype=float)
     except Exception as exc:  # any failure to predict means it must not serve
-        raise StepError(
-            f"{label} cannot score its test rows: {runtime.one_line(exc, 200)}"
-        ) from exc
+        raise StepError(f"{label} cannot score its test rows: {one_line(exc, 200)}") from exc
     if not np.isfinite(predicted).all():
         raise StepError(f"{label} predicts non-finite values on its test rows")
     return gate.rmse(y, predicted)
@@ -76,7 +76,7 @@ def check_servable(model_name: str, version) -> float:
 @click.option("--version", "version_arg", required=True, help="N, models:/NAME/N or previous.")
 @click.option("--reason", default="", help="Why (required; recorded on the run).")
 @click.option("--model-name", default=config.MODEL_NAME, show_default=True)
-@runtime.as_step(STEP)
+@steprun.as_step(STEP)
 def cli(version_arg: str, reason: str, model_name: str) -> None:
     import mlflow
     from mlflow.exceptions import MlflowException
@@ -114,27 +114,29 @@ def cli(version_arg: str, reason: str, model_name: str) -> None:
     registry.set_alias(client, model_name, config.CHAMPION_ALIAS, target.version)
     state = registry.settle_champion(client, model_name)
     source = f"v{current_number}" if current_number else "none"
-    runtime.echo(
+    steprun.echo(
         STEP, f"{model_name} @champion: {source} → v{target.version} (test RMSE ${rmse:,.0f})"
     )
     if state.champion != int(target.version):
-        runtime.echo(
+        steprun.echo(
             STEP, f"a version registered meanwhile passed the gate: @champion is v{state.champion}"
         )
     mlflow.set_tags(
         {
             config.TAG_CHAMPION_FROM: "" if current_number is None else str(current_number),
             config.TAG_CHAMPION_TO: str(target.version),
-            "registry.version": str(target.version),
-            "registry.alias": config.CHAMPION_ALIAS,
-            "registry.reason": reason.strip(),
+            config.TAG_REGISTRY_VERSION: str(target.version),
+            config.TAG_REGISTRY_ALIAS: config.CHAMPION_ALIAS,
+            config.TAG_REGISTRY_REASON: reason.strip(),
         }
     )
     mlflow.log_metric("promoted_test_rmse", rmse)
     history = registry.champion_history(client, model_name)
-    user = client.get_run(mlflow.active_run().info.run_id).data.tags.get("mlflow.user", "?")
+    user = client.get_run(mlflow.active_run().info.run_id).data.tags.get(
+        config.TAG_MLFLOW_USER, "?"
+    )
     mlflow.set_tag(
-        "mlflow.note.content",
+        config.TAG_MLFLOW_NOTE,
         f"**{model_name} @champion: {source} → v{target.version}** by {user}\n\n"
         f"Why: {reason.strip()}\n\n"
         f"Test RMSE of v{target.version} on its own test rows: ${rmse:,.0f}\n\n"

@@ -6,7 +6,7 @@ Out (registry): a version of ``CaliforniaHousingRegressor`` whose source is the 
 (``models:/<model_id>``), tagged ``train_run_id``, ``git_commit``, ``dataset.dvc_md5``,
 ``test_rmse``, ``model.kind``, ``logged_model_id`` and the gate's summary ``gate.*`` (also its
 description). A train run already registered reuses its version (no duplicate). The gate
-(``steps.gate``) scores candidate, champion and a linear baseline on the same rows neither
+(``steps.ml.gate``) scores candidate, champion and a linear baseline on the same rows neither
 model trained on; ``@champion`` moves only when the candidate clears it, else the version
 gets ``@challenger``. Aliases only, never stages. The registered model gets a description
 if it has none.
@@ -25,10 +25,12 @@ from typing import Any
 import click
 import pandas as pd
 
-from steps import config, gate, lineage, loading, registry, runtime
-from steps.gate import Scores, Thresholds, Verdict
-from steps.runtime import StepError
-from steps.schema import features_and_target
+from steps import config
+from steps.data.schema import features_and_target
+from steps.infra.errors import StepError, one_line
+from steps.ml import gate
+from steps.ml.gate import Scores, Thresholds, Verdict
+from steps.tracking import lineage, loading, outputs, registry, steprun, storerace
 
 STEP = "register"
 # A fresh version re-gates when the champion moved to an unrelated version while it was
@@ -118,9 +120,7 @@ def score_champion(pipeline: Any, rows: pd.DataFrame, label: str) -> float:
     try:
         return gate.rmse(y, pipeline.predict(X))
     except Exception as exc:  # any failure to predict means it cannot be compared
-        raise StepError(
-            f"{label} cannot score the comparison rows: {runtime.one_line(exc, 200)}"
-        ) from exc
+        raise StepError(f"{label} cannot score the comparison rows: {one_line(exc, 200)}") from exc
 
 
 def log_comparable_rows(rows: pd.DataFrame) -> None:
@@ -132,7 +132,7 @@ def log_comparable_rows(rows: pd.DataFrame) -> None:
         targets=config.TARGET,
         name="gate_comparable_rows",
     )
-    runtime.with_unique_race_retry(lambda: mlflow.log_input(dataset, context="gate"))
+    storerace.with_unique_race_retry(lambda: mlflow.log_input(dataset, context="gate"))
 
 
 def run_gate(client, model_name: str, candidate_run_id: str, limits: Thresholds) -> GateResult:
@@ -141,7 +141,7 @@ def run_gate(client, model_name: str, candidate_run_id: str, limits: Thresholds)
     The candidate's and the baseline's predictions on its test rows come from the train run
     (``config.GATE_PREDICTIONS_FILE``); only the champion is loaded and asked to predict.
     """
-    scored = registry.read_gate_predictions(candidate_run_id)
+    scored = outputs.read_gate_predictions(candidate_run_id)
     champion = registry.champion_version(client, model_name)
     champion_pipeline = None
     if champion is None:
@@ -152,7 +152,7 @@ def run_gate(client, model_name: str, candidate_run_id: str, limits: Thresholds)
         if not champion_run:
             raise StepError(f"{label} has no {config.VERSION_TAG_TRAIN_RUN} tag; promote by hand")
         try:
-            (champion_train,) = registry.read_splits(champion_run, config.TRAIN_SPLIT_FILE)
+            (champion_train,) = outputs.read_train_splits(champion_run, config.TRAIN_SPLIT_FILE)
         except StepError as exc:
             raise StepError(f"{label}: training rows unavailable: {exc}") from exc
         try:
@@ -243,6 +243,140 @@ def stored_result(version: Any) -> GateResult:
     )
 
 
+# --- the alias decision (pure) ---------------------------------------------------------------
+NO_ALIAS = "none"
+
+
+@dataclass(frozen=True)
+class AliasDecision:
+    alias: str  # the alias the version holds once settled (or NO_ALIAS)
+    reason: str  # why, for the run's tag and the log line
+    set_challenger: bool  # register points @challenger at the version itself
+
+
+def decide_alias(
+    version: int,
+    champion: int | None,
+    verdict: Verdict,
+    reused: bool,
+    current_aliases: tuple[str, ...] = (),
+) -> AliasDecision:
+    """The alias a version ends up with once the registry settled (``champion``: the
+    settled @champion), and the reason to record. A new version that did not win becomes
+    @challenger; a reused version keeps whatever alias it has (``current_aliases``), since
+    @challenger may have moved on. A settled champion that disagrees with the gate's verdict
+    (another registration or a manual promotion decided meanwhile) is said so."""
+    won = champion == version
+    if won:
+        alias = config.CHAMPION_ALIAS
+    elif reused:
+        alias = config.CHALLENGER_ALIAS if config.CHALLENGER_ALIAS in current_aliases else NO_ALIAS
+    else:
+        alias = config.CHALLENGER_ALIAS
+    reason = verdict.reason
+    if reused:
+        reason = f"already registered; its gate said: {reason}"
+    if won != verdict.promote:
+        reason += f" (settled: champion is v{champion})"
+    return AliasDecision(alias, reason, set_challenger=not won and not reused)
+
+
+# --- register's steps (MLflow) ---------------------------------------------------------------
+def check_thresholds(
+    min_improvement_abs: float,
+    min_improvement_rel: float,
+    baseline_min_improvement_rel: float,
+    min_gate_rows: int,
+) -> Thresholds:
+    if min_improvement_abs < 0 or not 0 <= min_improvement_rel < 1:
+        raise StepError("min_improvement_abs must be >= 0 and min_improvement_rel in [0, 1)")
+    if not 0 <= baseline_min_improvement_rel < 1 or min_gate_rows < 1:
+        raise StepError("baseline_min_improvement_rel must be in [0, 1) and min_gate_rows >= 1")
+    return Thresholds(
+        min_improvement_abs, min_improvement_rel, baseline_min_improvement_rel, min_gate_rows
+    )
+
+
+def register_or_reuse(
+    client: Any, model_name: str, upstream: Any, model_id: str, limits: Thresholds
+) -> tuple[int, bool, GateResult]:
+    """(version, reused, gate result): the version the train run already is, else a new one,
+    gated before it is registered (a champion that cannot be scored leaves the registry as
+    it was)."""
+    import mlflow
+
+    train_run_id = upstream.info.run_id
+    existing = find_existing(client, model_name, model_id, train_run_id)
+    if existing is not None:
+        version = int(existing.version)
+        steprun.echo(
+            STEP, f"train run {train_run_id} is already {model_name} v{version}: reusing it"
+        )
+        return version, True, stored_result(existing)
+    result = run_gate(client, model_name, train_run_id, limits)
+    tags = {
+        config.VERSION_TAG_TRAIN_RUN: train_run_id,
+        config.VERSION_TAG_GIT_COMMIT: upstream.data.tags.get(
+            config.TAG_MLFLOW_GIT_COMMIT, "unknown"
+        ),
+        config.TAG_DVC_MD5: upstream.data.tags.get(config.TAG_DVC_MD5, "unknown"),
+        config.VERSION_TAG_TEST_RMSE: repr(upstream.data.metrics["test_rmse"]),
+        config.TAG_MODEL_KIND: upstream.data.tags.get(config.TAG_MODEL_KIND, "unknown"),
+        config.VERSION_TAG_LOGGED_MODEL: model_id,
+    }
+    created = mlflow.register_model(f"models:/{model_id}", model_name, tags=tags)
+    version = int(created.version)
+    result = for_version(result, version)
+    ensure_description(client, model_name)
+    write_gate(client, model_name, version, result, limits, "pending")
+    return version, False, result
+
+
+def settle(
+    client: Any,
+    model_name: str,
+    version: int,
+    reused: bool,
+    result: GateResult,
+    train_run_id: str,
+    limits: Thresholds,
+) -> tuple[Any, GateResult]:
+    """Settle the champion; a new version whose gate went stale meanwhile (the champion
+    moved) is gated again, at most MAX_REGATES times. (settled state, latest gate result)"""
+    state = registry.settle_champion(client, model_name)
+    for _ in range(MAX_REGATES):
+        record = state.records.get(version)
+        if reused or record is None or version <= state.floor:
+            break
+        if not gate.is_stale(record, state.champion, state.records):
+            break
+        steprun.echo(STEP, f"champion moved to v{state.champion} while gating: gating again")
+        result = for_version(run_gate(client, model_name, train_run_id, limits), version)
+        write_gate(client, model_name, version, result, limits, "pending")
+        state = registry.settle_champion(client, model_name)
+    return state, result
+
+
+def log_register_run(
+    run_tags: dict[str, str], result: GateResult, new_rmse: float, note: str
+) -> None:
+    """register's own run: what it did (tags), the gate's numbers (metrics), a description."""
+    import mlflow
+
+    mlflow.set_tags(run_tags)
+    s = result.scores
+    metrics = {"test_rmse": new_rmse, "gate_rows": s.rows}
+    for key, value in (
+        ("gate_candidate_rmse", s.candidate),
+        ("gate_champion_rmse", s.champion),
+        ("gate_baseline_rmse", s.baseline),
+    ):
+        if value is not None:
+            metrics[key] = value
+    mlflow.log_metrics(metrics)
+    mlflow.set_tag(config.TAG_MLFLOW_NOTE, note)
+
+
 @click.command(help="Register the train run's logged model; it takes @champion only if it wins.")
 @click.option("--upstream-run-id", default="", help="train run (empty: latest finished).")
 @click.option("--model-name", default=config.MODEL_NAME, show_default=True)
@@ -274,7 +408,7 @@ def stored_result(version: Any) -> GateResult:
     show_default=True,
     help="fewest rows neither model trained on for an automatic promotion",
 )
-@runtime.as_step(STEP, warm=("skops.io", "sklearn.pipeline"))
+@steprun.as_step(STEP, warm=("skops.io", "sklearn.pipeline"))
 def cli(
     upstream_run_id: str,
     model_name: str,
@@ -286,11 +420,7 @@ def cli(
     import mlflow
 
     loading.quiet_downloads()
-    if min_improvement_abs < 0 or not 0 <= min_improvement_rel < 1:
-        raise StepError("min_improvement_abs must be >= 0 and min_improvement_rel in [0, 1)")
-    if not 0 <= baseline_min_improvement_rel < 1 or min_gate_rows < 1:
-        raise StepError("baseline_min_improvement_rel must be in [0, 1) and min_gate_rows >= 1")
-    limits = Thresholds(
+    limits = check_thresholds(
         min_improvement_abs, min_improvement_rel, baseline_min_improvement_rel, min_gate_rows
     )
     client = mlflow.MlflowClient()
@@ -305,96 +435,37 @@ def cli(
     before = registry.champion_version(client, model_name)
     before_number = int(before.version) if before is not None else None
 
-    existing = find_existing(client, model_name, model_id, train_run_id)
-    if existing is not None:
-        version, reused = int(existing.version), True
-        result = stored_result(existing)
-        runtime.echo(
-            STEP, f"train run {train_run_id} is already {model_name} v{version}: reusing it"
-        )
-    else:
-        reused = False
-        # Gate before registering: a champion that cannot be scored leaves the registry as it was.
-        result = run_gate(client, model_name, train_run_id, limits)
-        tags = {
-            config.VERSION_TAG_TRAIN_RUN: train_run_id,
-            config.VERSION_TAG_GIT_COMMIT: upstream.data.tags.get(
-                "mlflow.source.git.commit", "unknown"
-            ),
-            config.TAG_DVC_MD5: upstream.data.tags.get(config.TAG_DVC_MD5, "unknown"),
-            config.VERSION_TAG_TEST_RMSE: repr(new_rmse),
-            "model.kind": upstream.data.tags.get("model.kind", "unknown"),
-            config.VERSION_TAG_LOGGED_MODEL: model_id,
-        }
-        created = mlflow.register_model(f"models:/{model_id}", model_name, tags=tags)
-        version = int(created.version)
-        result = for_version(result, version)
-        ensure_description(client, model_name)
-        write_gate(client, model_name, version, result, limits, "pending")
-
-    state = registry.settle_champion(client, model_name)
-    for _ in range(MAX_REGATES):
-        record = state.records.get(version)
-        if reused or record is None or version <= state.floor:
-            break
-        if not gate.is_stale(record, state.champion, state.records):
-            break
-        runtime.echo(STEP, f"champion moved to v{state.champion} while gating: gating again")
-        result = for_version(run_gate(client, model_name, train_run_id, limits), version)
-        write_gate(client, model_name, version, result, limits, "pending")
-        state = registry.settle_champion(client, model_name)
-
-    won = state.champion == version
-    alias = config.CHAMPION_ALIAS if won else config.CHALLENGER_ALIAS
-    if reused and not won:
-        # A reused version keeps whatever alias it has; @challenger may have moved on.
-        aliases = client.get_model_version(model_name, str(version)).aliases or []
-        alias = config.CHALLENGER_ALIAS if config.CHALLENGER_ALIAS in aliases else "none"
-    reason = result.verdict.reason
-    if reused:
-        reason = f"already registered; its gate said: {reason}"
-    if won != result.verdict.promote:
-        # Another registration or a manual promotion decided meanwhile; the settled alias wins.
-        reason += f" (settled: champion is v{state.champion})"
-    if not won and not reused:
+    version, reused, result = register_or_reuse(client, model_name, upstream, model_id, limits)
+    state, result = settle(client, model_name, version, reused, result, train_run_id, limits)
+    current: tuple[str, ...] = ()
+    if reused and state.champion != version:
+        current = tuple(client.get_model_version(model_name, str(version)).aliases or ())
+    decision = decide_alias(version, state.champion, result.verdict, reused, current)
+    alias, reason = decision.alias, decision.reason
+    if decision.set_challenger:
         registry.set_alias(client, model_name, config.CHALLENGER_ALIAS, version)
+    note = summary_markdown(model_name, version, result, limits, alias)
     if not reused:
-        client.update_model_version(
-            model_name,
-            str(version),
-            description=summary_markdown(model_name, version, result, limits, alias),
-        )
+        client.update_model_version(model_name, str(version), description=note)
     label = "reused" if reused else "registered"
-    runtime.echo(STEP, f"{model_name} v{version} ({label}) → @{alias}: {reason}")
+    steprun.echo(STEP, f"{model_name} v{version} ({label}) → @{alias}: {reason}")
 
     run_tags = {
-        "registry.version": str(version),
-        "registry.alias": alias,
-        "registry.verdict": result.verdict.outcome,
-        "registry.reason": reason,
-        "registry.reused_version": str(reused).lower(),
+        config.TAG_REGISTRY_VERSION: str(version),
+        config.TAG_REGISTRY_ALIAS: alias,
+        config.TAG_REGISTRY_VERDICT: result.verdict.outcome,
+        config.TAG_REGISTRY_REASON: reason,
+        config.TAG_REGISTRY_REUSED_VERSION: str(reused).lower(),
     }
     if state.champion is not None and state.champion != before_number:
         run_tags[config.TAG_CHAMPION_FROM] = "" if before_number is None else str(before_number)
         run_tags[config.TAG_CHAMPION_TO] = str(state.champion)
-    mlflow.set_tags(run_tags)
-    s = result.scores
-    metrics = {"test_rmse": new_rmse, "gate_rows": s.rows}
-    for key, value in (
-        ("gate_candidate_rmse", s.candidate),
-        ("gate_champion_rmse", s.champion),
-        ("gate_baseline_rmse", s.baseline),
-    ):
-        if value is not None:
-            metrics[key] = value
-    mlflow.log_metrics(metrics)
-    note = summary_markdown(model_name, version, result, limits, alias)
     if reused:
         note = (
             f"Train run `{train_run_id}` was already v{version}: reused, not registered again.\n\n"
             + note
         )
-    mlflow.set_tag("mlflow.note.content", note)
+    log_register_run(run_tags, result, new_rmse, note)
 
 
 if __name__ == "__main__":

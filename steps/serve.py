@@ -4,10 +4,11 @@
 ``models:/CaliforniaHousingRegressor@champion``) from the MLflow registry at start-up and
 serves it with uvicorn on 127.0.0.1:8000 (``--workers`` processes); every ``reload_interval``
 seconds each worker looks at the alias again and swaps a new version in once it has loaded
-and scored a probe row (``steps.follower``). The endpoints are ``steps.api``'s: ``/predict``,
+and scored a probe row (``steps.serving.follower``). The endpoints are
+``steps.serving.api``'s: ``/predict``,
 MLflow's ``/invocations``, the Open Inference Protocol's ``/v2/...``, ``/metrics``,
 ``/health``, ``/ping``, ``/ready``, ``/version``, ``/docs``; with API keys
-(``--api-keys-file`` / ``SERVE_API_KEYS``, ``steps.apikeys``) all but the health probes and
+(``--api-keys-file`` / ``SERVE_API_KEYS``, ``steps.serving.apikeys``) all but the health probes and
 ``/docs`` answer 401 without a valid key.
 
 In: ``--model-uri``, ``--host``, ``--port``, ``--workers``, ``--max-rows``,
@@ -17,7 +18,7 @@ Out: an HTTP server (no MLflow run of its own beyond the one ``mlflow run`` make
 that does not load is a one-line error and exit 1, before any port is bound.
 
 The model is read with ``skops.io.load`` and the explicit ``models.SKOPS_TRUSTED_TYPES``
-(``steps.loading``), not through ``mlflow.sklearn``: MLflow only loads sklearn models with
+(``steps.tracking.loading``), not through ``mlflow.sklearn``: MLflow only loads sklearn models with
 ``MLFLOW_ALLOW_PICKLE_DESERIALIZATION=true``, a blanket opt-in this server does not need.
 """
 
@@ -35,12 +36,13 @@ import click
 import numpy as np
 from fastapi import FastAPI
 
-from steps import apikeys, config, metrics
-from steps.api import DEFAULT_MAX_BODY_BYTES, ServedModel, create_app
-from steps.apischema import DEFAULT_MAX_ROWS, PROBE_ROW
-from steps.batching import predict_rows, scorer
-from steps.follower import DEFAULT_RELOAD_INTERVAL_S, ModelFollower
-from steps.loading import (
+from steps import config
+from steps.serving import apikeys, metrics
+from steps.serving.api import DEFAULT_MAX_BODY_BYTES, ServedModel, create_app
+from steps.serving.batching import predict_rows, scorer
+from steps.serving.follower import DEFAULT_RELOAD_INTERVAL_S, ModelFollower
+from steps.serving.rowschema import DEFAULT_MAX_ROWS, PROBE_ROW
+from steps.tracking.loading import (
     DEFAULT_MODEL_URI,
     ModelLoadError,
     ModelRef,
@@ -57,8 +59,8 @@ DEFAULT_PORT = 8000
 DEFAULT_WORKERS = 2
 
 WORKER_SETTINGS_ENV = "STEPS_SERVE_WORKER_SETTINGS"
-# uvicorn's httptools protocol with one socket write per response (steps.wire).
-HTTP_PROTOCOL = "steps.wire:OneWriteHttpToolsProtocol"
+# uvicorn's httptools protocol with one socket write per response (steps.serving.wire).
+HTTP_PROTOCOL = "steps.serving.wire:OneWriteHttpToolsProtocol"
 # uvicorn's supervisor kills a worker that does not answer its ping within this many seconds.
 # A spawned worker answers only once it has imported this module (~2 s of CPU); on a loaded
 # 2-core machine that took longer than uvicorn's 5 s default, and the supervisor killed and

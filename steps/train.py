@@ -27,11 +27,13 @@ import pandas as pd
 from sklearn.metrics import mean_absolute_error, mean_squared_error, r2_score
 from sklearn.pipeline import Pipeline
 
-from steps import config, features, gate, lineage, loading, models, report, runtime
-from steps.hyperparams import hyperparameter_options
+from steps import config, features, models
+from steps.data.schema import features_and_target
+from steps.infra.errors import StepError
+from steps.ml import evaluation, gate
+from steps.ml.hyperparams import hyperparameter_options
 from steps.models import build_pipeline
-from steps.runtime import StepError
-from steps.schema import features_and_target
+from steps.tracking import lineage, loading, outputs, steprun, storerace
 
 STEP = "train"
 EVALUATION_DIR = "evaluation"
@@ -170,14 +172,14 @@ def log_evaluation(
     """The evaluation report under ``evaluation/`` plus MLflow's regressor evaluation."""
     import mlflow
 
-    evaluation = report.build_report(pipeline, test, metrics)
-    for name, figure in evaluation.figures.items():
+    built = evaluation.build_report(pipeline, test, metrics)
+    for name, figure in built.figures.items():
         mlflow.log_figure(figure, f"{EVALUATION_DIR}/{name}.png")
-    for name, table in evaluation.tables.items():
+    for name, table in built.tables.items():
         mlflow.log_table(table, f"{EVALUATION_DIR}/{name}.json")
-    mlflow.log_text(evaluation.summary, f"{EVALUATION_DIR}/summary.md")
+    mlflow.log_text(built.summary, f"{EVALUATION_DIR}/summary.md")
     # MLflow's own regressor metrics (MAPE, max error, …) on the same test rows.
-    runtime.with_unique_race_retry(
+    storerace.with_unique_race_retry(
         lambda: mlflow.models.evaluate(
             model=pipeline.predict,
             # the same named dataset as the logged test split, so no anonymous duplicate
@@ -191,7 +193,7 @@ def log_evaluation(
 @click.command(help="Fit the preprocessing + regressor pipeline and log it as one model.")
 @click.option("--upstream-run-id", default="", help="preprocess run (empty: latest finished).")
 @hyperparameter_options
-@runtime.as_step(
+@steprun.as_step(
     STEP, warm=("skops.io", "mlflow.sklearn", "mlflow.models.evaluation.default_evaluator")
 )
 def cli(upstream_run_id: str, model_kind: str, **hyperparams: Any) -> None:
@@ -199,17 +201,17 @@ def cli(upstream_run_id: str, model_kind: str, **hyperparams: Any) -> None:
 
     upstream = lineage.resolve_upstream(upstream_run_id, "preprocess")
     lineage.link(upstream)
-    train, test, preprocessor = lineage.read_preprocess_outputs(upstream.info.run_id)
+    train, test, preprocessor = outputs.read_preprocess_outputs(upstream.info.run_id)
     check_trainable(train, test, preprocessor)
     estimator = models.build_estimator(model_kind, **hyperparams)
-    runtime.echo(STEP, f"fitting {model_kind} on {len(train)} rows")
+    steprun.echo(STEP, f"fitting {model_kind} on {len(train)} rows")
     pipeline, metrics = fit_and_score(build_pipeline(preprocessor, estimator), train, test)
-    runtime.echo(
+    steprun.echo(
         STEP,
         f"test RMSE ${metrics['test_rmse']:,.0f}, R² {metrics['test_r2']:.3f} "
         f"({metrics['fit_seconds']:.1f} s)",
     )
-    mlflow.set_tag("model.kind", model_kind)
+    mlflow.set_tag(config.TAG_MODEL_KIND, model_kind)
     datasets = lineage.log_split_inputs(train, test)
     model_info = log_model(pipeline, features_and_target(train)[0])
     mlflow.set_tag(config.TAG_LOGGED_MODEL, model_info.model_id)

@@ -7,7 +7,7 @@ model kind, the study's trial budget, folds and seed, and where the study lives:
 ``--storage`` (an Optuna storage URL; empty = ``optuna.db`` beside a SQLite tracking store,
 else in the project root) and ``--study-name`` (empty = ``tune-<model kind>-<upstream run
 id>``). Processes given the same storage and study share its budget: together they run
-exactly ``n_trials`` trials (the rule: ``steps.study``).
+exactly ``n_trials`` trials (the rule: ``steps.ml.study``).
 Out (MLflow): one nested child run per trial this process ran (params = the trial's
 hyperparameters; metric ``cv_rmse_running`` per fold; ``cv_rmse_mean``/``cv_rmse_std`` when
 all folds ran; tags ``optuna.study_name``, ``optuna.trial_number``, ``optuna.trial_state`` =
@@ -35,9 +35,12 @@ from sklearn.base import clone
 from sklearn.metrics import root_mean_squared_error
 from sklearn.model_selection import KFold
 
-from steps import config, lineage, models, runtime, study
+from steps import config, models
+from steps.data.schema import features_and_target
+from steps.infra.errors import StepError
+from steps.ml import study
 from steps.models import build_pipeline
-from steps.schema import features_and_target
+from steps.tracking import lineage, outputs, steprun
 
 if TYPE_CHECKING:
     import optuna
@@ -46,26 +49,21 @@ STEP = "tune"
 DEFAULT_N_TRIALS = 8
 DEFAULT_CV_FOLDS = 3
 DEFAULT_TUNE_SEED = 0
-DEFAULT_STORAGE = ""  # empty: steps.study.default_storage
-DEFAULT_STUDY_NAME = ""  # empty: steps.study.default_study_name
+DEFAULT_STORAGE = ""  # empty: steps.ml.study.default_storage
+DEFAULT_STUDY_NAME = ""  # empty: steps.ml.study.default_study_name
 # TPE's own default (10 random trials first) would make the default budget of 8 a pure random
 # search; bench/tune_bench.py compares the two at equal budgets.
 TPE_STARTUP_TRIALS = 4
 # The median of fewer finished trials prunes on noise.
 PRUNER_STARTUP_TRIALS = 3
 TRIAL_RUN_ID_ATTR = "mlflow_run_id"
-TAG_STUDY = "optuna.study_name"
-TAG_STORAGE = "optuna.storage"
-TAG_TRIAL_NUMBER = "optuna.trial_number"
-TAG_TRIAL_STATE = "optuna.trial_state"
-TAG_BEST_TRIAL_RUN = "tune.best_trial_run_id"
 # How long a process that ran out of budget waits at least for the others' last trials.
 FINISH_WAIT_SECONDS = 60.0
 
-# Ranges around the defaults in steps/hyperparams.py; learning rate sampled on a log scale.
+# Ranges around the defaults in steps/ml/hyperparams.py; learning rate sampled on a log scale.
 SEARCH_SPACE: dict[str, tuple[str, Any]] = {
     "learning_rate": ("log_uniform", (0.03, 0.15)),
-    # capped by serving cost: ~0.06 ms per 1000 rows per tree (see steps/hyperparams.py)
+    # capped by serving cost: ~0.06 ms per 1000 rows per tree (see steps/ml/hyperparams.py)
     "n_estimators": ("choice", (200, 300, 400, 600)),
     "max_leaves": ("choice", (31, 63, 127)),
     "min_samples_leaf": ("choice", (5, 10, 20, 40)),
@@ -189,7 +187,7 @@ def run_trial(
     try:
         with mlflow.start_run(run_name=f"trial-{trial.number}", nested=True) as child:
             trial.set_user_attr(TRIAL_RUN_ID_ATTR, child.info.run_id)
-            mlflow.set_tags({**run_tags, TAG_TRIAL_NUMBER: str(trial.number)})
+            mlflow.set_tags({**run_tags, config.TAG_OPTUNA_TRIAL_NUMBER: str(trial.number)})
             params = suggest_params(trial)
             mlflow.log_params({"model_kind": model_kind, **params})
             outcome = run_folds(
@@ -199,7 +197,7 @@ def run_trial(
                 lambda step, running: mlflow.log_metric("cv_rmse_running", running, step=step),
             )
             state = TrialState.PRUNED if outcome.pruned else TrialState.COMPLETE
-            mlflow.set_tag(TAG_TRIAL_STATE, state.name)
+            mlflow.set_tag(config.TAG_OPTUNA_TRIAL_STATE, state.name)
             if not outcome.pruned:
                 mlflow.log_metrics({"cv_rmse_mean": outcome.mean, "cv_rmse_std": outcome.std})
     except BaseException:
@@ -251,7 +249,7 @@ def cli(
     storage: str,
     study_name: str,
 ) -> None:
-    # runtime.as_step would log the storage URL as given, password included
+    # steprun.as_step would log the storage URL as given, password included
     logged = dict(
         upstream_run_id=upstream_run_id,
         model_kind=model_kind,
@@ -261,13 +259,70 @@ def cli(
         storage=study.redacted(storage) if storage else storage,
         study_name=study_name,
     )
-    runtime.run_step(
+    steprun.run_step(
         STEP,
         logged,
         lambda run: tune(
             run, upstream_run_id, model_kind, n_trials, cv_folds, seed, storage, study_name
         ),
     )
+
+
+def run_trials(
+    the_study: Any,
+    n_trials: int,
+    train: Any,
+    preprocessor: Any,
+    model_kind: str,
+    cv_folds: int,
+    seed: int,
+    trial_tags: dict[str, str],
+) -> tuple[int, int]:
+    """Run trials here while the study's budget lasts; (trials run, of them pruned)."""
+    ran = pruned = 0
+    while (trial := study.ask_within_budget(the_study, n_trials)) is not None:
+        outcome = run_trial(
+            the_study, trial, train, preprocessor, model_kind, cv_folds, seed, trial_tags
+        )
+        ran += 1
+        pruned += outcome.pruned
+        if outcome.pruned:
+            result = f"pruned after fold {len(outcome.fold_rmses)}/{cv_folds}: running"
+        else:
+            result = "cv"
+        steprun.echo(
+            STEP, f"trial {trial.number}: {result} RMSE ${outcome.mean:,.0f} {trial.params}"
+        )
+    return ran, pruned
+
+
+def log_best(
+    the_study: Any, study_name: str, n_trials: int, model_kind: str, ran: int, pruned: int
+) -> None:
+    """Once every budget trial has ended: the study's best trial on this run."""
+    import mlflow
+
+    still_running = study.wait_for_others(the_study, n_trials, FINISH_WAIT_SECONDS)
+    if still_running:
+        steprun.echo(
+            STEP,
+            f"warning: trials {still_running} still RUNNING (their process may have died); "
+            "reporting the best finished trial",
+        )
+    try:
+        best = the_study.best_trial  # COMPLETE trials only
+    except ValueError as exc:
+        raise StepError(f"study {study_name!r} has no completed trial") from exc
+    mlflow.log_params({f"best_{k}": v for k, v in best.params.items()})
+    mlflow.log_metrics({"best_cv_rmse": best.value, "trials_run": ran, "trials_pruned": pruned})
+    mlflow.set_tag(config.TAG_TUNE_BEST_TRIAL_RUN, best.user_attrs.get(TRIAL_RUN_ID_ATTR, ""))
+    mlflow.log_text(json.dumps(best.params, indent=2), "best_params.json")
+    steprun.echo(
+        STEP,
+        f"ran {ran} trial(s) here, {pruned} pruned; best of the study: trial {best.number}, "
+        f"cv RMSE ${best.value:,.0f}; train with:",
+    )
+    click.echo(paste_line(model_kind, best.params))
 
 
 def tune(
@@ -301,57 +356,29 @@ def tune(
     the_study, created = study.open_study(study.open_storage(storage), study_name, settings)
     the_study.sampler = make_sampler(study.sampler_seed(seed, created, run.info.run_id))
     the_study.pruner = make_pruner()
-    run_tags = {TAG_STUDY: study_name, TAG_STORAGE: study.redacted(study.with_driver(storage))}
+    run_tags = {
+        config.TAG_OPTUNA_STUDY: study_name,
+        config.TAG_OPTUNA_STORAGE: study.redacted(study.with_driver(storage)),
+    }
     mlflow.set_tags(run_tags)
     held = len(the_study.get_trials(deepcopy=False))
-    runtime.echo(
+    where = run_tags[config.TAG_OPTUNA_STORAGE]
+    steprun.echo(
         STEP,
-        f"{'created' if created else 'joined'} study {study_name!r} ({run_tags[TAG_STORAGE]}): "
+        f"{'created' if created else 'joined'} study {study_name!r} ({where}): "
         f"budget {n_trials} trials (numbers 0-{n_trials - 1}), {min(held, n_trials)} taken",
     )
 
-    train, _, preprocessor = lineage.read_preprocess_outputs(upstream.info.run_id)
+    train, _, preprocessor = outputs.read_preprocess_outputs(upstream.info.run_id)
     trial_tags = {
         **run_tags,
         config.TAG_STEP: "tune_trial",
         config.TAG_UPSTREAM: upstream.info.run_id,
     }
-    ran = pruned = 0
-    while (trial := study.ask_within_budget(the_study, n_trials)) is not None:
-        outcome = run_trial(
-            the_study, trial, train, preprocessor, model_kind, cv_folds, seed, trial_tags
-        )
-        ran += 1
-        pruned += outcome.pruned
-        if outcome.pruned:
-            result = f"pruned after fold {len(outcome.fold_rmses)}/{cv_folds}: running"
-        else:
-            result = "cv"
-        runtime.echo(
-            STEP, f"trial {trial.number}: {result} RMSE ${outcome.mean:,.0f} {trial.params}"
-        )
-
-    still_running = study.wait_for_others(the_study, n_trials, FINISH_WAIT_SECONDS)
-    if still_running:
-        runtime.echo(
-            STEP,
-            f"warning: trials {still_running} still RUNNING (their process may have died); "
-            "reporting the best finished trial",
-        )
-    try:
-        best = the_study.best_trial  # COMPLETE trials only
-    except ValueError as exc:
-        raise runtime.StepError(f"study {study_name!r} has no completed trial") from exc
-    mlflow.log_params({f"best_{k}": v for k, v in best.params.items()})
-    mlflow.log_metrics({"best_cv_rmse": best.value, "trials_run": ran, "trials_pruned": pruned})
-    mlflow.set_tag(TAG_BEST_TRIAL_RUN, best.user_attrs.get(TRIAL_RUN_ID_ATTR, ""))
-    mlflow.log_text(json.dumps(best.params, indent=2), "best_params.json")
-    runtime.echo(
-        STEP,
-        f"ran {ran} trial(s) here, {pruned} pruned; best of the study: trial {best.number}, "
-        f"cv RMSE ${best.value:,.0f}; train with:",
+    ran, pruned = run_trials(
+        the_study, n_trials, train, preprocessor, model_kind, cv_folds, seed, trial_tags
     )
-    click.echo(paste_line(model_kind, best.params))
+    log_best(the_study, study_name, n_trials, model_kind, ran, pruned)
 
 
 if __name__ == "__main__":

@@ -18,7 +18,7 @@ from typing import Any
 import mlflow
 from mlflow import MlflowClient
 
-from steps.loading import DEFAULT_MODEL_URI, load_version
+from steps.tracking.loading import DEFAULT_MODEL_URI, load_version
 from tests.support import PROJECT_ROOT, clean_shell_env, copy_project, kill_session
 
 BLOCK = re.compile(

@@ -1,5 +1,5 @@
-"""Fixtures only; the helpers behind them live in ``tests/support.py`` (shared with bench/)
-and the services the suite starts in ``tests/services.py``."""
+"""Fixtures only; the helpers behind them live in ``tests/support/`` (one module per concern,
+shared with bench/) and the services the suite starts in ``tests/services.py``."""
 
 from __future__ import annotations
 
@@ -35,6 +35,7 @@ LONGEST_FIRST = (
     "test_reload.py",
     "test_api_fuzz.py",
     "test_env_managers.py",
+    "test_flat_layout_compat.py",
     "test_interrupts.py",
 )
 

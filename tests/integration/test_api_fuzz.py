@@ -12,7 +12,9 @@ from hypothesis.errors import Unsatisfiable
 from schemathesis import GenerationMode
 from schemathesis.checks import not_a_server_error
 
-from steps import api, config, loading
+from steps import config
+from steps.serving import api
+from steps.tracking import loading
 from tests.support import demo_pipeline, housing_csv, housing_sample
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]

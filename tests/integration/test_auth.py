@@ -1,8 +1,9 @@
 """The pipeline, promote and serve against a real ``mlflow server --app-name basic-auth``.
 
-One auth server for the module (``python -m steps.authserver``: SQLite store, SQLite auth
+One auth server for the module (``python -m steps.infra.authserver``: SQLite store, SQLite auth
 database, proxied artifacts, secrets from files), its accounts made by ``python -m
-steps.accounts apply``: ``pipeline``, ``serving``, maintainer ``alice`` (tests/support.py).
+steps.infra.accounts apply``: ``pipeline``, ``serving``, maintainer ``alice``
+(tests/support/servers.py).
 What each account may and may not do is asserted against the server's own answers; a
 refused request must end in one error line, no traceback, no run left behind, the champion
 untouched. The prediction API's keys are checked against the real server process, under load.
@@ -175,7 +176,9 @@ def champion(client: MlflowClient) -> str:
 def test_anonymous_and_wrong_password_fail_in_one_line_and_create_nothing(server, project, admin):
     before = len(all_runs(admin))
 
-    checked = run_as(None, [sys.executable, "-m", "steps.accounts", "check"], PROJECT_ROOT, server)
+    checked = run_as(
+        None, [sys.executable, "-m", "steps.infra.accounts", "check"], PROJECT_ROOT, server
+    )
     assert_one_error_line(checked, "users/current", "anonymous", "401 UNAUTHENTICATED")
 
     step = run_as(None, [sys.executable, "-m", "steps.load_data"], project, server)
@@ -195,7 +198,7 @@ def test_anonymous_and_wrong_password_fail_in_one_line_and_create_nothing(server
     assert_one_error_line(wrong, "error: main:", "user 'pipeline'", "401 UNAUTHENTICATED")
 
     # MLflow's own launcher, as a user types it: refused before any step of ours runs
-    # (steps.refusalhook, installed into the venv by make setup)
+    # (steps.infra.refusalhook, installed into the venv by make setup)
     launcher = run_as(
         None, mlflow_run_local("main", "--experiment-name", config.EXPERIMENT_NAME), project, server
     )
@@ -264,7 +267,9 @@ def test_serving_account_reads_but_cannot_register_promote_or_start_runs(
         server,
     )
     assert_one_error_line(promote, "error: promote:", "runs/create", "user 'serving'", "403")
-    checked = run_as("serving", [sys.executable, "-m", "steps.accounts", "check"], project, server)
+    checked = run_as(
+        "serving", [sys.executable, "-m", "steps.infra.accounts", "check"], project, server
+    )
     assert_one_error_line(checked, "user 'serving' may not create runs", "needs EDIT, has READ")
     # the read-only account typing `mlflow run . -e main`: the launcher's runs/create is refused
     launcher = run_as(
@@ -412,7 +417,7 @@ def test_users_and_grants_live_in_postgresql(tmp_path, postgres_uri):
             for _ in range(2):  # idempotent: the second pass changes nothing and succeeds
                 made = apply_accounts(url, tmp_path / "accounts.txt")
                 assert made.returncode == 0, made.stderr[-3000:]
-            check = [sys.executable, "-m", "steps.accounts", "check"]
+            check = [sys.executable, "-m", "steps.infra.accounts", "check"]
             assert run_as("pipeline", check, PROJECT_ROOT, url).returncode == 0
             refused = run_as("serving", check, PROJECT_ROOT, url)
             assert_one_error_line(refused, "user 'serving' may not create runs")

@@ -3,14 +3,14 @@
 Two layers:
 
 * in-process (fast): each bad payload, made from the real housing.csv, goes through
-  ``steps.load_data.parse_raw`` / ``extract_csv`` and must raise ``StepError`` with one line
+  ``steps.data.acquisition.parse_raw`` / ``extract_csv`` and must raise ``StepError`` with one line
   naming the problem;
 * end to end (slow): a representative subset goes through ``mlflow run . -e load_data`` and
   must exit non-zero with exactly one ``error: load_data: …`` line, leave its run FAILED (no
   run RUNNING anywhere), leave the champion alias alone, create no ``data/`` and put nothing
   that does not match data.dvc into the DVC cache.
 
-The data contract (steps/contract.py) adds versions that pass the schema and hash to
+The data contract (steps/data/contract.py) adds versions that pass the schema and hash to
 data.dvc but are wrong — too few rows, a doubled table, a column in another unit, a cut
 file — made as a user makes a new version (`dvc add data`, commit data.dvc) and compared with
 the champion's data; legitimate versions (rows shuffled, columns reordered, 5% more rows from
@@ -44,9 +44,10 @@ from mlflow import MlflowClient
 from mlflow.entities import ViewType
 from sklearn.dummy import DummyRegressor
 
-from steps import config, contract, schema
-from steps.load_data import extract_csv, parse_raw
-from steps.runtime import StepError
+from steps import config
+from steps.data import contract, schema
+from steps.data.acquisition import extract_csv, parse_raw
+from steps.infra.errors import StepError
 from tests.support import (
     assert_nothing_moved,
     commit,

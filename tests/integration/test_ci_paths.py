@@ -131,7 +131,7 @@ def test_make_test_that_selects_no_test_fails(tmp_path):
     """pytest's exit code 5 (nothing collected) is a failure with a line that says so: a typo
     in PYTEST_ARGS must not pass as a green suite."""
     project = project_with_venv(tmp_path / "project")
-    selects_nothing = "PYTEST_ARGS=tests/unit/test_gate.py -k no_test_is_named_so"
+    selects_nothing = "PYTEST_ARGS=tests/unit/ml/test_gate.py -k no_test_is_named_so"
     code, output = run_make(project, "test", make_env(""), selects_nothing)
     assert code != 0, output[-3000:]
     assert "no tests collected" in output, output[-3000:]

@@ -19,8 +19,10 @@ import pytest
 from mlflow import MlflowClient
 from mlflow.entities import ViewType
 
-from steps import config, gate, registry
-from steps.hyperparams import DEFAULT_HYPERPARAMS
+from steps import config
+from steps.ml import gate
+from steps.ml.hyperparams import DEFAULT_HYPERPARAMS
+from steps.tracking import registry
 from tests.support import (
     copy_project,
     free_port,

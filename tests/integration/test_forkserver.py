@@ -1,4 +1,4 @@
-"""steps.forkserver with real processes: a step started as MLflow starts it runs in a fork of
+"""steps.infra.forkserver with real processes: a step started as MLflow starts it runs in a fork of
 the server, keeps its exit code, output and signals, and runs itself when there is no server."""
 
 from __future__ import annotations
@@ -12,7 +12,9 @@ from pathlib import Path
 import psutil
 import pytest
 
-from steps import config, forkserver, runtime
+from steps import config
+from steps.infra import forkserver
+from steps.orchestration import upstream_wait
 from tests.support import project_env
 
 pytestmark = pytest.mark.skipif(
@@ -25,7 +27,8 @@ def server(tmp_path_factory):
     """A real fork server (what `make run` starts beside the launcher)."""
     path = tmp_path_factory.mktemp("fork") / "socket"
     proc = subprocess.Popen(
-        [sys.executable, "-m", "steps.forkserver", "serve", str(path)], cwd=config.PROJECT_ROOT
+        [sys.executable, "-m", "steps.infra.forkserver", "serve", str(path)],
+        cwd=config.PROJECT_ROOT,
     )
     deadline = time.monotonic() + 60
     while not path.exists():
@@ -79,7 +82,7 @@ def test_a_served_step_keeps_its_output_and_exit_code(server, tmp_path):
     assert ok.returncode == 0, err
     assert "--upstream-run-id" in out
     # the help came from the fork: the started process never imported the step's libraries
-    assert "steps.forkserver" in imported_modules(err)
+    assert "steps.infra.forkserver" in imported_modules(err)
     assert STEP_LIBRARY not in imported_modules(err)
     bad = step_process("steps.train", ["--model-kind", "no-such-kind"], env)
     out, err = bad.communicate(timeout=120)
@@ -99,7 +102,7 @@ def test_without_a_server_the_step_runs_itself(tmp_path):
     assert proc.returncode == 0, err
     assert "--upstream-run-id" in out
     # it tried the server, then ran the step in this very process
-    assert {"steps.forkserver", STEP_LIBRARY} <= imported_modules(err)
+    assert {"steps.infra.forkserver", STEP_LIBRARY} <= imported_modules(err)
 
 
 @pytest.mark.parametrize("how", ["SIGTERM", "SIGKILL"])
@@ -123,7 +126,7 @@ def test_stopping_the_started_process_stops_the_forked_step(server, tmp_path, ho
     proc = step_process("steps.preprocess", [], env)
     try:
         # the step touches <gate>.ready once its run is open, then waits at the gate
-        ready = tmp_path / f"never-opened{runtime.READY_SUFFIX}"
+        ready = tmp_path / f"never-opened{upstream_wait.READY_SUFFIX}"
         deadline = time.monotonic() + 120
         while not ready.exists():
             assert proc.poll() is None, proc.communicate()

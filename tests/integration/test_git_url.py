@@ -1,6 +1,6 @@
 """`mlflow run git://… -e main --version <commit>` over a real git transport, typed as it is
 and, for a project in a repository subdirectory, through `make run-from-git` in a project copy
-(tests/support.py, ``project_with_venv``).
+(tests/support/make.py, ``project_with_venv``).
 
 A snapshot of the work tree is committed into a temp repository and served by `git daemon` on
 a free loopback port. MLflow clones it into a temp dir (TMPDIR points inside the test's own

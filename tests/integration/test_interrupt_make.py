@@ -9,7 +9,7 @@ interrupt still stops all of them, and that no run is left RUNNING.
 
 The copy's ``.venv`` is a symlink to the venv running these tests (no 60-s build per copy);
 its lock files are dated so that Make finds ``.venv`` set up and builds nothing in it
-(tests/support.py, ``project_with_venv``).
+(tests/support/make.py, ``project_with_venv``).
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ import pytest
 from mlflow import MlflowClient
 from mlflow.entities import ViewType
 
-from steps import storetemplate
+from steps.infra import storetemplate
 from tests.support import (
     demo_pipeline,
     end_make,

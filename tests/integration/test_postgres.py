@@ -23,7 +23,8 @@ from urllib.parse import urlsplit, urlunsplit
 import pytest
 from mlflow import MlflowClient
 
-from steps import config, study
+from steps import config
+from steps.ml import study
 from tests.integration.test_faults import (
     STEPS,
     all_runs,

@@ -22,7 +22,8 @@ import pytest
 from mlflow import MlflowClient
 from mlflow.entities import ViewType
 
-from steps import config, gate
+from steps import config
+from steps.ml import gate
 from tests.support import (
     copy_project,
     latest_run,

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 from steps import config
-from steps.loading import load_version
+from steps.tracking.loading import load_version
 from tests.integration.test_serving import (
     child_env,
     get,

@@ -16,8 +16,9 @@ import uuid
 
 import pytest
 
-from steps import config, runtime
-from steps.load_data import dvc_md5
+from steps import config
+from steps.data.acquisition import dvc_md5
+from steps.tracking import provenance
 from tests.support import PROJECT_ROOT, housing_csv
 
 pytestmark = [pytest.mark.integration]
@@ -28,7 +29,7 @@ REAL_ROWS = 20_640
 def test_the_real_dataset_is_the_version_data_dvc_pins():
     csv = housing_csv()
     assert csv == config.raw_data_path(PROJECT_ROOT)
-    assert dvc_md5(csv.parent) == runtime.expected_md5(PROJECT_ROOT)
+    assert dvc_md5(csv.parent) == provenance.expected_md5(PROJECT_ROOT)
     assert sum(1 for _ in csv.open()) == REAL_ROWS + 1
     # fetched once: the DVC cache holds the file, so the next clone-local fetch needs no URL
     file_md5 = hashlib.md5(csv.read_bytes()).hexdigest()

@@ -377,8 +377,8 @@ def test_batch_predict_writes_logs_and_reports_rejects(
 
     run, artifacts = last_run(registry)
     assert run.info.status == "FINISHED"
-    assert run.data.tags[predict.TAG_MODEL_NAME] == config.MODEL_NAME
-    assert run.data.tags[predict.TAG_MODEL_VERSION] == registry["version"]
+    assert run.data.tags[config.TAG_PREDICT_MODEL_NAME] == config.MODEL_NAME
+    assert run.data.tags[config.TAG_PREDICT_MODEL_VERSION] == registry["version"]
     assert run.data.params["model_uri"] == MODEL_URI
     assert sorted(artifacts) == sorted(
         [f"predict/{out.name}", f"predict/{predict.rejected_path(out).name}"]

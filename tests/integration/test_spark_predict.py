@@ -19,7 +19,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from steps import config, predict, sparkscore
+from steps import config, predict
+from steps.batch import sparkscore
 from tests.support import (
     copy_project,
     demo_pipeline,
@@ -155,9 +156,9 @@ def test_spark_scores_like_pyfunc_and_rejects_like_the_local_engine(
     run = finished_run(registry, " and params.engine = 'spark'")
     assert run.info.run_id == launched_run_id(result.stderr)
     assert run.info.status == "FINISHED"
-    assert run.data.tags[predict.TAG_MODEL_VERSION] == registry["version"]
-    assert run.data.tags[predict.TAG_OUTPUT] == str(spark_out)
-    assert run.data.tags[predict.TAG_REJECTED_OUTPUT] == sparkscore.rejected_location(
+    assert run.data.tags[config.TAG_PREDICT_MODEL_VERSION] == registry["version"]
+    assert run.data.tags[config.TAG_PREDICT_OUTPUT] == str(spark_out)
+    assert run.data.tags[config.TAG_PREDICT_REJECTED_OUTPUT] == sparkscore.rejected_location(
         str(spark_out)
     )
     assert run.data.metrics["rows_in"] == len(rows)

@@ -20,7 +20,8 @@ import time
 # imported once, here: the forks inherit MLflow and its SQLite store
 import mlflow.store.tracking.sqlalchemy_store  # noqa: F401
 
-from steps import config, forkserver
+from steps import config
+from steps.infra import forkserver
 from tests.unit import interrupt_step
 
 MODULE = "tests.unit.interrupt_step"

@@ -1,7 +1,7 @@
 """A step that gets interrupted twice, run by tests/unit/interrupt_probe.py (in a fork, as the
 fork server runs steps) or on its own (``python -m tests.unit.interrupt_step``).
 
-Its body opens nothing of its own: ``runtime.as_step`` opens the run, logs the options as
+Its body opens nothing of its own: ``steprun.as_step`` opens the run, logs the options as
 params (``case`` identifies the run) and must end it KILLED with exit code 130. How the two
 signals reach it (``--how``):
 
@@ -29,7 +29,8 @@ import time
 
 import click
 
-from steps import runtime
+from steps.infra.errors import StepError
+from steps.tracking import steprun
 
 BODY_TIMEOUT = 20.0
 SECOND_AFTER = 5
@@ -64,14 +65,14 @@ def keep_busy() -> None:
 @click.option("--first", type=click.Choice(list(SIGNALS)), default="SIGINT")
 @click.option("--second", type=click.Choice(list(SIGNALS)), default="SIGTERM")
 @click.option("--at", type=int, default=1)
-@runtime.as_step("train")
+@steprun.as_step("train")
 def cli(case: str, how: str, first: str, second: str, at: int) -> None:
     if how == "hook":
         send_at({at: SIGNALS[second]})
         os.kill(os.getpid(), SIGNALS[first])
     elif how == "failing":
         send_at({at: SIGNALS[first], at + SECOND_AFTER: SIGNALS[second]})
-        raise runtime.StepError("failing on purpose")
+        raise StepError("failing on purpose")
     elif how == "pending":
         both = {signal.SIGINT, signal.SIGTERM}
         signal.pthread_sigmask(signal.SIG_BLOCK, both)

@@ -3,7 +3,7 @@ and order of SIGINT/SIGTERM and wherever they land after the run is open.
 
 A pipeline stopped by Ctrl-C sends a running step two signals: SIGINT from the terminal's
 process group and SIGTERM from main cancelling it. Each case below runs a real step
-(``tests.unit.interrupt_step``, through ``runtime.as_step``) against a SQLite tracking store,
+(``tests.unit.interrupt_step``, through ``steprun.as_step``) against a SQLite tracking store,
 in a worker forked by the fork server's own code (``tests.unit.interrupt_probe``), and the
 store says how its run ended. The "hook" and "failing" sweeps put the signals at every few
 Python calls of the exit path, so the moments a signal from outside hits only now and then
@@ -130,12 +130,13 @@ OPEN_RUN_AT_EXIT = textwrap.dedent(
     """
     import sys
     import mlflow
-    from steps import runtime
+    from steps.infra import processes
+    from steps.tracking import steprun
 
-    runtime.end_open_run_at_exit()
+    steprun.end_open_run_at_exit()
     mlflow.start_run(tags={"case": sys.argv[1]})
     if sys.argv[1] == "interrupted":
-        runtime.interrupt("left without ending the run")
+        processes.interrupt("left without ending the run")
     sys.exit(1)
     """
 )

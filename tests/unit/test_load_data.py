@@ -8,8 +8,8 @@ import tarfile
 import pytest
 
 from steps import config
-from steps.load_data import extract_csv, parse_raw
-from steps.runtime import StepError
+from steps.data.acquisition import extract_csv, parse_raw
+from steps.infra.errors import StepError
 
 
 def to_csv(df) -> bytes:

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from steps import config
+from steps.infra.errors import StepError
 from steps.preprocess import income_category, split_data
-from steps.runtime import StepError
 from tests.support import synthetic_housing
 
 

@@ -50,12 +50,50 @@ def test_mlproject_defaults_equal_click_defaults(project, entry_point):
         assert option.type.convert(str(param.default), option, None) == option.default, name
 
 
+def import_graph() -> dict[str, set[str]]:
+    """Module → the modules it imports (lazy imports included), keyed as the code hash keys
+    them (dotted, relative to ``steps``)."""
+    from steps.orchestration import fingerprint
+
+    sources = fingerprint.package_sources(config.PROJECT_ROOT)
+    known = set(sources)
+    return {
+        name: fingerprint.imported_modules(source, known) - {name}
+        for name, source in sources.items()
+    }
+
+
 @pytest.mark.parametrize("entry_point", ENTRY_POINTS)
 def test_entry_points_import_library_modules_only(entry_point):
-    from steps.fingerprint import imported_modules
+    assert import_graph()[entry_point] & set(ENTRY_POINTS) == set()
 
-    source = (config.PROJECT_ROOT / "steps" / f"{entry_point}.py").read_text()
-    assert imported_modules(source) & set(ENTRY_POINTS) == set()
+
+def test_library_modules_import_no_entry_point():
+    for name, imported in import_graph().items():
+        if name not in ENTRY_POINTS:
+            assert imported & set(ENTRY_POINTS) == set(), name
+
+
+def test_entry_points_sit_at_the_top_and_everything_else_in_a_subpackage():
+    top = {name for name in import_graph() if "." not in name}
+    assert top == {*ENTRY_POINTS, "__init__", "config", "features", "models"}
+
+
+def test_the_import_graph_has_no_cycle():
+    graph = import_graph()
+    done: set[str] = set()
+
+    def visit(name: str, path: tuple[str, ...]) -> None:
+        if name in path:
+            raise AssertionError("import cycle: " + " -> ".join((*path[path.index(name) :], name)))
+        if name in done:
+            return
+        for imported in sorted(graph.get(name, ())):
+            visit(imported, (*path, name))
+        done.add(name)
+
+    for name in sorted(graph):
+        visit(name, ())
 
 
 @pytest.mark.parametrize("entry_point", ENTRY_POINTS)
@@ -138,3 +176,55 @@ def test_the_longest_first_order_names_existing_test_files():
 
     files = {path.name for path in (config.PROJECT_ROOT / "tests").rglob("test_*.py")}
     assert set(LONGEST_FIRST) <= files, set(LONGEST_FIRST) - files
+
+
+def test_http_retry_defaults_are_the_same_in_make_and_the_k8s_job():
+    """main sets config.HTTP_RETRY_DEFAULTS for its children; the Makefile sets them for the
+    `mlflow run` launcher, the k8s Job template for every pod: all three the same."""
+    import yaml
+
+    makefile = (config.PROJECT_ROOT / "Makefile").read_text()
+    in_make = dict(re.findall(r"^export (MLFLOW_HTTP_REQUEST_\w+) \?= (\S+)$", makefile, re.M))
+    assert in_make == config.HTTP_RETRY_DEFAULTS
+    template = yaml.safe_load(
+        (config.PROJECT_ROOT / "k8s" / "kubernetes_job_template.yaml").read_text()
+    )
+    (container,) = template["spec"]["template"]["spec"]["containers"]
+    in_job = {
+        e["name"]: e["value"] for e in container["env"] if e["name"].startswith("MLFLOW_HTTP")
+    }
+    assert in_job == config.HTTP_RETRY_DEFAULTS
+
+
+MAX_FUNCTION_LINES = 80
+
+
+def function_lengths() -> dict[str, int]:
+    """Every function and method in steps/**/*.py → its length in lines, from ``def`` to its
+    last line (docstring included, decorators not), keyed ``path:qualified name``."""
+    import ast
+
+    lengths: dict[str, int] = {}
+    for path in sorted((config.PROJECT_ROOT / "steps").rglob("*.py")):
+        tree = ast.parse(path.read_text())
+        where = path.relative_to(config.PROJECT_ROOT).as_posix()
+
+        def visit(node: ast.AST, prefix: str, where: str = where) -> None:
+            for child in ast.iter_child_nodes(node):
+                if isinstance(child, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef):
+                    name = f"{prefix}{child.name}"
+                    if not isinstance(child, ast.ClassDef):
+                        lengths[f"{where}:{name}"] = child.end_lineno - child.lineno + 1
+                    visit(child, f"{name}.")
+                else:
+                    visit(child, prefix)
+
+        visit(tree, "")
+    return lengths
+
+
+def test_no_function_is_longer_than_80_lines():
+    lengths = function_lengths()
+    assert "steps/serving/api.py:create_app" in lengths
+    too_long = {name: n for name, n in lengths.items() if n > MAX_FUNCTION_LINES}
+    assert too_long == {}

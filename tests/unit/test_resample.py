@@ -6,7 +6,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from steps import config, contract, schema
+from steps import config
+from steps.data import contract, schema
 from tests.support import (
     RESAMPLE_COORD_JITTER,
     RESAMPLE_REL_JITTER,

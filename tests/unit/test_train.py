@@ -10,9 +10,9 @@ from sklearn.exceptions import NotFittedError
 from sklearn.utils.validation import check_is_fitted
 
 from steps import config, features, models
+from steps.ml.evaluation import build_report, error_by, price_band
 from steps.models import build_pipeline
 from steps.preprocess import split_data
-from steps.report import build_report, error_by, price_band
 from steps.train import fit_and_score, input_example
 from tests.support import synthetic_housing
 
@@ -91,7 +91,7 @@ def test_model_requirements_are_the_lock_files_pins():
     from importlib.metadata import version
 
     from steps import config
-    from steps.runtime import StepError
+    from steps.infra.errors import StepError
     from steps.train import pinned_requirements
 
     lock = (config.PROJECT_ROOT / config.LOCK_FILE).read_text()
@@ -105,7 +105,7 @@ def test_model_requirements_are_the_lock_files_pins():
 def test_the_logged_model_is_read_back_as_serving_reads_it(fitted, tmp_path):
     import mlflow
 
-    from steps.runtime import StepError
+    from steps.infra.errors import StepError
     from steps.train import log_model, reload_logged_model
 
     pipeline, _, train, test = fitted

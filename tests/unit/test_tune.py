@@ -1,5 +1,5 @@
 """tune's pure core: the search space as Optuna draws it, fold-by-fold pruning, CV on train
-rows only; and the study's budget rule (steps.study) on real Optuna storages."""
+rows only; and the study's budget rule (steps.ml.study) on real Optuna storages."""
 
 from __future__ import annotations
 
@@ -12,8 +12,9 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from steps import config, features, study
-from steps.runtime import StepError
+from steps import config, features
+from steps.infra.errors import StepError
+from steps.ml import study
 from steps.tune import (
     SEARCH_SPACE,
     cv_rmse,
@@ -119,7 +120,7 @@ def test_paste_line_is_a_main_command_with_every_param():
     )
 
 
-# --- steps.study: storage, settings, budget ----------------------------------------------
+# --- steps.ml.study: storage, settings, budget ----------------------------------------------
 def test_default_storage_sits_beside_a_sqlite_tracking_store(tmp_path):
     assert study.default_storage(f"sqlite:///{tmp_path}/mlflow.db", tmp_path / "root") == (
         f"sqlite:///{tmp_path}/optuna.db"

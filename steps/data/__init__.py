@@ -1,0 +1,1 @@
+"""The raw table: its schema, its contract (table rules, drift), getting a verified copy."""

@@ -1,0 +1,64 @@
+"""Batch predictions (``steps.predict``, both engines): its environment, its command, messy rows."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+
+from tests.support.data import PROJECT_ROOT
+
+
+def predict_env(tracking_uri: str, **extra: str) -> dict[str, str]:
+    """The environment of a ``python -m steps.predict`` child: this venv first on PATH, the
+    project importable, only the given tracking store."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
+    env |= {
+        "MLFLOW_TRACKING_URI": tracking_uri,
+        "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
+        "PYTHONPATH": str(PROJECT_ROOT),
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+        "PYTHONUNBUFFERED": "1",
+    }
+    return env | extra
+
+
+def run_predict(
+    tracking_uri: str, cwd: Path, *args: str, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess:
+    """``python -m steps.predict <args>``, output captured as text."""
+    return subprocess.run(
+        [sys.executable, "-m", "steps.predict", *args],
+        cwd=cwd,
+        env=env or predict_env(tracking_uri),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+
+
+def error_lines(stderr: str) -> list[str]:
+    return [line for line in stderr.splitlines() if line.startswith("error:")]
+
+
+def messy_rows(X: pd.DataFrame) -> pd.DataFrame:
+    """``X`` as text, with an extra ``block_id`` column and rows every rule rejects or lets
+    through: each kind of bad value once, plus an allowed missing ``total_bedrooms`` spelled
+    ``NA`` (a CSV missing-value token)."""
+    df = X.astype(object).reset_index(drop=True)
+    df.insert(0, "block_id", [f"b{i:05d}, CA" for i in range(len(df))])  # a comma: quoted
+    cases = {
+        3: ("latitude", "north"),
+        5: ("ocean_proximity", "MARS"),
+        8: ("total_bedrooms", "NA"),
+        13: ("median_income", None),
+        21: ("median_income", "inf"),
+        34: ("population", -1.0),
+        55: ("longitude", -130.0),
+    }
+    for row, (column, value) in cases.items():
+        df.loc[row, column] = value
+    return df

@@ -1,0 +1,99 @@
+"""Copies of the project as fresh git repos, new data versions in them, and ``mlflow run``
+argv and environments."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+from tests.support.data import PROJECT_ROOT, housing_tgz
+
+
+def copy_project(dest: Path) -> Path:
+    """The current work tree (tracked + untracked, minus ignored) as a fresh, clean git repo.
+
+    Tests must see the code as it is now, not as last committed, yet run from a clean tree
+    (a dirty tree disables step reuse and marks runs dirty).
+    """
+    files = subprocess.run(
+        ["git", "ls-files", "-co", "--exclude-standard", "-z"],
+        cwd=PROJECT_ROOT,
+        capture_output=True,
+        check=True,
+    ).stdout.split(b"\0")
+    for rel in filter(None, (f.decode() for f in files)):
+        src = PROJECT_ROOT / rel
+        if src.is_file():
+            (dest / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(src, dest / rel)
+    git = ["git", "-c", "user.email=t@localhost", "-c", "user.name=tests"]
+    subprocess.run(["git", "init", "-q", "-b", "main"], cwd=dest, check=True)
+    subprocess.run([*git, "add", "-A"], cwd=dest, check=True)
+    subprocess.run([*git, "commit", "-qm", "snapshot"], cwd=dest, check=True)
+    return dest
+
+
+def new_data_version(project: Path, payload: bytes, message: str) -> None:
+    """What a user does: change data/housing.csv, `dvc add data`, commit data.dvc."""
+    (project / "data").mkdir(exist_ok=True)
+    (project / "data" / "housing.csv").write_bytes(payload)
+    done = run_cmd([sys.executable, "-m", "dvc", "add", "-q", "data"], project, dict(os.environ))
+    assert done.returncode == 0, done.stderr
+    commit(project, message)
+
+
+def commit(project: Path, message: str) -> None:
+    for args in (
+        ["git", "add", "-A"],
+        ["git", "-c", "user.email=t@localhost", "-c", "user.name=tests", "commit", "-qm", message],
+    ):
+        done = run_cmd(args, cwd=project, env=dict(os.environ))
+        assert done.returncode == 0, done.stderr
+
+
+def project_env(tracking_uri: str, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
+    env |= {
+        "MLFLOW_TRACKING_URI": tracking_uri,
+        "MLFLOW_ALLOW_PICKLE_DESERIALIZATION": "true",
+        "HOUSING_DATA_URL": housing_tgz().as_uri(),
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+        "PYTHONUNBUFFERED": "1",
+    }
+    return env | extra
+
+
+MLFLOW_RUN = [sys.executable, "-m", "mlflow", "run"]
+
+
+def mlflow_run_local(entry_point: str, *args: str) -> list[str]:
+    """`mlflow run . -e <entry_point> --env-manager local <args>` as an argv list."""
+    return [*MLFLOW_RUN, ".", "-e", entry_point, "--env-manager", "local", *args]
+
+
+def run_cmd(args: list[str], cwd: Path, env: dict[str, str], timeout: float = 900):
+    return subprocess.run(
+        args, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout, check=False
+    )
+
+
+def launched_run_id(output: str) -> str:
+    """The run id `mlflow run` reports for the run it launched (its last lines, on stderr)."""
+    found = re.findall(r"=== Run \(ID '([0-9a-f]+)'\) (?:succeeded|failed)", output)
+    assert found, output[-2000:]
+    return found[-1]
+
+
+def run_main(project: Path, tracking_uri: str, *args: str) -> subprocess.CompletedProcess:
+    """`mlflow run . -e main` in ``project`` to the end; asserts it succeeded."""
+    result = run_cmd(
+        mlflow_run_local("main", *args),
+        cwd=project,
+        env=project_env(tracking_uri),
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
+    return result
