@@ -16,8 +16,8 @@ import pytest
 from tests import services
 from tests.support import copy_project, free_port, start_mlflow_server, stop, synthetic_housing
 
-# `make test` hands whole files to two workers (pytest-xdist --dist loadfile, in collection
-# order with --no-loadscope-reorder); the longest go first so that both workers finish near
+# `make test` hands whole files to its workers (pytest-xdist --dist loadfile, in collection
+# order with --no-loadscope-reorder); the longest go first so that the workers finish near
 # the same time. Ranked by `--durations` of a full run; files not listed keep their order.
 LONGEST_FIRST = (
     "test_readme.py",
