@@ -18,6 +18,9 @@ export MLFLOW_ALLOW_PICKLE_DESERIALIZATION ?= true
 export MLFLOW_HTTP_REQUEST_MAX_RETRIES ?= 4
 export MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR ?= 1
 export MLFLOW_HTTP_REQUEST_TIMEOUT ?= 30
+# `mlflow server` otherwise starts seven job-runner processes (MLflow's GenAI jobs; no part of
+# this project): about 1.5 GB of memory and 20 s of CPU for nothing.
+export MLFLOW_SERVER_ENABLE_JOB_EXECUTION ?= false
 # Quiet by default: MLflow's INFO lines and per-file progress bars only with VERBOSE=1
 # (each step's full output is always kept as the artifact logs/<step>.log of its run).
 ifeq ($(VERBOSE),1)
@@ -25,9 +28,6 @@ export PIPELINE_VERBOSE := 1
 else
 export MLFLOW_LOGGING_LEVEL ?= WARNING
 export MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR ?= false
-# `mlflow server` otherwise starts seven job-runner processes (MLflow's GenAI jobs; no part of
-# this project): about 1.5 GB of memory and 20 s of CPU for nothing.
-export MLFLOW_SERVER_ENABLE_JOB_EXECUTION ?= false
 endif
 MLFLOW_PORT ?= 5000
 # empty: mlflow server's own default (4 workers) for `make server` / `make server-postgres`
@@ -39,7 +39,7 @@ GIT_URL ?= $(shell git remote get-url origin 2>/dev/null)
 GIT_VERSION ?= $(shell git rev-parse HEAD 2>/dev/null)
 PYTEST_ARGS ?=
 # `make test` runs test files in this many pytest-xdist workers (one file stays on one worker).
-# Two on two cores: the suite keeps them busy (a third made it slower, 1,317 s against ~1,200).
+# Two on two cores: the suite keeps them busy (a third made pytest slower: 1,317 s against 1,276 s).
 PYTEST_WORKERS ?= 2
 INPUT ?=
 OUTPUT ?= predictions.parquet
