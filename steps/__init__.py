@@ -14,11 +14,13 @@ Library subpackages, by concern:
   (table rules, drift against a reference version, the data report), ``fetch`` (``python -m
   steps.data.fetch``: load_data's acquisition for ``make data``)
 - ``ml``: ``hyperparams`` (model kinds and defaults), ``gate`` (champion gate, alias settle
-  rule), ``evaluation`` (train's evaluation report), ``study`` (tune's Optuna study)
+  rule), ``promotion`` (register's alias decision and gate summaries), ``evaluation``
+  (train's evaluation report), ``study`` (tune's Optuna study)
 - ``tracking``: ``steprun`` (a step's MLflow run and its end), ``provenance`` (git state, data
   version, dataset sources), ``lineage`` (upstream runs and their outputs), ``registry``
-  (alias state and history), ``loading`` (registry URIs to skops-loaded pipelines),
-  ``refusals`` (a server's 401/403 as one line), ``storerace`` (a store race, retried)
+  (alias state and history), ``versions`` (register's gating, registering and settling),
+  ``loading`` (registry URIs to skops-loaded pipelines), ``refusals`` (a server's 401/403 as
+  one line), ``storerace`` (a store race, retried)
 - ``orchestration``: how main chains the steps: ``fingerprint`` (the code hash behind step
   reuse), ``reuse`` (the reuse key and the run that matches it), ``launch`` (steps started
   through MLflow Projects ahead of their turn, and stopped), ``summary`` (the step table),
