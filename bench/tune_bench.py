@@ -4,7 +4,7 @@ Usage (from the project root)::
 
     python bench/tune_bench.py [--csv PATH] [--trials 16] [--folds 3] [--seeds 2]
 
-Both arms run tune's own trial loop (steps.tune: the search space, the folds, the reports;
+Both arms run tune's own trial loop (steps.ml.search: the search space, the folds, the reports;
 steps.ml.study: the budget) on the default split's train rows, in an in-memory study:
 
 * ``random``: Optuna's RandomSampler, no pruning (what tune did before: uniform draws from
@@ -33,7 +33,7 @@ PROJECT_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(PROJECT_ROOT))  # run as a script without installing the project
 
 from steps import config, features, models, tune  # noqa: E402
-from steps.ml import study  # noqa: E402
+from steps.ml import search, study  # noqa: E402
 from steps.preprocess import split_data  # noqa: E402
 from tests.support import housing_csv  # noqa: E402
 
@@ -57,17 +57,17 @@ def run_arm(arm: str, train: pd.DataFrame, n_trials: int, folds: int, seed: int)
     tpe = arm == "tpe+prune"
     the_study = optuna.create_study(
         direction="minimize",
-        sampler=tune.make_sampler(seed, tpe=tpe),
-        pruner=tune.make_pruner(enabled=tpe),
+        sampler=search.make_sampler(seed, tpe=tpe),
+        pruner=search.make_pruner(enabled=tpe),
     )
     preprocessor = features.build_preprocessor()
     kind = models.DEFAULT_MODEL_KIND
     fitted = pruned = 0
     wall, cpu = time.perf_counter(), time.process_time()
     while (trial := study.ask_within_budget(the_study, n_trials)) is not None:
-        params = tune.suggest_params(trial)
-        scores = tune.fold_rmses(train, preprocessor, kind, params, folds, seed)
-        outcome = tune.run_folds(trial, scores, folds)
+        params = search.suggest_params(trial)
+        scores = search.fold_rmses(train, preprocessor, kind, params, folds, seed)
+        outcome = search.run_folds(trial, scores, folds)
         fitted += len(outcome.fold_rmses)
         pruned += outcome.pruned
         if outcome.pruned:

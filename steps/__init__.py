@@ -15,12 +15,13 @@ Library subpackages, by concern:
   steps.data.fetch``: load_data's acquisition for ``make data``)
 - ``ml``: ``hyperparams`` (model kinds and defaults), ``gate`` (champion gate, alias settle
   rule), ``promotion`` (register's alias decision and gate summaries), ``evaluation``
-  (train's evaluation report), ``study`` (tune's Optuna study)
+  (train's evaluation report), ``search`` (tune's search space and cross-validated
+  objective), ``study`` (tune's Optuna study)
 - ``tracking``: ``steprun`` (a step's MLflow run and its end), ``provenance`` (git state, data
   version, dataset sources), ``lineage`` (upstream runs and their outputs), ``registry``
   (alias state and history), ``versions`` (register's gating, registering and settling),
   ``loading`` (registry URIs to skops-loaded pipelines), ``refusals`` (a server's 401/403 as
-  one line), ``storerace`` (a store race, retried)
+  one line), ``storerace`` (a store race, retried), ``trials`` (tune's trials as MLflow runs)
 - ``orchestration``: how main chains the steps: ``fingerprint`` (the code hash behind step
   reuse), ``reuse`` (the reuse key and the run that matches it), ``launch`` (steps started
   through MLflow Projects ahead of their turn, and stopped), ``summary`` (the step table),
