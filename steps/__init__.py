@@ -24,8 +24,9 @@ Library subpackages, by concern:
   one line), ``storerace`` (a store race, retried), ``trials`` (tune's trials as MLflow runs)
 - ``orchestration``: how main chains the steps: ``fingerprint`` (the code hash behind step
   reuse), ``reuse`` (the reuse key and the run that matches it), ``launch`` (steps started
-  through MLflow Projects ahead of their turn, and stopped), ``summary`` (the step table),
-  ``upstream_wait`` (a step started early waits for its upstream)
+  through MLflow Projects ahead of their turn, and stopped), ``pipeline`` (the chain: each
+  step reused or started, the parent's summary), ``parent`` (the parent run), ``summary``
+  (the step table), ``upstream_wait`` (a step started early waits for its upstream)
 - ``serving``: ``api`` (serve's ASGI app), ``rowschema`` (a valid request row), ``batching``,
   ``protocols`` (/invocations, V2), ``follower`` (alias following), ``apikeys``, ``metrics``,
   ``wire`` (one socket write per response)

@@ -1,8 +1,8 @@
-"""main's own pieces: the parent run's name and description."""
+"""The parent run's name (steps.orchestration.parent) and description (its step table)."""
 
 from __future__ import annotations
 
-from steps.main import parent_run_name
+from steps.orchestration.parent import parent_run_name
 from steps.orchestration.summary import StepResult, run_description
 
 
