@@ -30,7 +30,7 @@ PROJECT_ROOT = Path(__file__).resolve().parents[1]
 if str(PROJECT_ROOT) not in sys.path:  # run as a script: make `steps` and `tests` importable
     sys.path.insert(0, str(PROJECT_ROOT))
 
-from steps import config, predict  # noqa: E402
+from steps import config  # noqa: E402
 from tests.support import (  # noqa: E402
     demo_pipeline,
     housing_csv,
@@ -105,7 +105,7 @@ def main(rows: int, master: str, tracking_uri: str, as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps(report, indent=2))
         return
-    click.echo(f"{rows} rows, Spark master {master}, output {predict.PREDICTION_COLUMN}")
+    click.echo(f"{rows} rows, Spark master {master}, output {config.PREDICTION_COLUMN}")
     for name in ("local", "spark"):
         r = report[name]
         click.echo(

@@ -30,7 +30,8 @@ Library subpackages, by concern:
 - ``serving``: ``api`` (serve's ASGI app), ``rowschema`` (a valid request row), ``batching``,
   ``protocols`` (/invocations, V2), ``follower`` (alias following), ``apikeys``, ``metrics``,
   ``wire`` (one socket write per response)
-- ``batch``: ``sparkscore`` (predict's Spark engine; PySpark imported lazily)
+- ``batch``: ``localscore`` (predict's local engine: validation, chunked scoring, tables),
+  ``sparkscore`` (predict's Spark engine; PySpark imported lazily)
 - ``infra``: ``errors`` (StepError), ``processes`` (signals, process ids), ``forkserver``
   (steps forked from one process that imported the libraries once), ``refusalhook`` (a
   ``.pth`` hook: a 401/403 as one line in any venv interpreter), ``storetemplate`` (the empty

@@ -20,6 +20,8 @@ import importlib.util
 import os
 import shutil
 import sys
+import tempfile
+import time
 import zipfile
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
@@ -190,6 +192,15 @@ def check_input_exists(uri: str) -> None:
         raise StepError(f"{uri}: no such file or directory")
 
 
+def check_before_start(input_uri: str, output: str, environ: Mapping[str, str]) -> str:
+    """Everything that can be checked without a JVM, first (JVM start-up costs ~10 s); the
+    input's format."""
+    check_output(output)
+    check_can_start(environ)
+    check_input_exists(input_uri)
+    return input_format(input_uri)
+
+
 def start_session(master: str, workdir: Path) -> Any:
     """A SparkSession on ``master`` whose Python workers can import the project's code.
 
@@ -326,3 +337,20 @@ def run(
     finally:
         checked.unpersist()
     return Counts(rows_in=n_valid + n_rejected, rows_predicted=n_valid, rows_rejected=n_rejected)
+
+
+def run_in_session(
+    master: str, input_uri: str, kind: str, model_uri: str, output: str, env_manager: str
+) -> tuple[Counts, float]:
+    """``run`` on a session started for it on ``master`` and stopped after, whatever happens;
+    (the row counts, the seconds reading, scoring and writing took: the JVM's start-up not
+    counted)."""
+    with tempfile.TemporaryDirectory(prefix="predict-spark-") as tmp:
+        spark = start_session(master, Path(tmp))
+        try:
+            started = time.perf_counter()
+            counts = run(spark, input_uri, kind, model_uri, output, env_manager)
+            seconds = time.perf_counter() - started
+        finally:
+            spark.stop()
+    return counts, seconds

@@ -16,7 +16,6 @@ import pytest
 import yaml
 
 from steps import config
-from steps.predict import PREDICTION_COLUMN
 from steps.serve import DEFAULT_PORT as SERVE_PORT
 from tests.cleanshell import (
     STEPS,
@@ -118,7 +117,7 @@ def test_first_hour_block(shell, first_run):
     raw = pd.read_csv(housing_csv())
     assert len(predictions) == len(raw)
     expected = pipeline.predict(raw.loc[:, list(config.FEATURES)])
-    np.testing.assert_allclose(predictions[PREDICTION_COLUMN], expected, rtol=0, atol=0.01)
+    np.testing.assert_allclose(predictions[config.PREDICTION_COLUMN], expected, rtol=0, atol=0.01)
 
 
 @pytest.mark.pyenv

@@ -21,6 +21,7 @@ import pandas as pd
 import pytest
 
 from steps import config, predict
+from steps.batch import localscore
 from tests.support import (
     PROJECT_ROOT,
     demo_pipeline,
@@ -363,13 +364,13 @@ def test_batch_predict_writes_logs_and_reports_rejects(
     written = pd.read_parquet(out) if out.suffix == ".parquet" else pd.read_csv(out)
     assert len(written) == len(rows) - 2
     keep = np.setdiff1d(np.arange(len(rows)), [20, 21])
-    assert written[predict.ROW_COLUMN].tolist() == keep.tolist()
+    assert written[config.ROW_COLUMN].tolist() == keep.tolist()
     np.testing.assert_allclose(
-        written[predict.PREDICTION_COLUMN], pyfunc_predictions[keep], rtol=1e-12
+        written[config.PREDICTION_COLUMN], pyfunc_predictions[keep], rtol=1e-12
     )
-    rejected = pd.read_csv(predict.rejected_path(out))
-    assert rejected[predict.ROW_COLUMN].tolist() == [20, 21]
-    assert rejected[predict.REASON_COLUMN].tolist() == [
+    rejected = pd.read_csv(localscore.rejected_path(out))
+    assert rejected[config.ROW_COLUMN].tolist() == [20, 21]
+    assert rejected[config.REASON_COLUMN].tolist() == [
         "latitude: not a number",
         "ocean_proximity: unknown value",
     ]
@@ -381,7 +382,7 @@ def test_batch_predict_writes_logs_and_reports_rejects(
     assert run.data.tags[config.TAG_PREDICT_MODEL_VERSION] == registry["version"]
     assert run.data.params["model_uri"] == MODEL_URI
     assert sorted(artifacts) == sorted(
-        [f"predict/{out.name}", f"predict/{predict.rejected_path(out).name}"]
+        [f"predict/{out.name}", f"predict/{localscore.rejected_path(out).name}"]
     )
     assert run.data.metrics["rows_rejected"] == 2
 

@@ -19,8 +19,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from steps import config, predict
-from steps.batch import sparkscore
+from steps import config
+from steps.batch import localscore, sparkscore
 from tests.support import (
     copy_project,
     demo_pipeline,
@@ -130,7 +130,7 @@ def test_spark_scores_like_pyfunc_and_rejects_like_the_local_engine(
     scored = read_sorted(spark_out)
     rejected = read_sorted(sparkscore.rejected_location(str(spark_out)))
     # the local engine's reading and checking of the same rows as one file
-    local_valid, local_rejected = predict.split_valid(predict.read_table(str(source)))
+    local_valid, local_rejected = localscore.split_valid(localscore.read_table(str(source)))
 
     # every input row exactly once, in one output or the other, numbered as in one file
     assert len(scored) + len(rejected) == len(rows)

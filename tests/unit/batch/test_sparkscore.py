@@ -12,8 +12,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from steps import config, predict
-from steps.batch import sparkscore
+from steps import config
+from steps.batch import localscore, sparkscore
 from steps.infra.errors import StepError
 from tests.support import PROJECT_ROOT, housing_sample, messy_rows
 
@@ -28,7 +28,7 @@ def text_rows() -> pd.DataFrame:
 def test_check_batch_rejects_what_the_local_engine_rejects(text_rows, tmp_path):
     source = tmp_path / "rows.csv"
     text_rows.to_csv(source, index=False)
-    _, local_rejected = predict.split_valid(predict.read_table(str(source)))
+    _, local_rejected = localscore.split_valid(localscore.read_table(str(source)))
 
     checked = sparkscore.check_batch(text_rows, np.arange(len(text_rows)), csv=True)
     bad = checked[checked[config.REASON_COLUMN] != ""]

@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from steps import config, predict
+from steps import config
 from steps.data import schema
 from steps.serving import batching, rowschema
 from tests.unit.serving.app import good_row, records
@@ -71,4 +71,4 @@ def test_batch_validation_agrees_with_the_api(change):
     except ValueError:
         api_ok = False
     frame = pd.DataFrame([row])
-    assert (predict.rejection_reasons(frame).iloc[0] == "") == api_ok
+    assert (schema.rejection_reasons(frame).iloc[0] == "") == api_ok
