@@ -27,7 +27,8 @@ Library subpackages, by concern:
   through MLflow Projects ahead of their turn, and stopped), ``pipeline`` (the chain: each
   step reused or started, the parent's summary), ``parent`` (the parent run), ``summary``
   (the step table), ``upstream_wait`` (a step started early waits for its upstream)
-- ``serving``: ``api`` (serve's ASGI app), ``rowschema`` (a valid request row), ``batching``,
+- ``serving``: ``server`` (serve's processes: loading, workers, alias following), ``api``
+  (serve's ASGI app), ``rowschema`` (a valid request row), ``batching``,
   ``protocols`` (/invocations, V2), ``follower`` (alias following), ``apikeys``, ``metrics``,
   ``wire`` (one socket write per response)
 - ``batch``: ``localscore`` (predict's local engine: validation, chunked scoring, tables),

@@ -179,7 +179,8 @@ def test_ctrl_c_on_make_serve_stops_both_workers_and_ends_the_run(tmp_path):
         wait_http(f"http://127.0.0.1:{port}/health", make, timeout=80)
         # Both workers serving, as when a user stops a server they have used: one still
         # starting keeps uvicorn's supervisor waiting for its answer to a health ping (up to
-        # serve.WORKER_HEALTHCHECK_TIMEOUT_S), and the supervisor handles signals only then.
+        # steps.serving.server.WORKER_HEALTHCHECK_TIMEOUT_S), and the supervisor handles
+        # signals only then.
         deadline = time.monotonic() + 60
         while make_output(project, "serve").count(STARTED) < 2:
             assert make.poll() is None, make_output(project, "serve")[-3000:]
