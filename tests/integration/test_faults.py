@@ -1,5 +1,6 @@
 """`main` under faults: the tracking server dies mid-run, the pipeline is interrupted by a
-signal, four pipelines run at once against one server.
+signal. (Pipelines running at once against one server: test_postgres.py, with this file's
+``run_concurrent_mains``.)
 
 Timings are printed (run with ``-s`` to see them); docs/reliability.md records them.
 """
@@ -291,8 +292,3 @@ def test_signal_while_a_child_runs_stops_everything_and_ends_every_run(tmp_path,
     assert statuses["main"] in (["KILLED"], ["FAILED"])
     assert "error: main: interrupted" in pipeline.stderr
     assert not list(client.search_registered_models())  # register never ran
-
-
-# --- load ----------------------------------------------------------------------------------
-def test_concurrent_mains_against_one_server(tmp_path, mlflow_server):
-    run_concurrent_mains(tmp_path, mlflow_server, n=3)

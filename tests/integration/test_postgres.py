@@ -135,7 +135,8 @@ def test_pipeline_on_postgres_with_proxied_artifacts(tmp_path, pg_server):
 
 def test_concurrent_mains_on_postgres(tmp_path, postgres_uri):
     # a database of its own: the registry must hold exactly these versions (three mains on
-    # two cores already write at once; the SQLite server case runs three too)
+    # two cores already write at once). PostgreSQL is the store docs/scaling.md advises for
+    # concurrent pipelines; the default SQLite server is documented for one at a time.
     with fresh_database(postgres_uri) as uri:
         proc, url = start_mlflow_server(sqlalchemy_uri(uri), tmp_path / "artifacts")
         try:
