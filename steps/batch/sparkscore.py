@@ -334,13 +334,13 @@ def check_rows(raw: Any, csv: bool) -> Any:
     def summarize(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
         yield from summarize_partition(batches, columns, csv)
 
-    summary = [
-        r.asDict()
-        for r in keyed.mapInPandas(summarize, st.StructType(keys))
-        .groupBy(FILE_COLUMN, BLOCK_COLUMN)
-        .agg(*aggregates)
-        .collect()
-    ]
+    # Parquet: counting alone, in the JVM; CSV: the batches go through Python for the types.
+    counted = (
+        keyed.mapInPandas(summarize, st.StructType(keys)).groupBy(FILE_COLUMN, BLOCK_COLUMN)
+        if csv
+        else keyed.withColumn(COUNT_COLUMN, sf.lit(1)).groupBy(FILE_COLUMN, BLOCK_COLUMN)
+    )
+    summary = [r.asDict() for r in counted.agg(*aggregates).collect()]
     offsets = chunk_offsets(
         {(r[FILE_COLUMN], int(r[BLOCK_COLUMN])): int(r[COUNT_COLUMN]) for r in summary}
     )
