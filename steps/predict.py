@@ -4,15 +4,17 @@ In: ``--input`` a CSV or Parquet file (local path, ``file://``/``http(s)://`` UR
 MLflow artifact URI such as ``runs:/<id>/path``) with the nine raw feature columns
 (``config.FEATURES``; other columns are carried through); ``--model-uri`` a registry URI.
 Out: ``--output`` (CSV or Parquet, by extension) = the valid input rows, their 0-based input
-``row`` number and ``predicted_median_house_value`` in dollars; rows failing validation go to
-``<output stem>.rejected.csv`` with a ``reason``. Both are logged as artifacts of this step's
-MLflow run, tagged with the model name/version (params: model_uri, input, output, engine, …).
+``row`` number and ``predicted_median_house_value`` in dollars; rows failing validation go
+beside it, in its format (``<output stem>.rejected.parquet`` / ``.rejected.csv``), with a
+``reason`` (written even when empty). Both are logged as artifacts of this step's MLflow run,
+tagged with the model name/version (params: model_uri, input, output, engine, …).
 
 ``--engine spark`` scores on Spark instead (``steps.batch.sparkscore``, ``--spark-master``): the
-input may also be a directory or any URI Spark reads, the output and
+input may also be a directory or any URI Spark reads, the output (Parquet only) and
 ``<output stem>.rejected.parquet`` are Parquet directories written by Spark. They are not
 copied into the run (they can be any size); the tags ``predict.output`` and
-``predict.rejected_output`` say where they are. Same columns, same metrics.
+``predict.rejected_output`` say where they are. Same metrics, and the same output contract
+on both engines (``steps.batch.output_contract``): same files, columns, column order and dtypes.
 
 Validation applies the same rules as the online API (``steps.data.schema`` bounds, known
 ``ocean_proximity`` values, finite numbers, ``total_bedrooms`` may be missing), vectorised,
@@ -154,10 +156,10 @@ def predict_locally(
     localscore.write_table(localscore.with_predictions(valid, predictions), out_path)
     mlflow.log_artifact(str(out_path), artifact_path=STEP)
     log_counts(len(df), len(valid), len(rejected), predict_seconds)
+    bad_path = localscore.rejected_path(out_path)  # written even if empty, as on Spark
+    localscore.write_table(rejected, bad_path)
+    mlflow.log_artifact(str(bad_path), artifact_path=STEP)
     if len(rejected):
-        bad_path = localscore.rejected_path(out_path)
-        localscore.write_table(rejected, bad_path)
-        mlflow.log_artifact(str(bad_path), artifact_path=STEP)
         steprun.echo(STEP, f"{len(rejected)} rejected rows (with reasons) in {bad_path}")
     steprun.echo(STEP, f"wrote {len(valid)} predictions to {out_path}")
 

@@ -6,9 +6,10 @@ URI, downloaded first) of raw housing rows, and a registry URI (``steps.tracking
 Out: the rows split into valid ones (the model's dtypes, input ``row`` number) and rejected
 ones (with a ``reason``, ``steps.data.schema.rejection_reasons``: the online API's rules,
 vectorised), predictions for the valid rows computed chunk by chunk on threads, and tables
-written as CSV or Parquet by extension (the rejected rows: ``<output stem>.rejected.csv``).
-Every failure to read, load or name a table is a one-line ``StepError``. The Spark engine:
-``steps.batch.sparkscore``.
+written as CSV or Parquet by extension, per the output contract both engines share
+(``steps.batch.output_contract``: columns, dtypes, the rejects beside the output in its format).
+A CSV input is read as text and typed by the contract's rule. Every failure to read, load or
+name a table is a one-line ``StepError``. The Spark engine: ``steps.batch.sparkscore``.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ import numpy as np
 import pandas as pd
 
 from steps import config
-from steps.batch import sparkscore
+from steps.batch import output_contract, sparkscore
 from steps.data import schema
 from steps.infra.errors import StepError
 from steps.tracking.loading import ModelLoadError, ModelRef, load_version
@@ -124,9 +125,11 @@ def read_table(uri: str) -> pd.DataFrame:
         try:
             if kind == "csv":
                 # pyarrow's reader is multi-threaded C++: ~5x the default engine on 1M rows.
+                # As text: the contract types each column by one rule on both engines.
                 df = pd.read_csv(
                     path or location,
                     engine="pyarrow",
+                    dtype="str",
                     na_values=list(config.CSV_MISSING_VALUES),
                     keep_default_na=False,
                 )
@@ -135,17 +138,18 @@ def read_table(uri: str) -> pd.DataFrame:
         except Exception as exc:  # parser, permission, decoding, network errors alike
             raise StepError(f"{uri}: cannot read as {kind}: {_one_line(exc)}") from exc
     check_columns(df, uri)
-    return df
+    return output_contract.typed_text_columns(df) if kind == "csv" else df
 
 
 def write_table(df: pd.DataFrame, path: Path) -> None:
-    """CSV or Parquet by extension, via pyarrow (pandas' CSV writer is ~5x slower)."""
+    """CSV or Parquet by extension, via pyarrow (pandas' CSV writer is ~5x slower); strings
+    as Arrow ``string``, as Spark writes them (``steps.batch.output_contract``)."""
     import pyarrow as pa
     import pyarrow.csv
     import pyarrow.parquet
 
     path.parent.mkdir(parents=True, exist_ok=True)
-    table = pa.Table.from_pandas(df, preserve_index=False)
+    table = output_contract.with_string_columns(pa.Table.from_pandas(df, preserve_index=False))
     if table_format(str(path)) == "csv":
         pyarrow.csv.write_csv(table, path)
     else:
@@ -153,10 +157,8 @@ def write_table(df: pd.DataFrame, path: Path) -> None:
 
 
 def rejected_path(output: Path) -> Path:
-    name = output.name
-    for suffix in reversed(output.suffixes):
-        name = name.removesuffix(suffix)
-    return output.with_name(f"{name}.rejected.csv")
+    """``p.parquet`` -> ``p.rejected.parquet``, ``p.csv`` -> ``p.rejected.csv``: the contract's."""
+    return output.with_name(output_contract.rejected_location(output.name))
 
 
 def _one_line(exc: BaseException) -> str:

@@ -6,8 +6,11 @@ In: a CSV or Parquet file or directory (a local path or any URI Spark reads: ``f
 Parquet directory with ``row`` (0-based input position), the input columns (extra columns
 carried through; features as the model's types) and ``predicted_median_house_value`` in
 dollars, and a Parquet directory ``<output stem>.rejected.parquet`` with the rows that fail
-validation, their raw values and a ``reason``: the same columns, rules and messages as the
-local engine (``steps.data.schema.rejection_reasons``, applied to each pandas batch inside Spark).
+validation, their raw values and a ``reason``: the same files, columns, dtypes, rules and
+messages as the local engine (``steps.batch.output_contract``;
+``steps.data.schema.rejection_reasons`` applied to each pandas batch inside Spark). A CSV
+input is read as text; the pass that counts the rows of each input chunk also finds each
+column's contract type, applied when checking.
 
 The model is scored by MLflow's own ``mlflow.pyfunc.spark_udf``: raw rows in, the logged
 pipeline unchanged, dollars out. PySpark is imported lazily, only on this path: nothing the
@@ -32,6 +35,7 @@ import numpy as np
 import pandas as pd
 
 from steps import config
+from steps.batch import output_contract
 from steps.data import schema
 from steps.infra.errors import StepError, one_line
 
@@ -42,13 +46,13 @@ DEFAULT_MASTER = "local[*]"
 ENV_MANAGERS: tuple[str, ...] = ("local", "uv", "virtualenv", "conda")
 DEFAULT_SPARK_ENV_MANAGER = "local"
 APP_NAME = "california-housing-predict"
-REJECTED_SUFFIX = ".rejected.parquet"
 # Typed copies of the features travel beside the raw values until rows are split: rejected
 # rows keep what the input said, valid rows get what the model expects.
 TYPED_PREFIX = "__typed_"
 # Where each row comes from (Spark's file metadata), for numbering rows: see check_rows.
 FILE_COLUMN = "__file"
 BLOCK_COLUMN = "__block_start"
+COUNT_COLUMN = "__rows"
 JAVA_HINT = (
     "install a Java 17 or 21 runtime (Debian/Ubuntu: apt-get install openjdk-17-jre-headless) "
     "or point JAVA_HOME at one"
@@ -97,12 +101,9 @@ def input_format(uri: str) -> str:
 
 
 def rejected_location(output: str) -> str:
-    """``out.parquet`` -> ``out.rejected.parquet``, beside it (paths and URIs alike)."""
-    base = output.rstrip("/")
-    head, _, name = base.rpartition("/")
-    for suffix in reversed(Path(name).suffixes):
-        name = name.removesuffix(suffix)
-    return f"{head}/{name}{REJECTED_SUFFIX}" if head else f"{name}{REJECTED_SUFFIX}"
+    """``out.parquet`` -> ``out.rejected.parquet``, beside it (paths and URIs alike): the
+    contract's naming (``steps.batch.output_contract.rejected_location``)."""
+    return output_contract.rejected_location(output)
 
 
 def check_output(output: str) -> None:
@@ -125,16 +126,26 @@ def typed(name: str) -> str:
     return f"{TYPED_PREFIX}{name}"
 
 
-def check_batch(batch: pd.DataFrame, rows: np.ndarray, csv: bool) -> pd.DataFrame:
+def check_batch(
+    batch: pd.DataFrame,
+    rows: np.ndarray,
+    csv: bool,
+    dtypes: Mapping[str, str] | None = None,
+) -> pd.DataFrame:
     """One pandas batch of raw rows -> the same rows with ``row`` (their input positions,
     given), ``reason`` (empty: valid) and the features typed for the model as ``typed(name)``.
 
-    CSV fields arrive as text: the local engine's missing-value tokens become missing first.
+    CSV fields arrive as text: the local engine's missing-value tokens become missing first,
+    then the columns get their contract ``dtypes`` (``csv_dtypes``: found over the whole input).
     """
     if csv:
-        batch = batch.mask(batch.isin(config.CSV_MISSING_VALUES))
+        batch = output_contract.missing_as_null(batch)
     reasons = schema.rejection_reasons(batch)
     model_typed = schema.with_model_dtypes(batch.loc[:, list(config.FEATURES)])
+    if dtypes:
+        batch = batch.assign(
+            **{name: output_contract.as_dtype(batch[name], dtype) for name, dtype in dtypes.items()}
+        )
     return batch.assign(
         **{
             config.ROW_COLUMN: np.asarray(rows, dtype=np.int64),
@@ -145,7 +156,10 @@ def check_batch(batch: pd.DataFrame, rows: np.ndarray, csv: bool) -> pd.DataFram
 
 
 def check_partition(
-    batches: Iterator[pd.DataFrame], offsets: Mapping[tuple[str, int], int], csv: bool
+    batches: Iterator[pd.DataFrame],
+    offsets: Mapping[tuple[str, int], int],
+    csv: bool,
+    dtypes: Mapping[str, str] | None = None,
 ) -> Iterator[pd.DataFrame]:
     """``check_batch`` over a partition's batches; each row's number is its chunk's offset
     (``chunk_offsets``, by the ``FILE_COLUMN``/``BLOCK_COLUMN`` every row carries) plus the
@@ -160,7 +174,39 @@ def check_partition(
             first = offsets[key] + seen.get(key, 0)
             rows[index] = np.arange(first, first + len(index))
             seen[key] = seen.get(key, 0) + len(index)
-        yield check_batch(batch.drop(columns=[FILE_COLUMN, BLOCK_COLUMN]), rows, csv)
+        yield check_batch(batch.drop(columns=[FILE_COLUMN, BLOCK_COLUMN]), rows, csv, dtypes)
+
+
+def kind_columns(i: int) -> tuple[str, str]:
+    """The summary's columns for input column ``i``: its contract kind, any value missing."""
+    return f"__kind_{i}", f"__missing_{i}"
+
+
+def summarize_partition(
+    batches: Iterator[pd.DataFrame], columns: list[str], csv: bool
+) -> Iterator[pd.DataFrame]:
+    """Per batch, per input chunk (``FILE_COLUMN``, ``BLOCK_COLUMN``): its rows and, for a CSV
+    input, each column's (kind, any missing) (``output_contract.text_kind``) in the batch."""
+    keys = [FILE_COLUMN, BLOCK_COLUMN]
+    for batch in batches:
+        summary = batch.groupby(keys, sort=False).size().rename(COUNT_COLUMN).reset_index()
+        if csv:
+            text = output_contract.missing_as_null(batch.loc[:, columns])
+            for i, name in enumerate(columns):
+                kind, missing = output_contract.text_kind(text[name])
+                summary[kind_columns(i)[0]] = np.int32(kind)
+                summary[kind_columns(i)[1]] = missing
+        yield summary
+
+
+def csv_dtypes(columns: list[str], summary: list[Mapping[str, Any]]) -> dict[str, str]:
+    """Each CSV column's contract dtype from the summary's rows (``summarize_partition``)."""
+    dtypes = {}
+    for i, name in enumerate(columns):
+        kind, missing = kind_columns(i)
+        combined = output_contract.combine((int(r[kind]), bool(r[missing])) for r in summary)
+        dtypes[name] = output_contract.dtype_for(*combined)
+    return dtypes
 
 
 def chunk_offsets(counts: Mapping[tuple[str, int], int]) -> dict[tuple[str, int], int]:
@@ -258,7 +304,8 @@ def check_rows(raw: Any, csv: bool) -> Any:
     ``row`` is the position in the input read file by file in name order, as if one table:
     Spark's partitions do not follow that order (it packs small files together, largest
     first), so rows are numbered by their chunk, (file, start byte of the split), whose sizes
-    a counting pass over the input finds first.
+    a counting pass over the input finds first. The same pass finds a CSV input's column
+    types (``steps.batch.output_contract``: one rule over each whole column, as the local engine).
     """
     from pyspark.sql import functions as sf
     from pyspark.sql import types as st
@@ -268,17 +315,50 @@ def check_rows(raw: Any, csv: bool) -> Any:
         sf.col("_metadata.file_path").alias(FILE_COLUMN),
         sf.col("_metadata.file_block_start").alias(BLOCK_COLUMN),
     )
-    counts = {
-        (r[FILE_COLUMN], int(r[BLOCK_COLUMN])): r["count"]
-        for r in keyed.groupBy(FILE_COLUMN, BLOCK_COLUMN).count().collect()
+    columns = list(raw.columns)
+    keys = [
+        st.StructField(FILE_COLUMN, st.StringType(), True),
+        st.StructField(BLOCK_COLUMN, st.LongType(), True),
+        st.StructField(COUNT_COLUMN, st.LongType(), False),
+    ]
+    aggregates = [sf.sum(COUNT_COLUMN).alias(COUNT_COLUMN)]
+    if csv:
+        for i in range(len(columns)):
+            kind, missing = kind_columns(i)
+            keys += [
+                st.StructField(kind, st.IntegerType(), False),
+                st.StructField(missing, st.BooleanType(), False),
+            ]
+            aggregates += [sf.max(kind).alias(kind), sf.max(missing).alias(missing)]
+
+    def summarize(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
+        yield from summarize_partition(batches, columns, csv)
+
+    # Parquet: counting alone, in the JVM; CSV: the batches go through Python for the types.
+    counted = (
+        keyed.mapInPandas(summarize, st.StructType(keys)).groupBy(FILE_COLUMN, BLOCK_COLUMN)
+        if csv
+        else keyed.withColumn(COUNT_COLUMN, sf.lit(1)).groupBy(FILE_COLUMN, BLOCK_COLUMN)
+    )
+    summary = [r.asDict() for r in counted.agg(*aggregates).collect()]
+    offsets = chunk_offsets(
+        {(r[FILE_COLUMN], int(r[BLOCK_COLUMN])): int(r[COUNT_COLUMN]) for r in summary}
+    )
+    dtypes = csv_dtypes(columns, summary) if csv else None
+    spark_types = {
+        output_contract.INT64: st.LongType(),
+        output_contract.FLOAT64: st.DoubleType(),
+        output_contract.STRING: st.StringType(),
     }
-    offsets = chunk_offsets(counts)
 
     def check(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
-        yield from check_partition(batches, offsets, csv)
+        yield from check_partition(batches, offsets, csv, dtypes)
 
     fields = [
-        *raw.schema.fields,
+        *(
+            st.StructField(f.name, spark_types[dtypes[f.name]], True) if dtypes else f
+            for f in raw.schema.fields
+        ),
         st.StructField(config.ROW_COLUMN, st.LongType(), False),
         st.StructField(config.REASON_COLUMN, st.StringType(), False),
         *(

@@ -368,7 +368,9 @@ def test_batch_predict_writes_logs_and_reports_rejects(
     np.testing.assert_allclose(
         written[config.PREDICTION_COLUMN], pyfunc_predictions[keep], rtol=1e-12
     )
-    rejected = pd.read_csv(localscore.rejected_path(out))
+    bad = localscore.rejected_path(out)  # in the output's format, beside it
+    assert bad.suffix == out.suffix
+    rejected = pd.read_parquet(bad) if bad.suffix == ".parquet" else pd.read_csv(bad)
     assert rejected[config.ROW_COLUMN].tolist() == [20, 21]
     assert rejected[config.REASON_COLUMN].tolist() == [
         "latitude: not a number",

@@ -7,7 +7,9 @@ reference for what is valid, what is rejected and why.
 One Spark run in all, launched by `mlflow run` as a user does (the step starts and stops its
 own SparkSession): the rows as a directory of three CSV parts, split further into 8 KiB input
 splits, so row numbers must follow files and splits across many partitions. The failure cases
-call the step directly and stop before any JVM.
+call the step directly and stop before any JVM. The output contract
+(``steps.batch.output_contract``) has its own test: both engines on the same CSV and Parquet
+input (an int ``id`` column, bad rows), their files compared column by column.
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ from tests.support import (
 pytestmark = [pytest.mark.slow, pytest.mark.integration]
 
 SPARK = ["--engine", "spark", "--spark-master", "local[2]"]
+ENGINES = ("local", "spark")
 
 
 @pytest.fixture(scope="module")
@@ -211,3 +214,72 @@ def test_missing_java_fails_with_one_line_saying_what_to_install(
     (line,) = error_lines(result.stderr)
     assert "openjdk-17-jre-headless" in line and "JAVA_HOME" in line
     assert finished_run(registry).info.status == "FAILED"
+
+
+def engine_outputs(registry, folder: Path, source: Path, engine: str) -> Path:
+    """``predict`` on ``source`` with ``engine``; the folder it wrote its outputs in."""
+    out = folder / engine / "out.parquet"
+    engine_args = SPARK if engine == "spark" else ["--engine", "local"]
+    result = run_predict(
+        registry["uri"], folder, *engine_args, "--input", str(source), "--output", str(out)
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    return out
+
+
+def contract_rows(rows: pd.DataFrame, kind: str) -> pd.DataFrame:
+    """120 of ``rows`` with an int ``id`` column; as Parquet, typed (bad values still bad)."""
+    data = rows.head(120).copy()
+    data.insert(1, "id", np.arange(1_000, 1_000 + len(data), dtype=np.int64))
+    if kind == "parquet":
+        data.loc[3, "latitude"] = 99.0  # Parquet has no text in a number column: out of range
+        data.loc[8, "total_bedrooms"] = None
+        data = data.astype({c: "float64" for c in config.NUMERIC_FEATURES})
+        data = data.astype({"block_id": "str", config.CATEGORICAL_FEATURE: "str"})
+    return data
+
+
+@pytest.mark.parametrize("kind", ["csv", "parquet"])
+def test_both_engines_write_the_same_columns_dtypes_values_and_rejects(
+    registry, workdir, rows, kind
+):
+    """The output contract (``steps.batch.output_contract``): same input, same files, same columns
+    in the same order with the same dtypes and values, whichever engine scored it."""
+    folder = workdir / f"contract-{kind}"
+    folder.mkdir()
+    data = contract_rows(rows, kind)
+    source = folder / f"rows.{kind}"
+    if kind == "csv":
+        data.to_csv(source, index=False)
+    else:
+        data.to_parquet(source, index=False)
+    outputs = {engine: engine_outputs(registry, folder, source, engine) for engine in ENGINES}
+
+    # the same files: the predictions and, beside them, the rejects in the output's format
+    names = {e: sorted(p.name for p in out.parent.iterdir()) for e, out in outputs.items()}
+    assert names["local"] == names["spark"] == ["out.parquet", "out.rejected.parquet"]
+
+    for table in ("out.parquet", "out.rejected.parquet"):
+        import pyarrow.dataset
+
+        # as stored: the same Arrow types (Spark's directory read as one table)
+        schemas = [pyarrow.dataset.dataset(outputs[e].parent / table).schema for e in ENGINES]
+        assert [(f.name, str(f.type)) for f in schemas[0]] == [
+            (f.name, str(f.type)) for f in schemas[1]
+        ], table
+        local, spark = (read_sorted(outputs[e].parent / table) for e in ENGINES)
+        assert list(local.columns) == list(spark.columns), table
+        for column in local.columns:  # column by column: dtype, then values
+            assert local[column].dtype == spark[column].dtype, (table, column)
+            if column == config.PREDICTION_COLUMN:
+                np.testing.assert_allclose(local[column], spark[column], rtol=0, atol=0.005)
+            else:
+                pd.testing.assert_series_equal(local[column], spark[column], obj=column)
+
+    scored = read_sorted(outputs["local"])
+    rejected = read_sorted(outputs["local"].parent / "out.rejected.parquet")
+    assert list(scored.columns) == [config.ROW_COLUMN, *data.columns, config.PREDICTION_COLUMN]
+    assert list(rejected.columns) == [config.ROW_COLUMN, *data.columns, config.REASON_COLUMN]
+    assert scored[config.ROW_COLUMN].dtype == "int64" and scored["id"].dtype == "int64"
+    assert scored[config.PREDICTION_COLUMN].dtype == "float64"
+    assert len(scored) + len(rejected) == len(data) and len(rejected) == 6

@@ -74,6 +74,25 @@ def test_read_table_errors_are_one_line(tmp_path):
         localscore.read_table(str(tmp_path / "cols.csv"))
 
 
-def test_rejected_path():
-    assert localscore.rejected_path(Path("out/p.parquet")) == Path("out/p.rejected.csv")
+def test_rejected_path_follows_the_output_format():
+    assert localscore.rejected_path(Path("out/p.parquet")) == Path("out/p.rejected.parquet")
+    assert localscore.rejected_path(Path("out/p.csv")) == Path("out/p.rejected.csv")
     assert localscore.rejected_path(Path("p.csv.gz")) == Path("p.rejected.csv")
+
+
+def test_a_csv_input_is_typed_by_the_contract_rule(tmp_path):
+    source = tmp_path / "rows.csv"
+    pd.DataFrame(
+        {
+            "id": ["007", "8", "9"],  # integers: int64 (leading zeros are text to no one)
+            "code": ["1", "NA", "3"],  # integers with a missing one: float64
+            "note": ["a", "1", ""],  # text: str, the missing token null
+            **{name: ["1"] * 3 for name in config.NUMERIC_FEATURES},
+            config.CATEGORICAL_FEATURE: ["INLAND"] * 3,
+        }
+    ).to_csv(source, index=False)
+    df = localscore.read_table(str(source))
+    assert df["id"].tolist() == [7, 8, 9] and df["id"].dtype == "int64"
+    assert df["code"].dtype == "float64" and np.isnan(df["code"][1])
+    assert df["note"].dtype == "str" and df["note"].isna().tolist() == [False, False, True]
+    assert df[config.CATEGORICAL_FEATURE].dtype == "str"
