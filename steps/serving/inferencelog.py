@@ -29,9 +29,10 @@ Schema (``SCHEMA``), one row per input row:
 Off the request path: ``record`` only builds a tuple and ``put_nowait``s it on a bounded
 queue; a full queue drops the request's rows and counts them
 (``housing_api_inference_log_dropped_total``), it never blocks. A daemon thread drains the
-queue every ``drain_interval_s``, turns the rows into columns and writes them
-(``housing_api_inference_log_written_total``). It polls rather than blocking on ``get``:
-a blocked consumer is woken by every ``put``, one thread switch per request.
+queue every ``drain_interval_s``, turns the rows into columns a few hundred requests at a
+time and writes them (``housing_api_inference_log_written_total``). It polls rather than
+blocking on ``get``: a blocked consumer is woken by every ``put``, one thread switch per
+request.
 """
 
 from __future__ import annotations
@@ -69,6 +70,9 @@ OFF_VALUES = frozenset({"", "none", "off", "false"})  # --log-dir values that tu
 QUEUE_REQUESTS = 10_000
 DRAIN_INTERVAL_S = 0.25
 ROW_GROUP_ROWS = 20_000  # rows buffered before a row group is written
+# Queued requests turned into columns at a time, then the GIL is offered to the event loop:
+# the writer's Python work comes in slices of ~1 ms, not one stall per row group.
+CONVERT_REQUESTS = 256
 MAX_FILE_ROWS = 500_000
 MAX_FILE_BYTES = 64 * 1024 * 1024
 MAX_FILE_SECONDS = 300.0
@@ -239,8 +243,10 @@ class InferenceLog:
         self.limits = limits or Limits()
         self.files = ParquetFiles(directory, self.limits, os.getpid())
         self.queue: queue.Queue[Entry] = queue.Queue(maxsize=queue_size)
-        self.buffer: list[Entry] = []
-        self.buffered_rows = 0
+        self.pending: list[Entry] = []  # taken from the queue, not yet columns
+        self.tables: list[Any] = []  # columns, not yet written
+        self.buffered_rows = 0  # rows of both
+        self.buffered_since = 0.0  # unix time of the oldest of them
         self.dropped_rows = 0
         self.written_rows = 0
         self._stop = threading.Event()
@@ -287,11 +293,15 @@ class InferenceLog:
                     entry = self.queue.get_nowait()
                 except queue.Empty:
                     break
-                self.buffer.append(entry)
+                if not self.buffered_rows:
+                    self.buffered_since = entry[1]
+                self.pending.append(entry)
                 self.buffered_rows += len(entry[5])
+                if len(self.pending) >= CONVERT_REQUESTS:
+                    self._convert()
                 if self.buffered_rows >= self.limits.row_group_rows:
                     self._flush_buffer()
-            if self.buffer and (final or self._due()):
+            if self.buffered_rows and (final or self._due()):
                 self._flush_buffer()
             if final or self.files.expired():
                 self.files.close_file()
@@ -300,13 +310,22 @@ class InferenceLog:
         """Buffered rows must reach a file within ``max_file_seconds`` of the first of them."""
         if self.files.writer is not None:
             return self.files.expired()
-        oldest = self.buffer[0][1] if self.buffer else time.time()
-        return time.time() - oldest >= self.limits.max_file_seconds
+        return time.time() - self.buffered_since >= self.limits.max_file_seconds
+
+    def _convert(self) -> None:
+        """Pending requests -> an Arrow table of the buffer; then let the event loop run."""
+        if self.pending:
+            self.tables.append(self.to_table(self.pending))
+            self.pending = []
+            time.sleep(0)  # releases the GIL: a request waiting for it goes first
 
     def _flush_buffer(self) -> None:
-        table = self.to_table(self.buffer)
-        self.buffer, self.buffered_rows = [], 0
-        self.files.write(table)
+        import pyarrow as pa
+
+        self._convert()
+        table = pa.concat_tables(self.tables)
+        self.tables, self.buffered_rows = [], 0
+        self.files.write(table)  # pyarrow releases the GIL while it encodes and writes
         self.written_rows += table.num_rows
         metrics.inference_log_written(table.num_rows)
 

@@ -112,6 +112,19 @@ def test_files_rotate_by_rows_and_are_named_by_day_pid_time_and_seq(tmp_path):
     assert len(pd.read_parquet(tmp_path)) == 8
 
 
+def test_many_requests_become_row_groups_of_the_set_size_without_a_row_lost(tmp_path):
+    import pyarrow.parquet as pq
+
+    log = InferenceLog(tmp_path, limits=Limits(row_group_rows=300, drain_interval_s=3600))
+    for i in range(1_000):  # more than a conversion slice (inferencelog.CONVERT_REQUESTS)
+        record(log, f"r{i}", [ROW])
+    log.close()
+    (only,) = closed_files(tmp_path)
+    groups = pq.ParquetFile(only).metadata
+    assert [groups.row_group(g).num_rows for g in range(groups.num_row_groups)] == [300] * 3 + [100]
+    assert sorted(pd.read_parquet(only)["request_id"]) == sorted(f"r{i}" for i in range(1_000))
+
+
 def test_a_file_is_closed_once_old_enough_without_close(tmp_path):
     log = InferenceLog(tmp_path, limits=Limits(max_file_seconds=0.2, drain_interval_s=0.02))
     try:
