@@ -10,6 +10,7 @@ multiple of MLflow's, and the batch seconds; ``--json`` prints one JSON document
 
     python bench/api_bench.py                       # temp tracking store + demo model
     python bench/api_bench.py --tracking-uri sqlite:////abs/mlflow.db --json
+    python bench/api_bench.py --log-dir none       # ours without its inference log
 
 Needs ``wrk`` (``apt-get install -y wrk``). The demo model comes from
 ``tests/support/mlflow_helpers.py``.
@@ -41,6 +42,7 @@ if str(PROJECT_ROOT) not in sys.path:  # run as a script: make `steps` and `test
     sys.path.insert(0, str(PROJECT_ROOT))
 
 from steps.serve import DEFAULT_WORKERS  # noqa: E402
+from steps.serving.inferencelog import DEFAULT_LOG_DIR, DEFAULT_SAMPLE_RATE  # noqa: E402
 from steps.tracking.loading import DEFAULT_MODEL_URI  # noqa: E402
 from tests.support import (  # noqa: E402
     demo_pipeline,
@@ -217,8 +219,28 @@ def check_agreement(urls: dict[str, str], X: pd.DataFrame) -> float:
 
 
 # --- report -------------------------------------------------------------------------------
+def log_counts(url: str) -> dict[str, float]:
+    """Rows our inference log wrote and dropped so far, from /metrics (all workers)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    with urllib.request.urlopen(f"{url}/metrics", timeout=10) as r:
+        text = r.read().decode()
+    counts = {"written": 0.0, "dropped": 0.0}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            for outcome in counts:
+                if sample.name == f"housing_api_inference_log_{outcome}_total":
+                    counts[outcome] += sample.value
+    return counts
+
+
 def summary_lines(report: dict) -> list[str]:
     lines = [f"model {report['model_uri']} @ {report['tracking_uri']}"]
+    log = report["inference_log"]
+    lines.append(
+        f"inference log: {report['log_dir']} (sample rate {report['log_sample_rate']}): "
+        f"{log['written']:.0f} rows written, {log['dropped']:.0f} dropped (+ buffered)"
+    )
     lines.append(
         f"load average before/after: {report['loadavg_before']} / {report['loadavg_after']}"
     )
@@ -255,8 +277,26 @@ def summary_lines(report: dict) -> list[str]:
 @click.option("--connections", type=int, default=8, show_default=True)
 @click.option("--seconds", type=int, default=10, show_default=True)
 @click.option("--batch-rows", type=int, default=1_000_000, show_default=True, help="0: skip")
+@click.option(
+    "--log-dir",
+    default=DEFAULT_LOG_DIR,
+    show_default=True,
+    help="steps.serve --log-dir (relative: under the bench's temp dir; none: no log)",
+)
+@click.option("--log-sample-rate", type=float, default=DEFAULT_SAMPLE_RATE, show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON document.")
-def main(tracking_uri, model_uri, csv_path, workers, connections, seconds, batch_rows, as_json):
+def main(
+    tracking_uri,
+    model_uri,
+    csv_path,
+    workers,
+    connections,
+    seconds,
+    batch_rows,
+    log_dir,
+    log_sample_rate,
+    as_json,
+):
     if shutil.which("wrk") is None:
         raise click.ClickException("wrk not found: apt-get install -y wrk")
     with tempfile.TemporaryDirectory(prefix="api-bench-") as tmp:
@@ -274,9 +314,12 @@ def main(tracking_uri, model_uri, csv_path, workers, connections, seconds, batch
             "seconds": seconds,
             "cpus": os.cpu_count(),
             "loadavg_before": round(os.getloadavg()[0], 2),
+            "log_dir": log_dir,
+            "log_sample_rate": log_sample_rate,
         }
         api_args = [sys.executable, "-m", "steps.serve", "--model-uri", model_uri]
         api_args += ["--workers", str(workers)]
+        api_args += ["--log-dir", log_dir, "--log-sample-rate", str(log_sample_rate)]
         mlflow_args = [sys.executable, "-m", "mlflow", "models", "serve", "-m", model_uri]
         mlflow_args += ["--env-manager", "local", "--host", LOOPBACK]
         floor_args = [sys.executable, "-m", "uvicorn", "--app-dir", str(PROJECT_ROOT / "bench")]
@@ -295,6 +338,7 @@ def main(tracking_uri, model_uri, csv_path, workers, connections, seconds, batch
             report["max_abs_diff_dollars"] = check_agreement(urls, X)
             opts = {"connections": connections, "seconds": seconds}
             report["load"] = load_test(urls, X, workdir, opts)
+            report["inference_log"] = log_counts(api)
         report["ratio"] = {
             label: round(
                 report["load"]["api"][label]["req_per_s"]

@@ -12,11 +12,15 @@ MLflow's ``/invocations``, the Open Inference Protocol's ``/v2/...``, ``/metrics
 ``/docs`` answer 401 without a valid key.
 
 In: ``--model-uri``, ``--host``, ``--port``, ``--workers``, ``--max-rows``,
-``--max-body-bytes``, ``--access-log``, ``--reload-interval``, ``--api-keys-file``;
-``MLFLOW_TRACKING_URI``.
+``--max-body-bytes``, ``--access-log``, ``--reload-interval``, ``--api-keys-file``,
+``--log-dir``, ``--log-sample-rate``; ``MLFLOW_TRACKING_URI``.
 Out: an HTTP server (no MLflow run of its own beyond the one ``mlflow run`` makes); a model
 that does not load is a one-line error and exit 1, before any port is bound. The processes
-(loading, workers, alias following): ``steps.serving.server``.
+(loading, workers, alias following): ``steps.serving.server``. Every prediction answer carries
+an ``x-request-id``; the requests are logged, one Parquet row per input row, under
+``--log-dir`` (default ``logs/inference``; ``''`` or ``none``: off), a ``--log-sample-rate``
+share of them (``steps.serving.inferencelog``). A bad log setting is a one-line error and
+exit 1, before any port is bound.
 
 The model is read with ``skops.io.load`` and the explicit ``models.SKOPS_TRUSTED_TYPES``
 (``steps.tracking.loading``), not through ``mlflow.sklearn``: MLflow only loads sklearn models with
@@ -31,7 +35,7 @@ from typing import Any
 import click
 
 from steps import config
-from steps.serving import apikeys
+from steps.serving import apikeys, inferencelog
 from steps.serving.api import DEFAULT_MAX_BODY_BYTES
 from steps.serving.follower import DEFAULT_RELOAD_INTERVAL_S
 from steps.serving.rowschema import DEFAULT_MAX_ROWS
@@ -93,7 +97,20 @@ DEFAULT_WORKERS = 2
     envvar=apikeys.FILE_ENV,
     help="API keys, one a line: required on all but the health endpoints (docs/api.md).",
 )
-def cli(api_keys_file: str, **options: Any) -> None:
+@click.option(
+    "--log-dir",
+    default=inferencelog.DEFAULT_LOG_DIR,
+    show_default=True,
+    help="Inference log directory: one Parquet row per predicted row ('' or none: no log).",
+)
+@click.option(
+    "--log-sample-rate",
+    type=float,
+    default=inferencelog.DEFAULT_SAMPLE_RATE,
+    show_default=True,
+    help="Share of requests logged, 0 to 1 (1: every request; 0: none).",
+)
+def cli(api_keys_file: str, log_dir: str, log_sample_rate: float, **options: Any) -> None:
     import mlflow
 
     if api_keys_file:  # the workers inherit it
@@ -103,9 +120,11 @@ def cli(api_keys_file: str, **options: Any) -> None:
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     mlflow.set_tracking_uri(config.tracking_uri())
     try:
-        apikeys.from_environment()  # a bad key file fails here, before any port is bound
-        run_server(**options)
-    except (ModelLoadError, apikeys.KeyFileError) as exc:
+        # a bad key file or log setting fails here, before any port is bound
+        apikeys.from_environment()
+        directory = inferencelog.check_settings(log_dir, log_sample_rate)
+        run_server(**options, log_dir=directory, log_sample_rate=log_sample_rate)
+    except (ModelLoadError, apikeys.KeyFileError, inferencelog.InferenceLogError) as exc:
         click.echo(f"error: serve: {exc}", err=True)
         raise SystemExit(1) from None
 

@@ -10,7 +10,9 @@ request limits. Out: ``create_app(...)``, the app uvicorn serves:
   Inference Protocol (V2). Every protocol's rows go through the same validation
   (``steps.serving.rowschema``) and the same batcher (``steps.serving.batching``); every
   prediction answer
-  names its model in ``x-model-name``/``x-model-version``.
+  names its model in ``x-model-name``/``x-model-version`` and its request in ``x-request-id``
+  (the client's, if sane, else a new one), and with an inference log
+  (``steps.serving.inferencelog``) its rows go there under that id.
 * ``GET /metrics`` (``steps.serving.metrics``), ``/health``, ``/ping``, ``/ready``, ``/version``,
   ``/docs``.
 
@@ -34,7 +36,8 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -46,6 +49,7 @@ from pydantic import BaseModel, ValidationError
 
 from steps.serving import apikeys, metrics
 from steps.serving.batching import MicroBatcher, Scorer, predict_rows, scorer
+from steps.serving.inferencelog import REQUEST_ID_HEADER, InferenceLog, request_id
 from steps.serving.protocols import V2_OUTPUT, invocation_rows, v2_metadata, v2_rows
 from steps.serving.rowschema import (
     DEFAULT_MAX_ROWS,
@@ -64,6 +68,7 @@ DEFAULT_MAX_BODY_BYTES = 4 * 1024 * 1024
 # (status, body, headers): what a handler answers, whichever path carries it.
 Answer = tuple[int, bytes, list[tuple[bytes, bytes]]]
 JSON_HEADER = (b"content-type", b"application/json")
+V2_INFER_PATH = "/v2/models/{model_name}/infer"
 
 
 @dataclass(frozen=True)
@@ -90,6 +95,12 @@ def answer(payload: dict[str, Any], status: int = 200, served: ServedModel | Non
             (b"x-model-version", served.ref.version.encode()),
         ]
     return status, json.dumps(payload).encode(), headers
+
+
+def with_request_id(reply: Answer, rid: str) -> Answer:
+    """``reply`` with the request's id in ``x-request-id``."""
+    status, body, headers = reply
+    return status, body, [*headers, (REQUEST_ID_HEADER, rid.encode())]
 
 
 def to_response(reply: Answer) -> Response:
@@ -190,13 +201,14 @@ class BodySizeLimit:
         await self.app(scope, replay, send)
 
 
-Handler = Callable[[bytes, str], Awaitable[Answer]]
+# (body, content type, request id) -> answer
+Handler = Callable[[bytes, str, str], Awaitable[Answer]]
 
 
 class HotLane:
     """``POST`` to a path in ``handlers``, read, answered and counted straight from the ASGI
-    messages with the handler its FastAPI route also calls. An unexpected exception is a
-    logged 500, as Starlette's error middleware would answer it."""
+    messages with the handler its FastAPI route also calls, its id in ``x-request-id``. An
+    unexpected exception is a logged 500, as Starlette's error middleware would answer it."""
 
     def __init__(self, handlers: dict[str, Handler], max_bytes: int) -> None:
         self.handlers = handlers
@@ -210,8 +222,9 @@ class HotLane:
     async def serve(self, handler: Handler, scope: dict, receive: Callable, send: Callable) -> None:
         started = time.perf_counter()
         path = scope["path"]
+        rid = request_id(header(scope, REQUEST_ID_HEADER))
         try:
-            reply = await self._answer(handler, scope, receive)
+            reply = with_request_id(await self._answer(handler, scope, receive, rid), rid)
         except ClientGoneError:  # nginx's 499, "client closed request": nobody to answer
             metrics.record_request(path, "POST", 499, time.perf_counter() - started)
             return
@@ -220,13 +233,13 @@ class HotLane:
         finally:
             metrics.record_request(path, "POST", reply[0], time.perf_counter() - started)
 
-    async def _answer(self, handler: Handler, scope: dict, receive: Callable) -> Answer:
+    async def _answer(self, handler: Handler, scope: dict, receive: Callable, rid: str) -> Answer:
         body = await read_body(scope, receive, self.max_bytes)
         if body is None:
             return too_large(self.max_bytes)
         content_type = (header(scope, b"content-type") or b"").decode("latin-1")
         try:
-            return await handler(body, content_type)
+            return await handler(body, content_type, rid)
         except Exception:
             logging.getLogger("uvicorn.error").exception("POST %s failed", scope["path"])
             return answer({"detail": "internal error"}, 500)
@@ -334,10 +347,18 @@ def v2_error(status: int, detail: Any) -> Answer:
 class Handlers:
     """Every protocol's request handling, bytes in and an ``Answer`` out, over one app's state
     (``state.model``: the served model, swapped by a follower; None: not ready). The FastAPI
-    routes and the hot lane both call these, so each protocol has one code path."""
+    routes and the hot lane both call these, so each protocol has one code path. Each
+    prediction goes to ``inference_log`` (None: none) under the request id it is given (none:
+    a new one)."""
 
-    def __init__(self, state: Any, max_rows: int = DEFAULT_MAX_ROWS) -> None:
+    def __init__(
+        self,
+        state: Any,
+        max_rows: int = DEFAULT_MAX_ROWS,
+        inference_log: InferenceLog | None = None,
+    ) -> None:
         self.state = state
+        self.inference_log = inference_log
         self.max_rows = max_rows
         self.request_schema = request_model(max_rows)
         self.batcher = MicroBatcher(predict_and_count)
@@ -346,6 +367,17 @@ class Handlers:
     @property
     def served(self) -> ServedModel | None:
         return self.state.model
+
+    async def score(
+        self, served: ServedModel, rows: list[HousingRow], rid: str, endpoint: str
+    ) -> np.ndarray:
+        """The rows' predictions (micro-batched), logged under ``rid`` if there is a log."""
+        predictions = await self.batcher.submit(served.score, rows)
+        if self.inference_log is not None:
+            ref = served.ref
+            log = self.inference_log
+            log.record(rid or request_id(None), endpoint, ref.name, ref.version, rows, predictions)
+        return predictions
 
     def rows_or_error(
         self,
@@ -362,7 +394,7 @@ class Handlers:
                 return respond(413, f"too many rows: the maximum per request is {self.max_rows}")
             return respond(422, error_detail(exc, root))
 
-    async def predict(self, raw: bytes, content_type: str) -> Answer:
+    async def predict(self, raw: bytes, content_type: str, rid: str = "") -> Answer:
         """``POST /predict``: ``{"data": [row, ...]}`` → predictions with the model's name."""
         served = self.served
         if served is None:
@@ -370,7 +402,7 @@ class Handlers:
         rows = self.rows_or_error(lambda: self.request_schema.model_validate_json(raw))
         if isinstance(rows, tuple):
             return rows
-        predictions = await self.batcher.submit(served.score, rows)
+        predictions = await self.score(served, rows, rid, "/predict")
         reply = {
             "predictions": predictions.tolist(),
             "model_name": served.ref.name,
@@ -378,7 +410,7 @@ class Handlers:
         }
         return answer(reply, served=served)
 
-    async def invocations(self, raw: bytes, content_type: str) -> Answer:
+    async def invocations(self, raw: bytes, content_type: str, rid: str = "") -> Answer:
         """``POST /invocations``: MLflow's JSON input formats, answered as MLflow does."""
         served = self.served
         if served is None:
@@ -397,7 +429,7 @@ class Handlers:
         )
         if isinstance(rows, tuple):
             return rows
-        predictions = await self.batcher.submit(served.score, rows)
+        predictions = await self.score(served, rows, rid, "/invocations")
         return answer({"predictions": predictions.tolist()}, served=served)
 
     def v2_model(self, model_name: str) -> ServedModel | Answer:
@@ -409,7 +441,7 @@ class Handlers:
             return answer({"error": f"unknown model {model_name!r}"}, 404)
         return served
 
-    async def v2_infer(self, model_name: str, raw: bytes) -> Answer:
+    async def v2_infer(self, model_name: str, raw: bytes, rid: str = "") -> Answer:
         """``POST /v2/models/{name}/infer``: one input tensor per raw column."""
         served = self.v2_model(model_name)
         if isinstance(served, tuple):
@@ -424,7 +456,7 @@ class Handlers:
         )
         if isinstance(rows, tuple):
             return rows
-        predictions = (await self.batcher.submit(served.score, rows)).tolist()
+        predictions = (await self.score(served, rows, rid, V2_INFER_PATH)).tolist()
         output = {"name": V2_OUTPUT, "datatype": "FP64", "shape": [len(predictions)]}
         reply: dict[str, Any] = {
             "model_name": served.ref.name,
@@ -492,7 +524,9 @@ def add_prediction_routes(app: HousingAPI, handlers: Handlers, too_big: str) -> 
     )
     async def predict(request: Request) -> Response:
         content_type = request.headers.get("content-type", "")
-        return to_response(await handlers.predict(await request.body(), content_type))
+        rid = request_id(request.headers.get("x-request-id"))
+        reply = await handlers.predict(await request.body(), content_type, rid)
+        return to_response(with_request_id(reply, rid))
 
     @app.post(
         "/invocations",
@@ -506,7 +540,9 @@ def add_prediction_routes(app: HousingAPI, handlers: Handlers, too_big: str) -> 
     )
     async def invocations(request: Request) -> Response:
         content_type = request.headers.get("content-type", "")
-        return to_response(await handlers.invocations(await request.body(), content_type))
+        rid = request_id(request.headers.get("x-request-id"))
+        reply = await handlers.invocations(await request.body(), content_type, rid)
+        return to_response(with_request_id(reply, rid))
 
 
 def add_v2_routes(app: HousingAPI, handlers: Handlers, too_big: str) -> None:
@@ -536,7 +572,7 @@ def add_v2_routes(app: HousingAPI, handlers: Handlers, too_big: str) -> None:
         return json_response({"name": served.ref.name, "ready": True})
 
     @app.post(
-        "/v2/models/{model_name}/infer",
+        V2_INFER_PATH,
         summary="V2: predict; one input tensor per raw column",
         responses={
             400: {"description": "Not a V2 request of our columns, or invalid values"},
@@ -546,7 +582,9 @@ def add_v2_routes(app: HousingAPI, handlers: Handlers, too_big: str) -> None:
         },
     )
     async def v2_infer(model_name: str, request: Request) -> Response:
-        return to_response(await handlers.v2_infer(model_name, await request.body()))
+        rid = request_id(request.headers.get("x-request-id"))
+        reply = await handlers.v2_infer(model_name, await request.body(), rid)
+        return to_response(with_request_id(reply, rid))
 
 
 def create_app(
@@ -554,22 +592,32 @@ def create_app(
     max_rows: int = DEFAULT_MAX_ROWS,
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
     api_keys: apikeys.KeyStore | None = None,
+    inference_log: InferenceLog | None = None,
 ) -> HousingAPI:
     """The ASGI app serving ``model`` (None: not ready, predictions and /ready answer 503);
-    ``api_keys``: the keys every request but the health probes and /docs must present.
-    ``app.state.model`` is what a follower swaps; ``app.state.follower`` (if any) is
-    reported by /ready. ``app.handlers``: the protocol handlers behind the routes."""
+    ``api_keys``: the keys every request but the health probes and /docs must present;
+    ``inference_log``: where predictions are logged (None: nowhere), closed (flushed) when
+    the app shuts down. ``app.state.model`` is what a follower swaps; ``app.state.follower``
+    (if any) is reported by /ready. ``app.handlers``: the protocol handlers behind the routes."""
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        yield
+        if inference_log is not None:  # a worker's exit: its last rows reach a closed file
+            inference_log.close()
+
     app = HousingAPI(
         title="California housing price API",
         version="1.0",
         description="Median house value (dollars) of California census block groups.",
+        lifespan=lifespan,
     )
     app.state.model = model
     app.state.follower = None
     app.api_keys = api_keys
     if model is not None:
         metrics.serving(model.ref.name, model.ref.version)
-    handlers = Handlers(app.state, max_rows)
+    handlers = Handlers(app.state, max_rows, inference_log)
     app.handlers = handlers
     too_big = f"More than {max_rows} rows or more than {max_body_bytes} bytes"
     add_probe_routes(app, handlers)

@@ -11,7 +11,10 @@ any worker adds them all up). Out: the metrics below, in Prometheus' text format
   signal);
 - ``housing_api_model_info{name,version}`` = 1 for the version each worker serves (0 once
   replaced), ``housing_api_model_loads_total{result}`` (``loaded``, ``failed``,
-  ``unreachable``: the alias follower's outcomes).
+  ``unreachable``: the alias follower's outcomes);
+- ``housing_api_inference_log_written_total``, ``housing_api_inference_log_dropped_total``:
+  rows the inference log wrote, and dropped because its queue was full
+  (``steps.serving.inferencelog``).
 """
 
 from __future__ import annotations
@@ -61,6 +64,10 @@ def instruments() -> dict[str, Any]:
             multiprocess_mode="liveall",
         ),
         "loads": Counter("housing_api_model_loads", "Alias follower outcomes", ["result"]),
+        "log_dropped": Counter(
+            "housing_api_inference_log_dropped", "Inference log rows dropped (queue full)"
+        ),
+        "log_written": Counter("housing_api_inference_log_written", "Inference log rows written"),
     }
 
 
@@ -151,3 +158,13 @@ class RequestMetrics:
             route = scope.get("route")
             endpoint = getattr(route, "path", None) or "other"
             record_request(endpoint, scope["method"], status, time.perf_counter() - started)
+
+
+def inference_log_dropped(rows: int) -> None:
+    """Rows the inference log dropped: its queue was full (``steps.serving.inferencelog``)."""
+    instruments()["log_dropped"].inc(rows)
+
+
+def inference_log_written(rows: int) -> None:
+    """Rows the inference log wrote to Parquet."""
+    instruments()["log_written"].inc(rows)

@@ -2,14 +2,16 @@
 process, its alias followed, and uvicorn run with one or more workers.
 
 In: the model URI (``models:/NAME@ALIAS`` or ``models:/NAME/VERSION``), where to bind, the
-number of workers, the app's limits and the reload interval; ``MLFLOW_TRACKING_URI`` and
+number of workers, the app's limits, the reload interval and the inference log's directory
+(None: off) and sample rate; ``MLFLOW_TRACKING_URI`` and
 the API keys (``steps.serving.apikeys``) from the environment. Out: a running server (it
 returns when uvicorn stops); a model that does not resolve, load or predict is a
 ``ModelLoadError`` before any port is bound.
 Written: nothing to MLflow. Environment for the workers: ``STEPS_SERVE_WORKER_SETTINGS``
 (the parent's local model copy and the app's settings), the metrics' multiprocess directory
 (``steps.serving.metrics``) and ``OMP_NUM_THREADS=1``; one line per start and model swap on
-stderr. The endpoints: ``steps.serving.api``; alias following: ``steps.serving.follower``.
+stderr; each worker's inference log files (``steps.serving.inferencelog``). The endpoints:
+``steps.serving.api``; alias following: ``steps.serving.follower``.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ import click
 import numpy as np
 from fastapi import FastAPI
 
-from steps.serving import apikeys, metrics
+from steps.serving import apikeys, inferencelog, metrics
 from steps.serving.api import ServedModel, create_app
 from steps.serving.batching import predict_rows, scorer
 from steps.serving.follower import ModelFollower
@@ -119,10 +121,19 @@ def follow(app: FastAPI, model_uri: str, interval_s: float) -> ModelFollower | N
 
 
 def serving_app(
-    model: ServedModel, model_uri: str, reload_interval: float, max_rows: int, max_body_bytes: int
+    model: ServedModel,
+    model_uri: str,
+    reload_interval: float,
+    max_rows: int,
+    max_body_bytes: int,
+    log_dir: Path | None = None,
+    log_sample_rate: float = inferencelog.DEFAULT_SAMPLE_RATE,
 ) -> FastAPI:
-    """The app for ``model``, following ``model_uri`` every ``reload_interval`` seconds."""
-    app = create_app(model, max_rows, max_body_bytes, apikeys.from_environment())
+    """The app for ``model``, following ``model_uri`` every ``reload_interval`` seconds and
+    logging its predictions under ``log_dir`` (None: not at all), this process's own files."""
+    alias = parse_registry_uri(model_uri)[2]
+    log = inferencelog.open_log(log_dir, log_sample_rate, alias)
+    app = create_app(model, max_rows, max_body_bytes, apikeys.from_environment(), log)
     app.state.follower = follow(app, model_uri, reload_interval)
     return app
 
@@ -142,6 +153,8 @@ def worker_app() -> FastAPI:
         settings["reload_interval"],
         settings["max_rows"],
         settings["max_body_bytes"],
+        Path(settings["log_dir"]) if settings["log_dir"] else None,
+        settings["log_sample_rate"],
     )
     tune_process_for_serving()
     return app
@@ -156,8 +169,11 @@ def run_server(
     max_body_bytes: int,
     access_log: bool,
     reload_interval: float,
+    log_dir: Path | None = None,
+    log_sample_rate: float = inferencelog.DEFAULT_SAMPLE_RATE,
 ) -> None:
-    """Load the model (errors surface here, before any port is bound), then serve."""
+    """Load the model (errors surface here, before any port is bound), then serve;
+    ``log_dir``: the inference log's checked directory (None: off)."""
     import uvicorn
 
     with tempfile.TemporaryDirectory(prefix="serve-model-") as tmp:
@@ -168,16 +184,23 @@ def run_server(
         model_dir = download_model(ref, Path(tmp))
         pipeline = load_skops_pipeline(model_dir)
         follows = f", following the alias every {reload_interval:g} s" if reload_interval else ""
+        logs = f"; logging {log_sample_rate:g} of requests to {log_dir}" if log_dir else ""
         click.echo(
             f"[serve] {ref.name} v{ref.version} ({model_uri}) on http://{host}:{port}, "
-            f"{workers} worker(s){follows}",
+            f"{workers} worker(s){follows}{logs}",
             err=True,
         )
         options = {"host": host, "port": port, "access_log": access_log, "log_level": "info"}
         options["http"] = HTTP_PROTOCOL
         if workers == 1:
             app = serving_app(
-                ServedModel(pipeline, ref), model_uri, reload_interval, max_rows, max_body_bytes
+                ServedModel(pipeline, ref),
+                model_uri,
+                reload_interval,
+                max_rows,
+                max_body_bytes,
+                log_dir,
+                log_sample_rate,
             )
             tune_process_for_serving()
             uvicorn.run(app, **options)
@@ -191,6 +214,8 @@ def run_server(
                 "reload_interval": reload_interval,
                 "max_rows": max_rows,
                 "max_body_bytes": max_body_bytes,
+                "log_dir": str(log_dir) if log_dir else "",
+                "log_sample_rate": log_sample_rate,
             }
         )
         # Inherited by the workers before their OpenMP runtime starts.

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -303,6 +304,54 @@ def test_unknown_model_fails_fast_with_one_line(registry, workdir):
     assert result.returncode == 1
     assert result.stderr.strip().splitlines()[-1].startswith("error: serve: cannot resolve")
     assert "Traceback" not in result.stderr
+
+
+def post_for_id(url: str, payload: object, request_id: str | None = None) -> tuple[str, dict]:
+    """POST ``payload`` (with ``x-request-id`` if given): the answered request id and body."""
+    headers = {"Content-Type": "application/json"}
+    if request_id is not None:
+        headers["x-request-id"] = request_id
+    request = urllib.request.Request(url, data=json.dumps(payload).encode(), headers=headers)
+    with urllib.request.urlopen(request, timeout=30) as r:
+        return r.headers["x-request-id"], json.loads(r.read())
+
+
+def test_the_inference_log_holds_every_answered_row_once_the_server_stops(registry, workdir, rows):
+    """Two workers log what they answer; stopped as an orchestrator stops them (SIGTERM), each
+    closes its files, and pandas reads one row per input row under the answered ids."""
+    log_dir = workdir / "inference-log"
+    args = [sys.executable, "-m", "steps.serve", "--model-uri", MODEL_URI, "--workers", "2"]
+    args += ["--log-dir", str(log_dir)]  # the sample rate: its default, every request
+    env = child_env(registry["uri"], allow_pickle=False)
+    answered: dict[str, list[float]] = {}
+    with server(args, env, workdir, "/ready") as url:
+        for i in range(6):  # new connections: both workers answer some
+            rid, body = post_for_id(f"{url}/predict", {"data": records(rows.iloc[[i]])}, f"c-{i}")
+            assert rid == f"c-{i}"
+            answered[rid] = body["predictions"]
+        many = records(rows.head(25))  # with missing bedrooms
+        rid, body = post_for_id(f"{url}/predict", {"data": many})
+        answered[rid] = body["predictions"]
+        rid, body = post_for_id(f"{url}/invocations", {"dataframe_records": many[:3]})
+        answered[rid] = body["predictions"]
+    generated = [rid for rid in answered if not rid.startswith("c-")]
+    assert len(generated) == 2 and all(len(rid) == 32 for rid in generated)
+    assert not list(log_dir.rglob("*.tmp"))  # every file closed and renamed
+    names = [f.name for f in log_dir.rglob("*.parquet")]
+    assert names and all(
+        re.fullmatch(r"requests-\d+-\d{8}T\d{6}Z-\d{6}\.parquet", n) for n in names
+    )
+    log = pd.read_parquet(log_dir).sort_values(["request_id", "row"])
+    assert len(log) == sum(len(p) for p in answered.values())
+    logged = {rid: group["prediction"].tolist() for rid, group in log.groupby("request_id")}
+    assert logged == answered
+    assert (log["model_version"] == registry["version"]).all()
+    assert (log["model_alias"] == config.CHAMPION_ALIAS).all()
+    big = log[log["request_id"] == generated[0]]
+    expected = rows.head(25).reset_index(drop=True)
+    pd.testing.assert_series_equal(
+        big["total_bedrooms"].reset_index(drop=True), expected["total_bedrooms"], check_dtype=False
+    )
 
 
 # --- mlflow models serve ------------------------------------------------------------------
