@@ -271,27 +271,6 @@ def test_api_rejects_bad_rows_with_422(api, rows):
     assert body["detail"][0]["loc"] == ["body", "data", 0, "ocean_proximity"]
 
 
-def test_two_workers_serve_and_exit_together(registry, workdir, rows, pyfunc_predictions):
-    import psutil
-
-    args = [sys.executable, "-m", "steps.serve", "--model-uri", MODEL_URI, "--workers", "2"]
-    env = child_env(registry["uri"], allow_pickle=False)
-    with server(args, env, workdir, "/ready") as url:
-        for _ in range(4):  # reach both workers (the kernel picks one per connection)
-            status, body = post(f"{url}/predict", {"data": records(rows.head(20))})
-            assert status == 200
-            np.testing.assert_array_equal(body["predictions"], pyfunc_predictions[:20])
-        served = served_versions(url)
-        assert set(served.values()) == {registry["version"]} and len(served) == 2, served
-        workers = [psutil.Process(int(pid)) for pid in served]
-        (supervisor,) = {worker.parent() for worker in workers}
-        assert "steps.serve" in supervisor.cmdline()
-        # the server is stopped as an orchestrator stops it: SIGTERM to the process it started
-        supervisor.terminate()
-        _, alive = psutil.wait_procs([supervisor, *workers], timeout=60)
-        assert not alive, f"still running 60 s after SIGTERM: {alive}"
-
-
 def test_unknown_model_fails_fast_with_one_line(registry, workdir):
     result = subprocess.run(
         [sys.executable, "-m", "steps.serve", "--model-uri", "models:/Nope@champion"],
@@ -316,24 +295,40 @@ def post_for_id(url: str, payload: object, request_id: str | None = None) -> tup
         return r.headers["x-request-id"], json.loads(r.read())
 
 
-def test_the_inference_log_holds_every_answered_row_once_the_server_stops(registry, workdir, rows):
-    """Two workers log what they answer; stopped as an orchestrator stops them (SIGTERM), each
-    closes its files, and pandas reads one row per input row under the answered ids."""
+def test_two_workers_serve_log_what_they_answer_and_exit_together(
+    registry, workdir, rows, pyfunc_predictions
+):
+    """Two workers each serve and log what they answer; stopped as an orchestrator stops them
+    (SIGTERM to the process it started), both exit, each closes its log files, and pandas
+    reads one row per input row under the answered request ids."""
+    import psutil
+
     log_dir = workdir / "inference-log"
     args = [sys.executable, "-m", "steps.serve", "--model-uri", MODEL_URI, "--workers", "2"]
     args += ["--log-dir", str(log_dir)]  # the sample rate: its default, every request
     env = child_env(registry["uri"], allow_pickle=False)
     answered: dict[str, list[float]] = {}
     with server(args, env, workdir, "/ready") as url:
-        for i in range(6):  # new connections: both workers answer some
+        for i in range(6):  # new connections: the kernel picks a worker per connection
             rid, body = post_for_id(f"{url}/predict", {"data": records(rows.iloc[[i]])}, f"c-{i}")
             assert rid == f"c-{i}"
+            np.testing.assert_array_equal(body["predictions"], pyfunc_predictions[i : i + 1])
             answered[rid] = body["predictions"]
         many = records(rows.head(25))  # with missing bedrooms
         rid, body = post_for_id(f"{url}/predict", {"data": many})
+        np.testing.assert_array_equal(body["predictions"], pyfunc_predictions[:25])
         answered[rid] = body["predictions"]
         rid, body = post_for_id(f"{url}/invocations", {"dataframe_records": many[:3]})
         answered[rid] = body["predictions"]
+        served = served_versions(url)
+        assert set(served.values()) == {registry["version"]} and len(served) == 2, served
+        workers = [psutil.Process(int(pid)) for pid in served]
+        (supervisor,) = {worker.parent() for worker in workers}
+        assert "steps.serve" in supervisor.cmdline()
+        supervisor.terminate()
+        _, alive = psutil.wait_procs([supervisor, *workers], timeout=60)
+        assert not alive, f"still running 60 s after SIGTERM: {alive}"
+
     generated = [rid for rid in answered if not rid.startswith("c-")]
     assert len(generated) == 2 and all(len(rid) == 32 for rid in generated)
     assert not list(log_dir.rglob("*.tmp"))  # every file closed and renamed

@@ -8,8 +8,9 @@ One Spark run in all, launched by `mlflow run` as a user does (the step starts a
 own SparkSession): the rows as a directory of three CSV parts, split further into 8 KiB input
 splits, so row numbers must follow files and splits across many partitions. The failure cases
 call the step directly and stop before any JVM. The output contract
-(``steps.batch.output_contract``) has its own test: both engines on the same CSV and Parquet
-input (an int ``id`` column, bad rows), their files compared column by column.
+(``steps.batch.output_contract``): that Spark run's files against the local engine's on the
+same CSV rows (an int ``id`` column, bad rows), and both engines on Parquet input, compared
+column by column.
 """
 
 from __future__ import annotations
@@ -100,12 +101,13 @@ def read_sorted(path: Path | str) -> pd.DataFrame:
 def test_spark_scores_like_pyfunc_and_rejects_like_the_local_engine(
     registry, workdir, rows, pyfunc_model
 ):
+    data = with_id(rows)
     source = workdir / "rows.csv"
-    rows.to_csv(source, index=False)
+    data.to_csv(source, index=False)
     parts = workdir / "rows"  # no extension: the format comes from the files in it
     parts.mkdir()
-    for i, part in enumerate(np.array_split(np.arange(len(rows)), 3)):
-        rows.iloc[part].to_csv(parts / f"part-{i}.csv", index=False)
+    for i, part in enumerate(np.array_split(np.arange(len(data)), 3)):
+        data.iloc[part].to_csv(parts / f"part-{i}.csv", index=False)
     spark_out = workdir / "spark" / "out.parquet"
 
     small_splits = "--conf spark.sql.files.maxPartitionBytes=8192 pyspark-shell"
@@ -147,7 +149,7 @@ def test_spark_scores_like_pyfunc_and_rejects_like_the_local_engine(
     assert rejected.loc[rejected[config.ROW_COLUMN] == 3, "latitude"].item() == "north"
     # extra columns carried through, quoted commas intact
     assert scored["block_id"].tolist() == rows.loc[scored[config.ROW_COLUMN], "block_id"].tolist()
-    assert list(scored.columns) == [config.ROW_COLUMN, *rows.columns, config.PREDICTION_COLUMN]
+    assert list(scored.columns) == [config.ROW_COLUMN, *data.columns, config.PREDICTION_COLUMN]
 
     # predictions: MLflow's pyfunc on the same version, to the cent
     assert scored[config.ROW_COLUMN].tolist() == local_valid[config.ROW_COLUMN].tolist()
@@ -167,6 +169,12 @@ def test_spark_scores_like_pyfunc_and_rejects_like_the_local_engine(
     assert run.data.metrics["rows_in"] == len(rows)
     assert run.data.metrics["rows_rejected"] == len(rejected)
     assert run.data.metrics["rows_predicted"] == len(scored)
+
+    # the output contract on CSV input (steps.batch.output_contract): the local engine's files
+    # for the same rows as one file are Spark's, column by column
+    local_out = engine_outputs(registry, workdir / "contract-csv", source, "local")
+    assert_same_outputs(local_out.parent, spark_out.parent)
+    assert scored["id"].dtype == "int64"
 
 
 def test_missing_input_fails_the_run_with_one_line_before_spark_starts(registry, workdir):
@@ -218,6 +226,7 @@ def test_missing_java_fails_with_one_line_saying_what_to_install(
 
 def engine_outputs(registry, folder: Path, source: Path, engine: str) -> Path:
     """``predict`` on ``source`` with ``engine``; the folder it wrote its outputs in."""
+    folder.mkdir(exist_ok=True)
     out = folder / engine / "out.parquet"
     engine_args = SPARK if engine == "spark" else ["--engine", "local"]
     result = run_predict(
@@ -227,47 +236,28 @@ def engine_outputs(registry, folder: Path, source: Path, engine: str) -> Path:
     return out
 
 
-def contract_rows(rows: pd.DataFrame, kind: str) -> pd.DataFrame:
-    """120 of ``rows`` with an int ``id`` column; as Parquet, typed (bad values still bad)."""
-    data = rows.head(120).copy()
+def with_id(rows: pd.DataFrame) -> pd.DataFrame:
+    """``rows`` with an int ``id`` column after the first: a passthrough column with a type."""
+    data = rows.copy()
     data.insert(1, "id", np.arange(1_000, 1_000 + len(data), dtype=np.int64))
-    if kind == "parquet":
-        data.loc[3, "latitude"] = 99.0  # Parquet has no text in a number column: out of range
-        data.loc[8, "total_bedrooms"] = None
-        data = data.astype({c: "float64" for c in config.NUMERIC_FEATURES})
-        data = data.astype({"block_id": "str", config.CATEGORICAL_FEATURE: "str"})
     return data
 
 
-@pytest.mark.parametrize("kind", ["csv", "parquet"])
-def test_both_engines_write_the_same_columns_dtypes_values_and_rejects(
-    registry, workdir, rows, kind
-):
-    """The output contract (``steps.batch.output_contract``): same input, same files, same columns
-    in the same order with the same dtypes and values, whichever engine scored it."""
-    folder = workdir / f"contract-{kind}"
-    folder.mkdir()
-    data = contract_rows(rows, kind)
-    source = folder / f"rows.{kind}"
-    if kind == "csv":
-        data.to_csv(source, index=False)
-    else:
-        data.to_parquet(source, index=False)
-    outputs = {engine: engine_outputs(registry, folder, source, engine) for engine in ENGINES}
+def assert_same_outputs(local_dir: Path, spark_dir: Path) -> None:
+    """The two engines' folders hold the same files, with the same Arrow types, columns in the
+    same order, dtypes and values (predictions to the cent)."""
+    import pyarrow.dataset
 
-    # the same files: the predictions and, beside them, the rejects in the output's format
-    names = {e: sorted(p.name for p in out.parent.iterdir()) for e, out in outputs.items()}
+    dirs = {"local": local_dir, "spark": spark_dir}
+    names = {e: sorted(p.name for p in d.iterdir()) for e, d in dirs.items()}
     assert names["local"] == names["spark"] == ["out.parquet", "out.rejected.parquet"]
-
-    for table in ("out.parquet", "out.rejected.parquet"):
-        import pyarrow.dataset
-
+    for table in names["local"]:
         # as stored: the same Arrow types (Spark's directory read as one table)
-        schemas = [pyarrow.dataset.dataset(outputs[e].parent / table).schema for e in ENGINES]
+        schemas = [pyarrow.dataset.dataset(dirs[e] / table).schema for e in ENGINES]
         assert [(f.name, str(f.type)) for f in schemas[0]] == [
             (f.name, str(f.type)) for f in schemas[1]
         ], table
-        local, spark = (read_sorted(outputs[e].parent / table) for e in ENGINES)
+        local, spark = (read_sorted(dirs[e] / table) for e in ENGINES)
         assert list(local.columns) == list(spark.columns), table
         for column in local.columns:  # column by column: dtype, then values
             assert local[column].dtype == spark[column].dtype, (table, column)
@@ -275,6 +265,24 @@ def test_both_engines_write_the_same_columns_dtypes_values_and_rejects(
                 np.testing.assert_allclose(local[column], spark[column], rtol=0, atol=0.005)
             else:
                 pd.testing.assert_series_equal(local[column], spark[column], obj=column)
+
+
+def test_both_engines_write_the_same_columns_dtypes_values_and_rejects_from_parquet(
+    registry, workdir, rows
+):
+    """The output contract on Parquet input (CSV input: the first test): same input, same
+    files, same columns in the same order with the same dtypes and values, either engine."""
+    folder = workdir / "contract-parquet"
+    folder.mkdir()
+    data = with_id(rows.head(120))
+    data.loc[3, "latitude"] = 99.0  # Parquet has no text in a number column: out of range
+    data.loc[8, "total_bedrooms"] = None
+    data = data.astype({c: "float64" for c in config.NUMERIC_FEATURES})
+    data = data.astype({"block_id": "str", config.CATEGORICAL_FEATURE: "str"})
+    source = folder / "rows.parquet"
+    data.to_parquet(source, index=False)
+    outputs = {engine: engine_outputs(registry, folder, source, engine) for engine in ENGINES}
+    assert_same_outputs(outputs["local"].parent, outputs["spark"].parent)
 
     scored = read_sorted(outputs["local"])
     rejected = read_sorted(outputs["local"].parent / "out.rejected.parquet")
