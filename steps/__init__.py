@@ -40,6 +40,7 @@ Library subpackages, by concern:
 """
 
 import os as _os
+import sys as _sys
 import warnings as _warnings
 
 from steps import config as _config
@@ -50,7 +51,8 @@ _warnings.filterwarnings(
     "ignore", message="PySpark does not yet fully support pandas", category=FutureWarning
 )
 
-if _os.environ.get(_config.FORKSERVER_ENV):  # only main sets it, for its children
+# main's children are told the step server by main; main looks for it itself
+if _os.environ.get(_config.FORKSERVER_ENV) or "steps.main" in getattr(_sys, "orig_argv", ()):
     from steps.infra import forkserver as _forkserver
 
     _forkserver.delegate()

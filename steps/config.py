@@ -143,6 +143,11 @@ START_AFTER_ENV = "PIPELINE_START_AFTER"
 MAIN_PID_ENV = "PIPELINE_MAIN_PID"
 # Set by main for its children: the Unix socket of its fork server (steps.infra.forkserver).
 FORKSERVER_ENV = "PIPELINE_FORKSERVER"
+# How long the step server (steps.infra.forkserver) outlives the last run it served, in
+# seconds: a rerun within it starts with MLflow and the steps' libraries already imported.
+# 0: it stops with the run that started it.
+STEP_SERVER_IDLE_ENV = "PIPELINE_STEP_SERVER_IDLE_S"
+DEFAULT_STEP_SERVER_IDLE_S = 900.0
 # 1/true/yes: main streams every step's output as it happens (make run VERBOSE=1).
 VERBOSE_ENV = "PIPELINE_VERBOSE"
 

@@ -14,7 +14,14 @@ import pandas as pd
 import pytest
 
 from tests import services
-from tests.support import copy_project, free_port, start_mlflow_server, stop, synthetic_housing
+from tests.support import (
+    copy_project,
+    free_port,
+    start_mlflow_server,
+    stop,
+    stop_step_servers,
+    synthetic_housing,
+)
 
 # `make test` hands whole files to its workers (pytest-xdist --dist loadfile, in collection
 # order with --no-loadscope-reorder); the longest go first so that the workers finish near
@@ -71,6 +78,25 @@ def _test_keeps_mlflow_environment() -> Iterator[None]:
     saved = _mlflow_environment()
     yield
     _restore_mlflow_environment(saved)
+
+
+# main leaves a step server behind for the next run (steps.infra.forkserver); the suite ends
+# the ones it started: a test's own (its clone's interpreter, or a TMPDIR of its own) after the
+# test, the rest when the session ends.
+@pytest.fixture(autouse=True, scope="session")
+def _session_stops_its_step_servers(tmp_path_factory) -> Iterator[None]:
+    import time
+
+    started = time.time()
+    yield
+    stop_step_servers(None, since=started)
+
+
+@pytest.fixture(autouse=True)
+def _test_stops_its_step_servers(request: pytest.FixtureRequest) -> Iterator[None]:
+    yield
+    if "tmp_path" in request.fixturenames:
+        stop_step_servers(request.getfixturevalue("tmp_path"))
 
 
 def pytest_configure(config: pytest.Config) -> None:

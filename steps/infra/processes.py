@@ -67,8 +67,8 @@ def die_with_parent() -> None:
     main and the running step, which keep going while their runs stay RUNNING. With this
     they are interrupted instead, and end their runs KILLED.
     """
-    if not sys.platform.startswith("linux"):
-        return
+    if not sys.platform.startswith("linux") or _client_pid is not None:
+        return  # a step server's worker: its client's death reaches it through their socket
     import ctypes
 
     pr_set_pdeathsig = 1

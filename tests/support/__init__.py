@@ -48,6 +48,8 @@ from tests.support.processes import (
     kill_session,
     restore_sigint,
     session_processes,
+    step_servers,
+    stop_step_servers,
 )
 from tests.support.projects import (
     MLFLOW_RUN,
@@ -130,8 +132,10 @@ __all__ = [
     "start_auth_server",
     "start_make",
     "start_mlflow_server",
+    "step_servers",
     "stop",
     "stop_auth_server",
+    "stop_step_servers",
     "synthetic_housing",
     "tracking",
     "wait_for_run",

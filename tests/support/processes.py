@@ -71,3 +71,35 @@ def restore_sigint() -> None:
     # A test runner started in the background (`cmd &`) inherits SIGINT ignored, and make and
     # Python keep it ignored: give make the default a user's terminal would.
     signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
+def step_servers(under: Path | None = None, since: float = 0.0) -> list[Any]:
+    """Live step servers (``steps.infra.forkserver daemon``) started at ``since`` or later
+    whose interpreter or socket lies under ``under`` (None: anywhere)."""
+    import psutil
+
+    found = []
+    for proc in psutil.process_iter(["cmdline", "create_time"]):
+        cmdline = proc.info["cmdline"] or []
+        if cmdline[1:4] != ["-m", "steps.infra.forkserver", "daemon"] or len(cmdline) < 5:
+            continue
+        if proc.info["create_time"] < since:
+            continue
+        interpreter, socket_path = Path(cmdline[0]), Path(cmdline[4])
+        if under is None or interpreter.is_relative_to(under) or socket_path.is_relative_to(under):
+            found.append(proc)
+    return found
+
+
+def stop_step_servers(under: Path | None = None, since: float = 0.0) -> None:
+    """End the step servers a test started (they outlive the runs they served by design)."""
+    import psutil
+
+    procs = step_servers(under, since)
+    for proc in procs:
+        with contextlib.suppress(psutil.Error):
+            proc.terminate()
+    _, alive = psutil.wait_procs(procs, timeout=10)
+    for proc in alive:
+        with contextlib.suppress(psutil.Error):
+            proc.kill()
