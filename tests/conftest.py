@@ -94,9 +94,10 @@ def _session_stops_its_step_servers(tmp_path_factory) -> Iterator[None]:
 
 @pytest.fixture(autouse=True)
 def _test_stops_its_step_servers(request: pytest.FixtureRequest) -> Iterator[None]:
+    own = request.getfixturevalue("tmp_path") if "tmp_path" in request.fixturenames else None
     yield
-    if "tmp_path" in request.fixturenames:
-        stop_step_servers(request.getfixturevalue("tmp_path"))
+    if own is not None:
+        stop_step_servers(own)
 
 
 def pytest_configure(config: pytest.Config) -> None:

@@ -244,6 +244,7 @@ def _run_worker(conn: socket.socket, request: dict, fds: list[int]) -> None:
         del sys.modules[name]
     module = request["module"]
     sys.argv = [module, *request["args"]]
+    _name_process(module)
     # the process MLflow started, which waits for us (processes.client_parent_pid)
     importlib.import_module("steps.infra.processes").set_client_pid(int(request["pid"]))
     _send(conn, {"pid": os.getpid()})
@@ -285,6 +286,16 @@ def _run_worker(conn: socket.socket, request: dict, fds: list[int]) -> None:
             _send(conn, {"exit": code})
         finally:
             os._exit(code)
+
+
+def _name_process(name: str) -> None:
+    """Let ``ps``/``top`` (and anyone who stops a run's processes) see which step a worker
+    runs: its command line stays the server's."""
+    import ctypes
+
+    pr_set_name = 15
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None).prctl(pr_set_name, name.encode()[:15], 0, 0, 0)
 
 
 def _read_request(conn: socket.socket) -> tuple[dict, list[int]] | None:

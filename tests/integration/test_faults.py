@@ -31,7 +31,7 @@ from tests.support import (
     mlflow_run_local,
     project_env,
     run_main,
-    session_processes,
+    run_processes,
     start_mlflow_server,
     stop,
     wait_for_run,
@@ -58,6 +58,7 @@ class Pipeline:
     out: Path
     err: Path
     started: float
+    project: Path
 
     @property
     def stderr(self) -> str:
@@ -67,13 +68,14 @@ class Pipeline:
     def stdout(self) -> str:
         return self.out.read_text(errors="replace")
 
-    def session_processes(self) -> list[psutil.Process]:
-        """Every live process of this pipeline's session (launcher, main, step children)."""
-        return session_processes(self.proc.pid)
+    def processes(self) -> list[psutil.Process]:
+        """Every live process of this pipeline (launcher, main, step children), in its
+        session or run by the step server for it."""
+        return run_processes(self.proc.pid, self.project)
 
     def kill(self) -> None:
         """Best-effort cleanup: SIGKILL the whole session."""
-        for proc in self.session_processes():
+        for proc in self.processes():
             with contextlib.suppress(psutil.Error):
                 proc.kill()
         if self.proc.poll() is None:
@@ -97,7 +99,7 @@ def start_main(project: Path, tracking_uri: str, *args: str, **env: str) -> Pipe
             # default disposition a user's terminal would.
             preexec_fn=restore_sigint,
         )
-    return Pipeline(proc, out, err, time.monotonic())
+    return Pipeline(proc, out, err, time.monotonic(), project)
 
 
 def restore_sigint() -> None:
@@ -202,7 +204,7 @@ def test_server_killed_mid_run_fails_fast_and_rerun_reuses_finished_steps(tmp_pa
     assert "error: main: " in stderr, stderr[-4000:]
     # how fast is for bench/ and docs/reliability.md; here only that it ended on its own
     print(f"\nserver killed → main exited {pipeline.proc.returncode} after {time_to_fail:.1f} s")
-    assert not pipeline.session_processes()
+    assert not pipeline.processes()
 
     # Same backend store, same port: the rerun reuses what finished before the crash.
     server, url2 = start_mlflow_server(backend, artifacts, port)
@@ -234,7 +236,7 @@ def signal_target(pipeline: Pipeline, target: str) -> None:
     if target == "launcher-SIGTERM":  # `kill <pid of mlflow run>`: it dies at once
         pipeline.proc.send_signal(signal.SIGTERM)
         return
-    main = next(p for p in pipeline.session_processes() if "steps.main" in " ".join(p.cmdline()))
+    main = next(p for p in pipeline.processes() if "steps.main" in " ".join(p.cmdline()))
     if target == "main-SIGTERM":  # a process manager stopping the pipeline driver
         main.send_signal(signal.SIGTERM)
     elif target == "main-SIGINT":
@@ -256,18 +258,16 @@ def test_signal_while_a_child_runs_stops_everything_and_ends_every_run(tmp_path,
     pipeline = start_main(project, uri, "-P", f"n_estimators={trees}")
     try:
         wait_for_run(uri, "train", pipeline.proc)
-        children = [
-            p for p in pipeline.session_processes() if "steps.train" in " ".join(p.cmdline())
-        ]
+        children = [p for p in pipeline.processes() if "steps.train" in " ".join(p.cmdline())]
         assert children, "train child not found"
         signalled = time.monotonic()
         signal_target(pipeline, target)
         pipeline.proc.wait(timeout=120)
         deadline = time.monotonic() + 60
-        while pipeline.session_processes() and time.monotonic() < deadline:
+        while pipeline.processes() and time.monotonic() < deadline:
             time.sleep(0.2)
         time_to_stop = time.monotonic() - signalled
-        leftovers = [" ".join(p.cmdline()) for p in pipeline.session_processes()]
+        leftovers = [" ".join(p.cmdline()) for p in pipeline.processes()]
     finally:
         pipeline.kill()
     print(f"\n{target}: exit {pipeline.proc.returncode}, all stopped after {time_to_stop:.1f} s")

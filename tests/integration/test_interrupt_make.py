@@ -22,6 +22,7 @@ import subprocess
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import psutil
 import pytest
@@ -38,6 +39,7 @@ from tests.support import (
     make_output,
     project_with_venv,
     register_demo_model,
+    run_processes,
     session_processes,
     start_make,
     tracking,
@@ -52,16 +54,17 @@ STOP_DEADLINE_S = 30
 
 
 # --- helpers ---------------------------------------------------------------------------------
-def ctrl_c(make: subprocess.Popen) -> tuple[int, float, list[str]]:
+def ctrl_c(make: subprocess.Popen, project: Path) -> tuple[int, float, list[str]]:
     """SIGINT to make's process group, as a terminal's Ctrl-C. Returns make's exit code, the
-    seconds until the session was empty, and what was still running at the deadline."""
+    seconds until the run's processes were gone (its session's, and the steps the step server
+    ran for it), and what was still running at the deadline."""
     signalled = time.monotonic()
     os.killpg(make.pid, signal.SIGINT)
     code = make.wait(timeout=STOP_DEADLINE_S)
-    while session_processes(make.pid) and time.monotonic() - signalled < STOP_DEADLINE_S:
+    while run_processes(make.pid, project) and time.monotonic() - signalled < STOP_DEADLINE_S:
         time.sleep(0.1)
     left = []
-    for proc in session_processes(make.pid):
+    for proc in run_processes(make.pid, project):
         with contextlib.suppress(psutil.Error):
             left.append(" ".join(proc.cmdline()))
     return code, time.monotonic() - signalled, left
@@ -129,7 +132,7 @@ def test_ctrl_c_on_make_run_stops_the_pipeline_and_kills_the_working_step(tmp_pa
         try:
             working = wait_for_run(uri, "load_data", make, timeout=60)
             wait_for(download_begun, make, "download", timeout=30)
-            code, seconds, left = ctrl_c(make)
+            code, seconds, left = ctrl_c(make, project)
         finally:
             end_make(make)
     output = make_output(project, "run")
@@ -190,7 +193,7 @@ def test_ctrl_c_on_make_serve_stops_both_workers_and_ends_the_run(tmp_path):
         assert len(workers) == 2, [w.cmdline() for w in workers]
         client = MlflowClient(uri)
         assert len(running(client)) == 1  # the run `mlflow run -e serve` opened
-        code, seconds, left = ctrl_c(make)
+        code, seconds, left = ctrl_c(make, project)
     finally:
         end_make(make)
     output = make_output(project, "serve")

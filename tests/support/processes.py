@@ -53,6 +53,29 @@ def session_processes(sid: int) -> list[Any]:
     return found
 
 
+def run_processes(sid: int, project: Path) -> list[Any]:
+    """Every live process of a pipeline started in session ``sid`` from ``project``: the
+    session's, and the steps the step server runs for it outside the session (main's
+    ``python -m steps.<step>`` children and the server's workers, named ``steps.<step>``;
+    not the server itself, which outlives runs by design)."""
+    import psutil
+
+    found = {proc.pid: proc for proc in session_processes(sid)}
+    for proc in psutil.process_iter(["cmdline", "name", "cwd"]):
+        try:
+            if proc.info["cwd"] != str(project) or proc.status() == psutil.STATUS_ZOMBIE:
+                continue
+        except psutil.Error:
+            continue
+        cmdline = proc.info["cmdline"] or []
+        served = "-m" in cmdline and any(arg.startswith("steps.") for arg in cmdline)
+        if "steps.infra.forkserver" in cmdline:
+            served = False
+        if served or (proc.info["name"] or "").startswith("steps."):
+            found[proc.pid] = proc
+    return list(found.values())
+
+
 def kill_session(sid: int) -> None:
     """SIGTERM, then SIGKILL, whatever a session left running (servers sent to background)."""
     import psutil
