@@ -7,6 +7,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -26,6 +27,7 @@ from tests.support import (
 # `make test` hands whole files to its workers (pytest-xdist --dist loadfile, in collection
 # order with --no-loadscope-reorder); the longest go first so that the workers finish near
 # the same time. Ranked by `--durations` of a full run; files not listed keep their order.
+_SESSION_STARTED = pytest.StashKey[float]()
 LONGEST_FIRST = (
     "test_readme.py",
     "test_ci_paths.py",
@@ -82,14 +84,14 @@ def _test_keeps_mlflow_environment() -> Iterator[None]:
 
 # main leaves a step server behind for the next run (steps.infra.forkserver); the suite ends
 # the ones it started: a test's own (its clone's interpreter, or a TMPDIR of its own) after the
-# test, the rest when the session ends.
-@pytest.fixture(autouse=True, scope="session")
-def _session_stops_its_step_servers(tmp_path_factory) -> Iterator[None]:
-    import time
+# test, the shared one once every worker is done (in the xdist controller, or the only process).
+def pytest_sessionstart(session: pytest.Session) -> None:
+    session.config.stash[_SESSION_STARTED] = time.time()
 
-    started = time.time()
-    yield
-    stop_step_servers(None, since=started)
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    if not hasattr(session.config, "workerinput"):
+        stop_step_servers(None, since=session.config.stash.get(_SESSION_STARTED, time.time()))
 
 
 @pytest.fixture(autouse=True)

@@ -102,10 +102,12 @@ def step_servers(under: Path | None = None, since: float = 0.0) -> list[Any]:
     import psutil
 
     found = []
-    for proc in psutil.process_iter(["cmdline", "create_time"]):
+    for proc in psutil.process_iter(["cmdline", "create_time", "name"]):
         cmdline = proc.info["cmdline"] or []
         if cmdline[1:4] != ["-m", "steps.infra.forkserver", "daemon"] or len(cmdline) < 5:
             continue
+        if (proc.info["name"] or "").startswith("steps."):
+            continue  # a worker running a step: forked from the server, with its command line
         if proc.info["create_time"] < since:
             continue
         interpreter, socket_path = Path(cmdline[0]), Path(cmdline[4])
