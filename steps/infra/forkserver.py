@@ -94,12 +94,15 @@ _FORWARDED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 MAX_MESSAGE = 1 << 20
 # How often an idle step server looks whether its time is up.
 IDLE_TICK_S = 2.0
+MAX_BASE_CHARS = 64
 
 
 def server_path() -> str | None:
     """The socket of this interpreter's step server, in a directory only we may write (None
     when that cannot be had: then there is no step server, and every step runs itself)."""
     base = os.environ.get("XDG_RUNTIME_DIR") or os.environ.get("TMPDIR") or "/tmp"
+    if len(base) > MAX_BASE_CHARS:  # a Unix socket's path has room for ~107 bytes
+        base = "/tmp"
     key = hashlib.sha256(f"{sys.prefix}\0{sys.executable}".encode()).hexdigest()[:16]
     private = os.path.join(base, f"housing-steps-{os.getuid()}")
     try:
@@ -531,11 +534,9 @@ def start_server(path: str) -> subprocess.Popen:
     ``Lease``) and keeps none of our environment's run (MLFLOW_*) or terminal."""
     import subprocess
 
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if not k.startswith("MLFLOW_") and k != config.FORKSERVER_ENV
-    }
+    # nor a diagnostic asked of one run: every worker would print its import profile
+    dropped = {config.FORKSERVER_ENV, "PYTHONPROFILEIMPORTTIME"}
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_") and k not in dropped}
     return subprocess.Popen(
         [sys.executable, "-m", "steps.infra.forkserver", "daemon", path, str(os.getpid())],
         stdin=subprocess.DEVNULL,

@@ -4,9 +4,12 @@ the server, keeps its exit code, output and signals, and runs itself when there 
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import psutil
@@ -15,7 +18,7 @@ import pytest
 from steps import config
 from steps.infra import forkserver
 from steps.orchestration import upstream_wait
-from tests.support import project_env
+from tests.support import copy_project, project_env, step_servers, stop_step_servers
 
 pytestmark = pytest.mark.skipif(
     not sys.platform.startswith("linux"), reason="the fork server runs on Linux only"
@@ -39,10 +42,10 @@ def server(tmp_path_factory):
     proc.wait(timeout=30)
 
 
-def step_process(module: str, args: list[str], env: dict[str, str], **kwargs):
+def step_process(module: str, args: list[str], env: dict[str, str], cwd=None, **kwargs):
     return subprocess.Popen(
         [sys.executable, "-m", module, *args],
-        cwd=config.PROJECT_ROOT,
+        cwd=cwd or config.PROJECT_ROOT,
         env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -179,3 +182,103 @@ def server_pid(socket_path: Path) -> int:
     roots = [pid for pid, ppid in same.items() if ppid not in same]
     assert len(roots) == 1, f"fork server process not found: {same}"
     return roots[0]
+
+
+# --- the step server: one per interpreter, kept for the next run -----------------------------
+# a module main imports before it runs: in the started process only when main ran there
+MAIN_LIBRARY = "steps.orchestration.pipeline"
+
+
+def bare_main(project: Path, env: dict[str, str], *args: str) -> tuple[str, set[str]]:
+    """``python -m steps.main`` as `mlflow run` starts it (no server named): its output and
+    the modules the started process imported itself."""
+    proc = step_process("steps.main", list(args), env, cwd=project)
+    out, err = proc.communicate(timeout=180)
+    assert proc.returncode == 0, err[-3000:]
+    return out, imported_modules(err)
+
+
+@pytest.fixture
+def runtime_dir() -> Iterator[Path]:
+    """A TMPDIR of the test's own, short enough for a Unix socket path: its step server is
+    not the suite's."""
+    path = Path(tempfile.mkdtemp(prefix="steps-", dir="/tmp"))
+    yield path
+    stop_step_servers(path)
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def serving_pids(runtime_dir: Path) -> set[int]:
+    """The step servers under ``runtime_dir``: each one's first process (its fork serving the
+    heavy steps is its child)."""
+    procs = {proc.pid: proc.ppid() for proc in step_servers(runtime_dir)}
+    return {pid for pid, ppid in procs.items() if ppid not in procs}
+
+
+def wait_until(condition, what: str, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, what
+        time.sleep(0.1)
+
+
+def test_main_starts_the_step_server_and_the_next_main_is_served_by_it(tmp_path, runtime_dir):
+    """The first main starts its interpreter's step server and is its first request; the
+    server outlives it and serves the next main (which imports none of main's libraries
+    itself), even from another work tree, with that tree's code as it is on disk; once idle,
+    it ends."""
+    project = copy_project(tmp_path / "project")
+    env = project_env(
+        f"sqlite:///{tmp_path / 'mlflow.db'}",
+        TMPDIR=str(runtime_dir),
+        PYTHONPROFILEIMPORTTIME="1",
+        **{config.STEP_SERVER_IDLE_ENV: "3"},
+    )
+    out, imported = bare_main(project, env, "--help")
+    assert "--use-cache" in out
+    assert MAIN_LIBRARY not in imported and "steps.infra.forkserver" in imported
+    (server,) = serving_pids(runtime_dir)
+
+    clone = copy_project(tmp_path / "clone")  # another work tree, the same interpreter
+    main_py = clone / "steps" / "main.py"
+    main_py.write_text(main_py.read_text().replace("reusing finished steps", "edited on disk"))
+    out, imported = bare_main(clone, env, "--help")
+    assert "edited on disk" in out
+    assert MAIN_LIBRARY not in imported
+    assert serving_pids(runtime_dir) == {server}
+
+    wait_until(lambda: not psutil.pid_exists(server), "the idle step server did not end")
+    assert not list((runtime_dir / f"housing-steps-{os.getuid()}").glob("*.sock"))
+
+
+def test_new_packages_end_the_step_server_and_the_step_runs_itself(tmp_path, runtime_dir):
+    """A directory on the interpreter's path changed (packages installed) under a server:
+    it refuses the request, which runs in its own process, and ends; the next main starts a
+    fresh one. ``stop`` ends it too."""
+    project = copy_project(tmp_path / "project")
+    site = tmp_path / "site"
+    site.mkdir()
+    env = project_env(
+        f"sqlite:///{tmp_path / 'mlflow.db'}",
+        TMPDIR=str(runtime_dir),
+        PYTHONPATH=str(site),
+        PYTHONPROFILEIMPORTTIME="1",
+    )
+    _, imported = bare_main(project, env, "--help")
+    assert MAIN_LIBRARY not in imported
+    (first,) = serving_pids(runtime_dir)
+
+    (site / "newly_installed").mkdir()
+    _, imported = bare_main(project, env, "--help")
+    assert MAIN_LIBRARY in imported  # refused: main ran in the started process
+    wait_until(lambda: not psutil.pid_exists(first), "the stale step server did not end")
+
+    _, imported = bare_main(project, env, "--help")
+    assert MAIN_LIBRARY not in imported
+    (second,) = serving_pids(runtime_dir)
+    assert second != first
+    stopped = subprocess.run(
+        [sys.executable, "-m", "steps.infra.forkserver", "stop"], env=env, check=False
+    )
+    assert stopped.returncode == 0
+    wait_until(lambda: not psutil.pid_exists(second), "stop did not end the step server")
