@@ -13,6 +13,8 @@ request limits. Out: ``create_app(...)``, the app uvicorn serves:
   names its model in ``x-model-name``/``x-model-version`` and its request in ``x-request-id``
   (the client's, if sane, else a new one), and with an inference log
   (``steps.serving.inferencelog``) its rows go there under that id.
+* ``POST /feedback`` ``{"request_id", "actuals"}``: the actual values of an answered
+  request's rows, logged beside the inference log (``steps.serving.feedback``).
 * ``GET /metrics`` (``steps.serving.metrics``), ``/health``, ``/ping``, ``/ready``, ``/version``,
   ``/docs``.
 
@@ -49,6 +51,7 @@ from pydantic import BaseModel, ValidationError
 
 from steps.serving import apikeys, metrics
 from steps.serving.batching import MicroBatcher, Scorer, predict_rows, scorer
+from steps.serving.feedback import Feedback
 from steps.serving.inferencelog import REQUEST_ID_HEADER, InferenceLog, request_id
 from steps.serving.protocols import V2_OUTPUT, invocation_rows, v2_metadata, v2_rows
 from steps.serving.rowschema import (
@@ -356,9 +359,11 @@ class Handlers:
         state: Any,
         max_rows: int = DEFAULT_MAX_ROWS,
         inference_log: InferenceLog | None = None,
+        feedback: Feedback | None = None,
     ) -> None:
         self.state = state
         self.inference_log = inference_log
+        self.feedback_log = feedback
         self.max_rows = max_rows
         self.request_schema = request_model(max_rows)
         self.batcher = MicroBatcher(predict_and_count)
@@ -431,6 +436,13 @@ class Handlers:
             return rows
         predictions = await self.score(served, rows, rid, "/invocations")
         return answer({"predictions": predictions.tolist()}, served=served)
+
+    async def feedback(self, raw: bytes) -> Answer:
+        """``POST /feedback``: a request's actual values (``steps.serving.feedback``)."""
+        if self.feedback_log is None:
+            return answer({"detail": "no inference log (--log-dir none): no feedback"}, 503)
+        status, payload = await self.feedback_log.answer(raw)
+        return answer(payload, status)
 
     def v2_model(self, model_name: str) -> ServedModel | Answer:
         """The served model if it is the one a V2 path names, else the 503/404 answer."""
@@ -545,6 +557,22 @@ def add_prediction_routes(app: HousingAPI, handlers: Handlers, too_big: str) -> 
         return to_response(with_request_id(reply, rid))
 
 
+def add_feedback_route(app: HousingAPI, handlers: Handlers) -> None:
+    """POST /feedback: actual values for an answered request's rows."""
+
+    @app.post(
+        "/feedback",
+        summary="Actual values for the rows of an answered request (by its x-request-id)",
+        responses={
+            404: {"description": "Unknown request id, or answered longer ago than retention"},
+            422: {"description": "Not {request_id, actuals}, or not one actual per row"},
+            503: {"description": "No inference log, or its queue is full"},
+        },
+    )
+    async def feedback(request: Request) -> Response:
+        return to_response(await handlers.feedback(await request.body()))
+
+
 def add_v2_routes(app: HousingAPI, handlers: Handlers, too_big: str) -> None:
     """The Open Inference Protocol (V2): KServe, Triton and MLServer clients."""
 
@@ -593,6 +621,7 @@ def create_app(
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
     api_keys: apikeys.KeyStore | None = None,
     inference_log: InferenceLog | None = None,
+    feedback: Feedback | None = None,
 ) -> HousingAPI:
     """The ASGI app serving ``model`` (None: not ready, predictions and /ready answer 503);
     ``api_keys``: the keys every request but the health probes and /docs must present;
@@ -605,6 +634,8 @@ def create_app(
         yield
         if inference_log is not None:  # a worker's exit: its last rows reach a closed file
             inference_log.close()
+        if feedback is not None:
+            feedback.close()
 
     app = HousingAPI(
         title="California housing price API",
@@ -617,12 +648,13 @@ def create_app(
     app.api_keys = api_keys
     if model is not None:
         metrics.serving(model.ref.name, model.ref.version)
-    handlers = Handlers(app.state, max_rows, inference_log)
+    handlers = Handlers(app.state, max_rows, inference_log, feedback)
     app.handlers = handlers
     too_big = f"More than {max_rows} rows or more than {max_body_bytes} bytes"
     add_probe_routes(app, handlers)
     add_prediction_routes(app, handlers, too_big)
     add_v2_routes(app, handlers, too_big)
+    add_feedback_route(app, handlers)
     _install_openapi(app, handlers.request_schema)
     app.add_middleware(BodySizeLimit, max_bytes=max_body_bytes)
     app.add_middleware(metrics.RequestMetrics)  # 413s from the limit count too
