@@ -78,9 +78,10 @@ def test_wrong_shapes_counts_and_unknown_ids_write_nothing(pipeline, tmp_path):
 
 
 def test_an_id_past_retention_is_404(pipeline, tmp_path):
-    index = RequestIndex(tmp_path, retention_s=60)
-    index.add([("old", time.time() - 61, 1), ("new", time.time() - 59, 1)])
-    assert index.rows_of("old") is None
+    # written by a worker that keeps ids for an hour; judged by workers that keep them 60 s
+    RequestIndex(tmp_path, retention_s=3600).add(
+        [("old", time.time() - 61, 1), ("new", time.time() - 59, 1)]
+    )
     assert RequestIndex(tmp_path, retention_s=60).rows_of("new") == 1  # another worker sees it
     with TestClient(app_on(pipeline, tmp_path, retention_s=60)) as client:
         r = client.post("/feedback", json={"request_id": "old", "actuals": [1.0]})
@@ -96,3 +97,11 @@ def test_no_log_no_feedback(pipeline):
     with TestClient(app) as client:
         r = client.post("/feedback", json={"request_id": "x", "actuals": [1.0]})
         assert r.status_code == 503
+
+
+def test_writers_prune_ids_past_retention(tmp_path):
+    RequestIndex(tmp_path, retention_s=60).add(
+        [("old", time.time() - 61, 1), ("new", time.time(), 2)]
+    )
+    kept_long = RequestIndex(tmp_path, retention_s=3600)
+    assert kept_long.rows_of("old") is None and kept_long.rows_of("new") == 2
