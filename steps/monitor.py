@@ -16,7 +16,7 @@ prediction drift per version, live RMSE/MAE per version where actuals came back)
 Out (MLflow, a run tagged ``pipeline.step=monitor``): metrics ``rows``,
 ``psi.<feature>``, ``missing_rate_change.<feature>``, ``prediction_psi.v<N>``,
 ``rows.v<N>``, ``live_rmse``/``live_mae`` (and ``.v<N>``) where actuals exist,
-``rows_rejected`` (a batch); tags ``monitor.verdict`` (``ok``/``drift``),
+``rows_rejected``; tags ``monitor.verdict`` (``ok``/``drift``),
 ``monitor.drifted_features`` (comma-separated), ``monitor.model_version`` (the champion
 judged), ``monitor.window``, ``monitor.source``; artifacts ``monitor/report.md``,
 ``monitor/features.png``, ``monitor/predictions.png``; the report as the run's description.
@@ -104,8 +104,9 @@ def served_rows(log_dir: str, since: str, until: str, input_uri: str, champion: 
     if directory is None:
         raise StepError("--log-dir is off; give the inference log's directory or --input")
     rows = sources.read_log_window(directory, start, end)
+    rejected, reasons = sources.read_rejected_window(directory, start, end)
     label = f"{start.isoformat()} to {end.isoformat()}"
-    return rows, None, None, label, str(directory)
+    return rows, rejected, reasons, label, str(directory)
 
 
 def log_results(

@@ -81,16 +81,12 @@ def markdown(
             f"| {_dollars(row['rmse'])} | {_dollars(row['mae'])} |"
         )
     lines += ["", "## Rejected rows", ""]
-    if rejected is None:
-        lines.append(
-            "Not known for the inference log: it holds answered rows only (422s are "
-            'counted in `/metrics`, `housing_api_requests_total{status="422"}`).'
-        )
-    else:
-        lines.append(f"{rejected:,} row(s) broke the API's rules.")
+    if rejected is not None:
+        share = rejected / max(rejected + judged.rows, 1)
+        lines.append(f"{rejected:,} row(s) broke the API's rules ({share:.2%} of rows sent).")
         if reasons is not None and len(reasons):
-            lines += ["", "| reason | rows |", "|---|---|"]
-            lines += [f"| {reason} | {count:,} |" for reason, count in reasons.items()]
+            lines += ["", "| field | rows |", "|---|---|"]
+            lines += [f"| {field} | {count:,} |" for field, count in reasons.items()]
     lines += ["", f"![features]({FEATURES_PNG})", "", f"![predictions]({PREDICTIONS_PNG})", ""]
     return "\n".join(lines)
 

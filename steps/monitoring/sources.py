@@ -25,6 +25,7 @@ from steps.batch import localscore
 from steps.infra.errors import StepError
 from steps.monitoring.live import ACTUAL_COLUMN, FEEDBACK_COLUMNS
 from steps.serving.feedback import DIR_NAME as FEEDBACK_DIR
+from steps.serving.rejectlog import DIR_NAME as REJECTED_DIR
 
 # An empty --since: this long before --until (a daily job judges the last day).
 DEFAULT_WINDOW = timedelta(hours=24)
@@ -69,21 +70,44 @@ def log_files(directory: Path, prefix: str, since: pd.Timestamp, until: pd.Times
     return files
 
 
-def read_log_window(log_dir: Path, since: pd.Timestamp, until: pd.Timestamp) -> pd.DataFrame:
-    """The inference log's rows answered in ``[since, until)``."""
+def _read_set(
+    directory: Path, prefix: str, since: pd.Timestamp, until: pd.Timestamp, columns: list[str]
+) -> pd.DataFrame:
+    """The rows of a log file set (``prefix``) whose ``ts`` is in ``[since, until)``."""
     import pyarrow.dataset as ds
 
-    if not log_dir.is_dir():
-        raise StepError(f"--log-dir {log_dir}: no such directory")
-    files = log_files(log_dir, "requests", since, until)
+    files = log_files(directory, prefix, since, until)
     if not files:
-        return pd.DataFrame(
-            columns=["request_id", "row", "ts", "model_version", "prediction", *config.FEATURES]
-        )
+        return pd.DataFrame(columns=columns)
     dataset = ds.dataset([str(f) for f in files], format="parquet")
     at = ds.field("ts")
     table = dataset.to_table(filter=(at >= since.to_pydatetime()) & (at < until.to_pydatetime()))
     return table.to_pandas()
+
+
+def read_log_window(log_dir: Path, since: pd.Timestamp, until: pd.Timestamp) -> pd.DataFrame:
+    """The inference log's rows answered in ``[since, until)``."""
+    if not log_dir.is_dir():
+        raise StepError(f"--log-dir {log_dir}: no such directory")
+    columns = ["request_id", "row", "ts", "model_version", "prediction", *config.FEATURES]
+    return _read_set(log_dir, "requests", since, until, columns)
+
+
+def read_rejected_window(
+    log_dir: Path, since: pd.Timestamp, until: pd.Timestamp
+) -> tuple[int, pd.Series]:
+    """Rows the API rejected in ``[since, until)`` (``steps.serving.rejectlog``): how many
+    (a request refused as a whole counts once), and rows per field named in the reasons."""
+    columns = ["request_id", "row", "reason"]
+    found = _read_set(log_dir / REJECTED_DIR, "rejected", since, until, columns)
+    rows = found.drop_duplicates(["request_id", "row"])
+    return len(rows), by_field(found["reason"])
+
+
+def by_field(reasons: pd.Series) -> pd.Series:
+    """Rejection reasons (``<field>: <problem>``, '; '-joined) -> rows per field."""
+    fields = reasons.astype(str).str.split("; ").explode().str.split(":").str[0]
+    return fields[fields != ""].value_counts()
 
 
 def read_feedback_files(log_dir: Path | None, extra: str) -> pd.DataFrame:
@@ -128,7 +152,7 @@ class Batch:
 
     rows: pd.DataFrame
     rejected: int
-    reasons: pd.Series  # reason -> rows
+    reasons: pd.Series  # field -> rows rejected for it
 
 
 def read_batch(uri: str) -> Batch:
@@ -160,5 +184,4 @@ def read_batch(uri: str) -> Batch:
     actual = next((c for c in ACTUAL_NAMES if c in valid.columns), None)
     if actual is not None:
         rows[ACTUAL_COLUMN] = pd.to_numeric(valid[actual], errors="coerce").to_numpy(np.float64)
-    per_reason = reasons.astype(str).str.split("; ").explode().value_counts()
-    return Batch(rows, len(reasons), per_reason)
+    return Batch(rows, len(reasons), by_field(reasons))

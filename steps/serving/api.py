@@ -14,7 +14,8 @@ request limits. Out: ``create_app(...)``, the app uvicorn serves:
   (the client's, if sane, else a new one), and with an inference log
   (``steps.serving.inferencelog``) its rows go there under that id.
 * ``POST /feedback`` ``{"request_id", "actuals"}``: the actual values of an answered
-  request's rows, logged beside the inference log (``steps.serving.feedback``).
+  request's rows, logged beside the inference log (``steps.serving.feedback``); rows
+  that fail validation are logged too (``steps.serving.rejectlog``).
 * ``GET /metrics`` (``steps.serving.metrics``), ``/health``, ``/ping``, ``/ready``, ``/version``,
   ``/docs``.
 
@@ -49,11 +50,12 @@ from fastapi.openapi.utils import get_openapi
 from fastapi.responses import Response
 from pydantic import BaseModel, ValidationError
 
-from steps.serving import apikeys, metrics
+from steps.serving import apikeys, metrics, rejectlog
 from steps.serving.batching import MicroBatcher, Scorer, predict_rows, scorer
 from steps.serving.feedback import Feedback
 from steps.serving.inferencelog import REQUEST_ID_HEADER, InferenceLog, request_id
 from steps.serving.protocols import V2_OUTPUT, invocation_rows, v2_metadata, v2_rows
+from steps.serving.rejectlog import RejectLog
 from steps.serving.rowschema import (
     DEFAULT_MAX_ROWS,
     HousingRow,
@@ -360,10 +362,12 @@ class Handlers:
         max_rows: int = DEFAULT_MAX_ROWS,
         inference_log: InferenceLog | None = None,
         feedback: Feedback | None = None,
+        rejects: RejectLog | None = None,
     ) -> None:
         self.state = state
         self.inference_log = inference_log
         self.feedback_log = feedback
+        self.rejects = rejects
         self.max_rows = max_rows
         self.request_schema = request_model(max_rows)
         self.batcher = MicroBatcher(predict_and_count)
@@ -389,13 +393,19 @@ class Handlers:
         validate: Callable[[], Any],
         root: str = "data",
         respond: Callable[[int, Any], Answer] = detail_error,
+        rid: str = "",
+        endpoint: str = "",
     ) -> list[HousingRow] | Answer:
         """The validated rows, or the 413/422 answer: one validation path for every protocol
-        (``respond`` shapes the error body the protocol's clients expect)."""
+        (``respond`` shapes the error body the protocol's clients expect). A rejection goes
+        to the rejected-rows log (if any) under ``rid``."""
         try:
             return validate().data
         except ValidationError as exc:
-            if any(e["type"] == "too_long" and e["loc"] == ("data",) for e in exc.errors()):
+            errors = exc.errors(include_url=False, include_context=False)
+            if self.rejects is not None:
+                self.rejects.record_rejected(rid, endpoint, rejectlog.reasons(errors))
+            if any(e["type"] == "too_long" and e["loc"] == ("data",) for e in errors):
                 return respond(413, f"too many rows: the maximum per request is {self.max_rows}")
             return respond(422, error_detail(exc, root))
 
@@ -404,7 +414,9 @@ class Handlers:
         served = self.served
         if served is None:
             return self.not_ready
-        rows = self.rows_or_error(lambda: self.request_schema.model_validate_json(raw))
+        rows = self.rows_or_error(
+            lambda: self.request_schema.model_validate_json(raw), rid=rid, endpoint="/predict"
+        )
         if isinstance(rows, tuple):
             return rows
         predictions = await self.score(served, rows, rid, "/predict")
@@ -430,7 +442,10 @@ class Handlers:
             item = {"type": "invalid_payload", "loc": ["body"], "msg": str(exc)[:300]}
             return answer({"detail": [item]}, 422)
         rows = self.rows_or_error(
-            lambda: self.request_schema.model_validate({"data": records}), root
+            lambda: self.request_schema.model_validate({"data": records}),
+            root,
+            rid=rid,
+            endpoint="/invocations",
         )
         if isinstance(rows, tuple):
             return rows
@@ -464,7 +479,11 @@ class Handlers:
         except (ValueError, RecursionError) as exc:  # bad JSON or not a V2 request
             return answer({"error": str(exc)[:300]}, 400)
         rows = self.rows_or_error(
-            lambda: self.request_schema.model_validate({"data": records}), "rows", v2_error
+            lambda: self.request_schema.model_validate({"data": records}),
+            "rows",
+            v2_error,
+            rid,
+            V2_INFER_PATH,
         )
         if isinstance(rows, tuple):
             return rows
@@ -622,6 +641,7 @@ def create_app(
     api_keys: apikeys.KeyStore | None = None,
     inference_log: InferenceLog | None = None,
     feedback: Feedback | None = None,
+    rejects: RejectLog | None = None,
 ) -> HousingAPI:
     """The ASGI app serving ``model`` (None: not ready, predictions and /ready answer 503);
     ``api_keys``: the keys every request but the health probes and /docs must present;
@@ -636,6 +656,8 @@ def create_app(
             inference_log.close()
         if feedback is not None:
             feedback.close()
+        if rejects is not None:
+            rejects.close()
 
     app = HousingAPI(
         title="California housing price API",
@@ -648,7 +670,7 @@ def create_app(
     app.api_keys = api_keys
     if model is not None:
         metrics.serving(model.ref.name, model.ref.version)
-    handlers = Handlers(app.state, max_rows, inference_log, feedback)
+    handlers = Handlers(app.state, max_rows, inference_log, feedback, rejects)
     app.handlers = handlers
     too_big = f"More than {max_rows} rows or more than {max_body_bytes} bytes"
     add_probe_routes(app, handlers)

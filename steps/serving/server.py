@@ -28,7 +28,7 @@ import click
 import numpy as np
 from fastapi import FastAPI
 
-from steps.serving import apikeys, feedback, inferencelog, metrics
+from steps.serving import apikeys, feedback, inferencelog, metrics, rejectlog
 from steps.serving.api import ServedModel, create_app
 from steps.serving.batching import predict_rows, scorer
 from steps.serving.follower import ModelFollower
@@ -134,7 +134,9 @@ def serving_app(
     alias = parse_registry_uri(model_uri)[2]
     log = inferencelog.open_log(log_dir, log_sample_rate, alias)
     answers = feedback.open_feedback(log_dir, max_rows)
-    app = create_app(model, max_rows, max_body_bytes, apikeys.from_environment(), log, answers)
+    rejects = rejectlog.open_rejects(log_dir)
+    keys = apikeys.from_environment()
+    app = create_app(model, max_rows, max_body_bytes, keys, log, answers, rejects)
     app.state.follower = follow(app, model_uri, reload_interval)
     return app
 

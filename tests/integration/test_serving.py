@@ -310,9 +310,10 @@ def post_for_id(url: str, payload: object, request_id: str | None = None) -> tup
 def two_workers(registry, workdir, rows, pyfunc_predictions) -> dict:
     """Two workers serve and log what they answer, take feedback, and are stopped as an
     orchestrator stops them (SIGTERM to the process it started). Traffic: single rows and a
-    25-row request (the log's test); from ``real_at`` on 400 unshifted real rows, then, from
+    25-row request (the log's test); from ``real_at`` on 600 unshifted real rows and a
+    request with one bad row, then, from
     ``shift_at`` on,
-    400 rows with median_income x10 (the monitor's windows); feedback for the unshifted
+    600 rows with median_income x10 (the monitor's windows); feedback for the unshifted
     request, and a wrong count and an unknown id. Returns what was answered and seen."""
     import psutil
 
@@ -321,7 +322,7 @@ def two_workers(registry, workdir, rows, pyfunc_predictions) -> dict:
     args += ["--log-dir", str(log_dir)]  # the sample rate: its default, every request
     env = child_env(registry["uri"], allow_pickle=False)
     answered: dict[str, list[float]] = {}
-    X, y = housing_sample(housing_csv(), n_rows=800, seed=21)  # not the model's 2,000 rows
+    X, y = housing_sample(housing_csv(), n_rows=1_200, seed=21)  # not the model's 2,000 rows
     feedback: dict[str, tuple[int, dict]] = {}
     with server(args, env, workdir, "/ready") as url:
         for i in range(6):  # new connections: the kernel picks a worker per connection
@@ -336,16 +337,19 @@ def two_workers(registry, workdir, rows, pyfunc_predictions) -> dict:
         rid, body = post_for_id(f"{url}/invocations", {"dataframe_records": many[:3]})
         answered[rid] = body["predictions"]
         real_at = pd.Timestamp.now(tz="UTC")  # before: rows with bedrooms missing on purpose
-        rid, body = post_for_id(f"{url}/predict", {"data": records(X.head(400))}, "c-real")
+        rid, body = post_for_id(f"{url}/predict", {"data": records(X.head(600))}, "c-real")
         answered[rid] = body["predictions"]
+        bad = records(X.head(2))
+        bad[1]["ocean_proximity"] = "MARS"
+        assert post(f"{url}/predict", {"data": bad})[0] == 422  # one row rejected
         # feedback at once, on new connections (either worker): the index is shared
-        actuals = [float(v) for v in y[:400]]
+        actuals = [float(v) for v in y[:600]]
         feedback["ok"] = post(f"{url}/feedback", {"request_id": "c-real", "actuals": actuals})
         feedback["count"] = post(f"{url}/feedback", {"request_id": "c-real", "actuals": [1.0]})
         feedback["unknown"] = post(f"{url}/feedback", {"request_id": "c-nope", "actuals": [1.0]})
         feedback["shape"] = post(f"{url}/feedback", {"request_id": "c-real"})
         shift_at = pd.Timestamp.now(tz="UTC")
-        shifted = X.tail(400).assign(median_income=lambda d: d["median_income"] * 10)
+        shifted = X.tail(600).assign(median_income=lambda d: d["median_income"] * 10)
         rid, body = post_for_id(f"{url}/predict", {"data": records(shifted)}, "c-shifted")
         answered[rid] = body["predictions"]
         served = served_versions(url)
@@ -361,7 +365,7 @@ def two_workers(registry, workdir, rows, pyfunc_predictions) -> dict:
         "cmdline": cmdline,
         "alive": alive,
         "feedback": feedback,
-        "actuals": np.asarray(y[:400], dtype=float),
+        "actuals": np.asarray(y[:600], dtype=float),
         "real_at": real_at,
         "shift_at": shift_at,
     }
@@ -397,7 +401,7 @@ def test_two_workers_serve_log_what_they_answer_and_exit_together(registry, rows
 
 
 def test_feedback_then_monitor_judges_the_logged_windows(registry, workdir, two_workers):
-    """POST /feedback on the two-worker server: 200 for the 400-row request (whichever worker
+    """POST /feedback on the two-worker server: 200 for the 600-row request (whichever worker
     answered it), 422 for a wrong count or shape, 404 for an id never answered. Then
     ``mlflow run . -e monitor`` on the log: the unshifted window is ``ok`` with a live RMSE
     equal to the one of the answered predictions; the shifted one, with --fail-on-drift,
@@ -405,8 +409,8 @@ def test_feedback_then_monitor_judges_the_logged_windows(registry, workdir, two_
     import mlflow
 
     fed = two_workers["feedback"]
-    assert fed["ok"] == (200, {"request_id": "c-real", "rows": 400})
-    assert fed["count"][0] == 422 and "had 400 row(s); got 1" in json.dumps(fed["count"][1])
+    assert fed["ok"] == (200, {"request_id": "c-real", "rows": 600})
+    assert fed["count"][0] == 422 and "had 600 row(s); got 1" in json.dumps(fed["count"][1])
     assert fed["shape"][0] == 422
     assert fed["unknown"][0] == 404
     real_at, shift_at = two_workers["real_at"].isoformat(), two_workers["shift_at"].isoformat()
@@ -446,12 +450,12 @@ def test_feedback_then_monitor_judges_the_logged_windows(registry, workdir, two_
     tags, metrics = first.data.tags, first.data.metrics
     assert tags["monitor.verdict"] == "ok" and tags["monitor.drifted_features"] == ""
     assert tags["monitor.model_version"] == registry["version"]
-    # the feedback's 400 rows, scored by what the server answered
+    # the feedback's 600 rows, scored by what the server answered
     answered = np.asarray(two_workers["answered"]["c-real"])
     rmse = float(np.sqrt(np.mean((answered - two_workers["actuals"]) ** 2)))
     assert metrics["live_rmse"] == pytest.approx(rmse)
-    assert metrics["rows_with_actuals"] == 400
-    assert metrics["rows"] == 400
+    assert metrics["rows_with_actuals"] == 600
+    assert metrics["rows"] == 600 and metrics["rows_rejected"] == 1
     assert {f"psi.{name}" for name in config.FEATURES} <= set(metrics)
     assert artifacts == {"monitor/report.md", "monitor/features.png", "monitor/predictions.png"}
     assert second.data.tags["monitor.verdict"] == "drift"

@@ -79,7 +79,7 @@ def test_drifted_predictions_of_one_version_are_drift_without_a_feature(scored, 
 
 def test_a_version_without_test_predictions_is_not_judged(scored, profile):
     rows, _ = scored
-    judged = drift.judge(window(rows, 500, 2), profile, {})
+    judged = drift.judge(window(rows, 600, 2), profile, {})
     assert judged.predictions == {} and judged.verdict == "ok"
 
 
@@ -97,8 +97,8 @@ def test_the_numbers_are_the_data_contracts(table, profile, scored):
 
 def test_too_few_rows_cannot_be_judged(scored, profile):
     rows, reference = scored
-    with pytest.raises(drift.WindowError, match=r"199 served rows.*at least 200"):
-        drift.judge(window(rows, 199, 0), profile, reference)
+    with pytest.raises(drift.WindowError, match=r"499 served rows.*at least 500"):
+        drift.judge(window(rows, 499, 0), profile, reference)
 
 
 def test_thresholds_shrink_with_the_window_down_to_the_contracts():
