@@ -254,6 +254,7 @@ class InferenceLog:
         self.model_alias = model_alias
         self.limits = limits or Limits()
         self.index = index
+        self.on_table: Any = None  # called with each table of rows the writer builds
         self.files = ParquetFiles(directory, self.limits, os.getpid(), self.schema(), self.prefix)
         self.queue: queue.Queue[Entry] = queue.Queue(maxsize=queue_size)
         self.pending: list[Entry] = []  # taken from the queue, not yet columns
@@ -335,9 +336,12 @@ class InferenceLog:
         return time.time() - self.buffered_since >= self.limits.max_file_seconds
 
     def _convert(self) -> None:
-        """Pending requests -> an Arrow table of the buffer; then let the event loop run."""
+        """Pending requests -> an Arrow table of the buffer (also handed to ``on_table``, if
+        set: the drift gauge); then let the event loop run."""
         if self.pending:
             self.tables.append(self.to_table(self.pending))
+            if self.on_table is not None:
+                self.on_table(self.tables[-1])
             self.pending = []
             time.sleep(0)  # releases the GIL: a request waiting for it goes first
 
