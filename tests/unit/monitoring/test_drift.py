@@ -107,3 +107,13 @@ def test_thresholds_shrink_with_the_window_down_to_the_contracts():
     assert small > 0.1 and large == drift.RULES.psi_floor == schema.DRIFT_RULES.feature_psi.fail
     assert drift.missing_threshold(0.01, 200, 20_640) > drift.RULES.missing_floor
     assert drift.missing_threshold(0.0, 200, 20_640) == drift.RULES.missing_floor
+
+
+def test_bedrooms_going_missing_is_drift_naming_that_column_only(scored, profile):
+    rows, reference = scored
+    broken = window(rows, 1_000, 3)
+    broken.loc[broken.index[:100], "total_bedrooms"] = np.nan  # an export that drops 10%
+    judged = drift.judge(broken, profile, reference)
+    assert judged.drifted_features == ["total_bedrooms"]
+    found = judged.features["total_bedrooms"]
+    assert found.missing_rate_change.broken and not found.psi.broken
