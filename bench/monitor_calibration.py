@@ -48,7 +48,7 @@ def windows(df: pd.DataFrame, size: int, count: int, seed: int) -> list[np.ndarr
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--windows", type=int, default=1000, help="windows per size")
-    parser.add_argument("--sizes", default="200,1000,5000")
+    parser.add_argument("--sizes", default="500,1000,2000,5000")
     args = parser.parse_args()
 
     df = schema.validate_raw(pd.read_csv(housing_csv()))

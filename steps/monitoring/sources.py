@@ -156,32 +156,38 @@ class Batch:
 
 
 def read_batch(uri: str) -> Batch:
-    """A rows file as monitor judges it: predictions from predict's column when the file has
-    one (else none yet: ``prediction`` NaN), actuals from ``actual`` or the target column."""
-    # predict's output numbers its rows already; positions in this file serve the same end
-    table = localscore.read_table(uri).drop(columns=[config.ROW_COLUMN], errors="ignore")
-    valid, rejected = localscore.split_valid(table)
+    """A rows file as monitor judges it: the feature columns checked by the API's rules
+    (``schema.rejection_reasons``), predictions from predict's column when the file has one
+    (else NaN: not scored yet), actuals from ``actual`` or the target column, the version
+    from ``model_version`` (else none). Predict's output: its rejected rows are beside it."""
+    table = read_any(uri).reset_index(drop=True)
+    missing = [c for c in config.FEATURES if c not in table.columns]
+    if missing:
+        raise StepError(f"{uri}: missing column(s): {', '.join(missing)}")
+    valid, rejected = localscore.split_valid(table.loc[:, list(config.FEATURES)])
     reasons = rejected[config.REASON_COLUMN]
     beside = config.local_path(uri)
     if config.PREDICTION_COLUMN in table.columns and beside is not None:
         rejects_file = localscore.rejected_path(beside)
-        if rejects_file.is_file():  # predict's output: its rejected rows are beside it
+        if rejects_file.is_file():
             earlier = read_any(str(rejects_file))
             reasons = pd.concat([reasons, earlier.get(config.REASON_COLUMN, pd.Series())])
+    kept = table.loc[valid.index]
+
+    def column(name: str, default: object) -> object:
+        return kept[name].to_numpy() if name in kept.columns else default
+
     rows = pd.DataFrame(
         {
             "request_id": BATCH_REQUEST_ID,
             "row": valid[config.ROW_COLUMN].to_numpy(),
-            "model_version": valid["model_version"].astype(str).to_numpy()
-            if "model_version" in valid.columns
-            else None,
+            "model_version": column("model_version", None),
             **{name: valid[name].to_numpy() for name in config.FEATURES},
-            "prediction": valid[config.PREDICTION_COLUMN].to_numpy(np.float64)
-            if config.PREDICTION_COLUMN in valid.columns
-            else np.nan,
+            "prediction": column(config.PREDICTION_COLUMN, np.nan),
         }
     )
-    actual = next((c for c in ACTUAL_NAMES if c in valid.columns), None)
+    rows["prediction"] = rows["prediction"].astype(np.float64)
+    actual = next((c for c in ACTUAL_NAMES if c in kept.columns), None)
     if actual is not None:
-        rows[ACTUAL_COLUMN] = pd.to_numeric(valid[actual], errors="coerce").to_numpy(np.float64)
+        rows[ACTUAL_COLUMN] = pd.to_numeric(kept[actual], errors="coerce").to_numpy(np.float64)
     return Batch(rows, len(reasons), by_field(reasons))
