@@ -75,7 +75,9 @@ def main() -> None:
             judged = drift.judge(rows.iloc[pick], profile, reference)
             if judged.verdict == "drift":
                 alarms += 1
-                for cause in judged.drifted_features + [f"pred v{v}" for v in judged.drifted_versions]:
+                for cause in judged.drifted_features + [
+                    f"pred v{v}" for v in judged.drifted_versions
+                ]:
                     by_cause[cause] = by_cause.get(cause, 0) + 1
             for name, f in judged.features.items():
                 ratio = f.psi.value / f.psi.threshold
