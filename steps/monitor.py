@@ -39,7 +39,8 @@ from steps.monitoring import drift, live, report, sources
 from steps.serving import inferencelog
 from steps.tracking import steprun
 from steps.tracking.loading import DEFAULT_MODEL_URI, ModelLoadError, resolve_model_version
-from steps.tracking.reference import data_profile, data_run, test_predictions
+from steps.tracking.outputs import test_predictions
+from steps.tracking.reference import data_profile, data_run
 
 STEP = "monitor"
 REPORT_DIR = "monitor"

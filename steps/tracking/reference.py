@@ -1,14 +1,13 @@
-"""A registry version's reference: what its data and its model looked like at training time.
+"""A registry version's reference data: the profile the data contract keeps for it.
 
-In: a tracking store, a data version (the ``dataset.dvc_md5`` a version carries) or a train
-run id (a version's ``train_run_id`` tag). Out:
+In: a tracking store and a data version (the ``dataset.dvc_md5`` a version carries). Out:
 
 * ``data_run``: the latest FINISHED load_data run of that data version, in any experiment
   (the data contract's reference for the champion: load_data and monitor look it up alike);
 * ``data_profile``: that run's ``data_report/profile.json`` (``steps.data.contract.profile``),
-  or the profile of its raw CSV for runs from before profiles were logged;
-* ``test_predictions``: the train run's predictions on its own test rows
-  (``gate/test_predictions.parquet``, the candidate column).
+  or the profile of its raw CSV for runs from before profiles were logged.
+
+A version's predictions on its own test rows: ``steps.tracking.outputs.test_predictions``.
 
 Reads only; writes nothing. Imports nothing heavy at module level.
 """
@@ -19,8 +18,6 @@ import json
 import tempfile
 from pathlib import Path
 from typing import Any
-
-import numpy as np
 
 from steps import config
 
@@ -61,11 +58,3 @@ def data_profile(run_id: str) -> dict[str, Any]:
                 dst_path=tmp,
             )
             return contract.profile(schema.validate_raw(pd.read_csv(path)))
-
-
-def test_predictions(train_run_id: str) -> np.ndarray:
-    """What a train run's logged model predicted for its own test rows (dollars)."""
-    from steps.tracking.outputs import read_gate_predictions
-
-    table = read_gate_predictions(train_run_id)
-    return table[config.GATE_CANDIDATE_COLUMN].to_numpy(dtype=np.float64)
