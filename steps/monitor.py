@@ -84,22 +84,12 @@ def version_predictions(client, versions: list[str]) -> dict[str, np.ndarray]:
     return out
 
 
-def served_rows(log_dir: str, since: str, until: str, input_uri: str, champion: str):
-    """(rows, rejected rows or None, reasons, window label, source label)."""
+def served_rows(log_dir: str, since: str, until: str, input_uri: str):
+    """(rows, rejected rows, rows rejected per field, window label, source label); read and
+    checked before anything is looked up in MLflow."""
     if input_uri:
         batch = sources.read_batch(input_uri)
-        rows = batch.rows
-        if rows["model_version"].isna().all():
-            rows["model_version"] = champion
-        if rows["prediction"].isna().any():  # raw rows: scored as predict would score them
-            from steps.batch import localscore
-
-            pipeline, _ = localscore.load_model(f"models:/{config.MODEL_NAME}/{champion}")
-            features = rows.loc[:, list(config.FEATURES)]
-            rows["prediction"] = localscore.predict_frame(
-                pipeline, features, localscore.DEFAULT_CHUNK_ROWS, False
-            )
-        return rows, batch.rejected, batch.reasons, f"batch {input_uri}", input_uri
+        return batch.rows, batch.rejected, batch.reasons, f"batch {input_uri}", input_uri
     start, end = sources.window(since, until)
     directory = inferencelog.log_dir_or_none(log_dir)
     if directory is None:
@@ -108,6 +98,22 @@ def served_rows(log_dir: str, since: str, until: str, input_uri: str, champion: 
     rejected, reasons = sources.read_rejected_window(directory, start, end)
     label = f"{start.isoformat()} to {end.isoformat()}"
     return rows, rejected, reasons, label, str(directory)
+
+
+def complete_batch(rows: pd.DataFrame, champion: str) -> pd.DataFrame:
+    """A batch without versions is the champion's; without predictions, scored by it as
+    predict scores (raw rows)."""
+    if rows["model_version"].isna().all():
+        rows["model_version"] = champion
+    if rows["prediction"].isna().any():
+        from steps.batch import localscore
+
+        pipeline, _ = localscore.load_model(f"models:/{config.MODEL_NAME}/{champion}")
+        features = rows.loc[:, list(config.FEATURES)]
+        rows["prediction"] = localscore.predict_frame(
+            pipeline, features, localscore.DEFAULT_CHUNK_ROWS, False
+        )
+    return rows
 
 
 def log_results(
@@ -175,10 +181,10 @@ def cli(
 
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     client = mlflow.MlflowClient()
+    rows, rejected, reasons, window, source = served_rows(log_dir, since, until, input_uri)
     champion, profile, reference_label = champion_reference(client)
-    rows, rejected, reasons, window, source = served_rows(
-        log_dir, since, until, input_uri, champion
-    )
+    if input_uri:
+        rows = complete_batch(rows, champion)
     mlflow.set_tags({TAG_VERSION: champion, TAG_WINDOW: window, TAG_SOURCE: source})
     rows["model_version"] = rows["model_version"].astype(str)
     versions = sorted(rows["model_version"].unique())
