@@ -112,6 +112,12 @@ def start(log: Any, profile: dict[str, Any] | None) -> DriftGauge | None:
     """Judge ``log``'s rows against ``profile`` (None, or no log: no gauge)."""
     if log is None or profile is None:
         return None
+    # imported now, before the worker takes requests and freezes its objects (gc.freeze),
+    # not 60 s into serving in the gauge's thread, where the import would hold the GIL
+    import scipy.special  # noqa: F401
+
+    from steps.monitoring import drift  # noqa: F401
+
     gauge = DriftGauge(profile).start()
     log.on_table = gauge.add
     return gauge
