@@ -21,9 +21,10 @@ Library subpackages, by concern:
 - ``tracking``: ``steprun`` (a step's MLflow run and its end), ``provenance`` (git state, data
   version, dataset sources), ``lineage`` (upstream runs and their outputs), ``registry``
   (alias state and history), ``versions`` (register's gating, registering and settling),
-  ``loading`` (registry URIs to skops-loaded pipelines), ``reference`` (a version's data
-  profile and test predictions), ``refusals`` (a server's 401/403 as
-  one line), ``storerace`` (a store race, retried), ``trials`` (tune's trials as MLflow runs)
+  ``loading`` (registry URIs to skops-loaded pipelines), ``reference`` (the data profile
+  the contract keeps for a data version), ``champion`` (what monitor judges against),
+  ``refusals`` (a server's 401/403 as one line), ``storerace`` (a store race, retried),
+  ``trials`` (tune's trials as MLflow runs)
 - ``orchestration``: how main chains the steps: ``fingerprint`` (the code hash behind step
   reuse), ``reuse`` (the reuse key and the run that matches it), ``launch`` (steps started
   through MLflow Projects ahead of their turn, and stopped), ``pipeline`` (the chain: each

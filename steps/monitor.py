@@ -30,7 +30,6 @@ from __future__ import annotations
 import os
 
 import click
-import numpy as np
 import pandas as pd
 
 from steps import config
@@ -38,9 +37,8 @@ from steps.infra.errors import StepError
 from steps.monitoring import drift, live, report, sources
 from steps.serving import inferencelog
 from steps.tracking import steprun
-from steps.tracking.loading import DEFAULT_MODEL_URI, ModelLoadError, resolve_model_version
-from steps.tracking.outputs import test_predictions
-from steps.tracking.reference import data_profile, data_run
+from steps.tracking.champion import champion_reference, version_predictions
+from steps.tracking.loading import ModelLoadError
 
 STEP = "monitor"
 REPORT_DIR = "monitor"
@@ -51,37 +49,6 @@ TAG_VERSION = "monitor.model_version"
 TAG_WINDOW = "monitor.window"
 TAG_SOURCE = "monitor.source"
 NOTE_LIMIT = 7_900  # MLflow's tag limit is 8,000 characters; the artifact is whole
-
-
-def champion_reference(client) -> tuple[str, dict, str]:
-    """(champion version, its data profile, a label): the contract's reference for it."""
-    try:
-        champion = resolve_model_version(DEFAULT_MODEL_URI)
-    except ModelLoadError as exc:
-        raise StepError(str(exc)) from exc
-    md5 = champion.tags.get(config.TAG_DVC_MD5)
-    run = data_run(client, md5) if md5 else None
-    if run is None:
-        raise StepError(
-            f"champion v{champion.version} has no reference: no finished load_data run of its "
-            f"data version ({config.TAG_DVC_MD5}={md5 or 'unset'})"
-        )
-    label = f"v{champion.version}'s data (md5 {md5}, load_data run {run.info.run_id})"
-    return champion.version, data_profile(run.info.run_id), label
-
-
-def version_predictions(client, versions: list[str]) -> dict[str, np.ndarray]:
-    """Each served version's predictions on its own test rows (versions without: left out)."""
-    from mlflow.exceptions import MlflowException
-
-    out = {}
-    for version in versions:
-        try:
-            mv = client.get_model_version(config.MODEL_NAME, version)
-            out[version] = test_predictions(mv.tags[config.VERSION_TAG_TRAIN_RUN])
-        except (MlflowException, KeyError, StepError) as exc:
-            steprun.echo(STEP, f"v{version}: no test predictions to compare with ({exc})")
-    return out
 
 
 def served_rows(log_dir: str, since: str, until: str, input_uri: str):
@@ -182,13 +149,18 @@ def cli(
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     client = mlflow.MlflowClient()
     rows, rejected, reasons, window, source = served_rows(log_dir, since, until, input_uri)
-    champion, profile, reference_label = champion_reference(client)
+    try:
+        champion, profile, reference_label = champion_reference(client)
+    except ModelLoadError as exc:
+        raise StepError(str(exc)) from exc
     if input_uri:
         rows = complete_batch(rows, champion)
     mlflow.set_tags({TAG_VERSION: champion, TAG_WINDOW: window, TAG_SOURCE: source})
     rows["model_version"] = rows["model_version"].astype(str)
     versions = sorted(rows["model_version"].unique())
-    reference = version_predictions(client, versions)
+    reference, problems = version_predictions(client, versions)
+    for version, problem in problems.items():
+        steprun.echo(STEP, f"v{version}: no test predictions to compare with ({problem})")
     try:
         judged = drift.judge(rows, profile, reference)
     except drift.WindowError as exc:

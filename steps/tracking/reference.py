@@ -7,7 +7,7 @@ In: a tracking store and a data version (the ``dataset.dvc_md5`` a version carri
 * ``data_profile``: that run's ``data_report/profile.json`` (``steps.data.contract.profile``),
   or the profile of its raw CSV for runs from before profiles were logged.
 
-A version's predictions on its own test rows: ``steps.tracking.outputs.test_predictions``.
+What monitor judges against, built on these: ``steps.tracking.champion``.
 
 Reads only; writes nothing. Imports nothing heavy at module level.
 """
