@@ -4,7 +4,8 @@ load_data → preprocess → train → register, chained by main.
 
 Top level: the entry points, one module per MLproject entry, each a thin click command over
 library code (entry points never import each other): ``load_data``, ``preprocess``,
-``train``, ``register``, ``promote``, ``main``, ``tune``, ``serve``, ``predict``. Beside them
+``train``, ``register``, ``promote``, ``main``, ``tune``, ``serve``, ``predict``, ``monitor``.
+Beside them
 ``config`` (names, paths, tags, defaults; no side effects at import) and ``features``,
 ``models``: the classes registered models are made of (never rename or move them).
 
@@ -20,8 +21,10 @@ Library subpackages, by concern:
 - ``tracking``: ``steprun`` (a step's MLflow run and its end), ``provenance`` (git state, data
   version, dataset sources), ``lineage`` (upstream runs and their outputs), ``registry``
   (alias state and history), ``versions`` (register's gating, registering and settling),
-  ``loading`` (registry URIs to skops-loaded pipelines), ``refusals`` (a server's 401/403 as
-  one line), ``storerace`` (a store race, retried), ``trials`` (tune's trials as MLflow runs)
+  ``loading`` (registry URIs to skops-loaded pipelines), ``reference`` (the data profile
+  the contract keeps for a data version), ``champion`` (what monitor judges against),
+  ``refusals`` (a server's 401/403 as one line), ``storerace`` (a store race, retried),
+  ``trials`` (tune's trials as MLflow runs)
 - ``orchestration``: how main chains the steps: ``fingerprint`` (the code hash behind step
   reuse), ``reuse`` (the reuse key and the run that matches it), ``launch`` (steps started
   through MLflow Projects ahead of their turn, and stopped), ``pipeline`` (the chain: each
@@ -30,7 +33,12 @@ Library subpackages, by concern:
 - ``serving``: ``server`` (serve's processes: loading, workers, alias following), ``api``
   (serve's ASGI app), ``rowschema`` (a valid request row), ``batching``,
   ``protocols`` (/invocations, V2), ``follower`` (alias following), ``apikeys``, ``metrics``,
-  ``wire`` (one socket write per response)
+  ``wire`` (one socket write per response), ``inferencelog``, ``requestindex`` (the ids the
+  log holds, shared by the workers), ``feedback`` (POST /feedback), ``rejectlog`` (rows the
+  API rejected), ``driftgauge`` (drift of recent rows on /metrics)
+- ``monitoring``: monitor's library: ``drift`` (a window against the reference, the
+  verdict), ``live`` (actuals joined, RMSE/MAE per version), ``report``, ``sources`` (the
+  log's window, feedback, batch files)
 - ``batch``: ``localscore`` (predict's local engine: validation, chunked scoring, tables),
   ``sparkscore`` (predict's Spark engine; PySpark imported lazily)
 - ``infra``: ``errors`` (StepError), ``processes`` (signals, process ids), ``forkserver``

@@ -21,10 +21,7 @@ report; metrics ``n_rows``, ``n_missing_total_bedrooms``.
 
 from __future__ import annotations
 
-import json
-import tempfile
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import click
@@ -35,6 +32,7 @@ from steps.data import contract, schema
 from steps.data.acquisition import acquire
 from steps.infra.errors import StepError
 from steps.tracking import provenance, steprun, storerace
+from steps.tracking.reference import data_profile, data_run
 
 STEP = "load_data"
 NOTE_LIMIT = 7_900  # MLflow rejects tag values over 8,000 characters; the artifact is whole
@@ -48,26 +46,6 @@ class Reference:
     label: str
 
 
-def reference_profile(run_id: str) -> dict[str, Any]:
-    """A load_data run's logged profile; runs from before profiles existed: its raw CSV."""
-    import mlflow
-    from mlflow.exceptions import MlflowException
-
-    with tempfile.TemporaryDirectory() as tmp:
-        try:
-            path = mlflow.artifacts.download_artifacts(
-                run_id=run_id, artifact_path=contract.PROFILE_PATH, dst_path=tmp
-            )
-            return json.loads(Path(path).read_text())
-        except (MlflowException, OSError, ValueError):
-            path = mlflow.artifacts.download_artifacts(
-                run_id=run_id,
-                artifact_path=f"{config.RAW_ARTIFACT_DIR}/{config.RAW_FILE_NAME}",
-                dst_path=tmp,
-            )
-            return contract.profile(schema.validate_raw(pd.read_csv(path)))
-
-
 def find_reference(experiment_id: str) -> Reference:
     """The data the champion was trained on, else the last finished load; else none.
 
@@ -78,28 +56,22 @@ def find_reference(experiment_id: str) -> Reference:
     from mlflow.exceptions import MlflowException
 
     client = mlflow.MlflowClient()
-    base = f"tags.`{config.TAG_STEP}` = '{STEP}' and attributes.status = 'FINISHED'"
-
-    def latest(extra: str = "", everywhere: bool = False) -> Any:
-        ids = [e.experiment_id for e in client.search_experiments()] if everywhere else []
-        found = client.search_runs(
-            ids or [experiment_id],
-            base + extra,
-            order_by=["attributes.start_time DESC"],
-            max_results=1,
-        )
-        return found[0] if found else None
-
     try:
         champion = client.get_model_version_by_alias(config.MODEL_NAME, config.CHAMPION_ALIAS)
     except MlflowException:
         champion = None
     md5 = champion.tags.get(config.TAG_DVC_MD5) if champion else None
-    run = latest(f" and tags.`{config.TAG_DVC_MD5}` = '{md5}'", everywhere=True) if md5 else None
+    run = data_run(client, md5) if md5 else None
     if run is not None:
         label = f"the champion's data (v{champion.version}, md5 {md5}, run {run.info.run_id})"
     else:
-        run = latest()
+        found = client.search_runs(
+            [experiment_id],
+            f"tags.`{config.TAG_STEP}` = '{STEP}' and attributes.status = 'FINISHED'",
+            order_by=["attributes.start_time DESC"],
+            max_results=1,
+        )
+        run = found[0] if found else None
         if run is None:
             return Reference(None, None, "none (first load: absolute rules only)")
         label = (
@@ -107,7 +79,7 @@ def find_reference(experiment_id: str) -> Reference:
             f"run {run.info.run_id})"
         )
     try:
-        prof = reference_profile(run.info.run_id)
+        prof = data_profile(run.info.run_id)
     except (MlflowException, OSError, ValueError, schema.SchemaError) as exc:
         steprun.echo(STEP, f"reference run {run.info.run_id} has no usable data: {exc}")
         return Reference(None, None, f"none (run {run.info.run_id} has no usable data)")

@@ -19,8 +19,11 @@ that does not load is a one-line error and exit 1, before any port is bound. The
 (loading, workers, alias following): ``steps.serving.server``. Every prediction answer carries
 an ``x-request-id``; the requests are logged, one Parquet row per input row, under
 ``--log-dir`` (default ``logs/inference``; ``''`` or ``none``: off), a ``--log-sample-rate``
-share of them (``steps.serving.inferencelog``). A bad log setting is a one-line error and
-exit 1, before any port is bound.
+share of them (``steps.serving.inferencelog``), with the rows the API rejects
+(``steps.serving.rejectlog``) and the actuals clients send back to ``POST /feedback``
+(``steps.serving.feedback``) beside them; the logged rows' drift per feature is on
+``/metrics`` (``steps.serving.driftgauge``). A bad log setting is a one-line error and exit 1,
+before any port is bound.
 
 The model is read with ``skops.io.load`` and the explicit ``models.SKOPS_TRUSTED_TYPES``
 (``steps.tracking.loading``), not through ``mlflow.sklearn``: MLflow only loads sklearn models with

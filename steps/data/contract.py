@@ -20,6 +20,7 @@ so every broken rule is reported, not only the first. Nothing here logs, reads o
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -124,10 +125,11 @@ def _categorical_profile(values: pd.Series) -> dict[str, Any]:
     }
 
 
-def profile(df: pd.DataFrame) -> dict[str, Any]:
-    """The table's profile: everything a later version is compared against (JSON-ready)."""
+def profile(df: pd.DataFrame, names: Sequence[str] = config.RAW_COLUMNS) -> dict[str, Any]:
+    """The table's profile: everything a later version is compared against (JSON-ready);
+    ``names``: the columns profiled (the monitor's windows have no target)."""
     columns: dict[str, Any] = {}
-    for name in config.RAW_COLUMNS:
+    for name in names:
         if name == config.CATEGORICAL_FEATURE:
             columns[name] = _categorical_profile(df[name])
         else:
@@ -247,21 +249,29 @@ def drift_statistics(
         "columns": {},
     }
     for name, ref in reference["columns"].items():
-        cur = new["columns"][name]
-        if ref["kind"] == "categorical":
-            keys = sorted(set(ref["shares"]) | set(cur["shares"]))
-            value = psi(
-                [ref["shares"].get(k, 0.0) for k in keys], [cur["shares"].get(k, 0.0) for k in keys]
-            )
-        else:
-            present = df[name].dropna().to_numpy(dtype=np.float64)
-            edges = np.asarray(ref["psi_edges"], dtype=np.float64)
-            value = psi(ref["psi_shares"], shares_between(present, edges))
-        stats["columns"][name] = {
-            "psi": value,
-            "missing_rate_change": cur["missing_rate"] - ref["missing_rate"],
-        }
+        stats["columns"][name] = column_drift(df[name], ref)
     return stats
+
+
+def column_drift(values: pd.Series, reference: dict[str, Any]) -> dict[str, float]:
+    """One column's PSI and missing-rate change against the column's reference profile.
+
+    The one drift computation: the contract (a new data version) and the monitor (a window
+    of served rows, ``steps.monitoring.drift``) both call it.
+    """
+    missing_rate = float(values.isna().mean()) if len(values) else 0.0
+    if reference["kind"] == "categorical":
+        shares = values.dropna().astype(str).value_counts(normalize=True)
+        keys = sorted(set(reference["shares"]) | set(shares.index))
+        value = psi(
+            [reference["shares"].get(k, 0.0) for k in keys],
+            [float(shares.get(k, 0.0)) for k in keys],
+        )
+    else:
+        present = values.dropna().to_numpy(dtype=np.float64)
+        edges = np.asarray(reference["psi_edges"], dtype=np.float64)
+        value = psi(reference["psi_shares"], shares_between(present, edges))
+    return {"psi": value, "missing_rate_change": missing_rate - reference["missing_rate"]}
 
 
 def drift_findings(

@@ -13,6 +13,9 @@ request limits. Out: ``create_app(...)``, the app uvicorn serves:
   names its model in ``x-model-name``/``x-model-version`` and its request in ``x-request-id``
   (the client's, if sane, else a new one), and with an inference log
   (``steps.serving.inferencelog``) its rows go there under that id.
+* ``POST /feedback`` ``{"request_id", "actuals"}``: the actual values of an answered
+  request's rows, logged beside the inference log (``steps.serving.feedback``); rows
+  that fail validation are logged too (``steps.serving.rejectlog``).
 * ``GET /metrics`` (``steps.serving.metrics``), ``/health``, ``/ping``, ``/ready``, ``/version``,
   ``/docs``.
 
@@ -47,10 +50,12 @@ from fastapi.openapi.utils import get_openapi
 from fastapi.responses import Response
 from pydantic import BaseModel, ValidationError
 
-from steps.serving import apikeys, metrics
+from steps.serving import apikeys, metrics, rejectlog
 from steps.serving.batching import MicroBatcher, Scorer, predict_rows, scorer
+from steps.serving.feedback import Feedback
 from steps.serving.inferencelog import REQUEST_ID_HEADER, InferenceLog, request_id
 from steps.serving.protocols import V2_OUTPUT, invocation_rows, v2_metadata, v2_rows
+from steps.serving.rejectlog import RejectLog
 from steps.serving.rowschema import (
     DEFAULT_MAX_ROWS,
     HousingRow,
@@ -356,9 +361,13 @@ class Handlers:
         state: Any,
         max_rows: int = DEFAULT_MAX_ROWS,
         inference_log: InferenceLog | None = None,
+        feedback: Feedback | None = None,
+        rejects: RejectLog | None = None,
     ) -> None:
         self.state = state
         self.inference_log = inference_log
+        self.feedback_log = feedback
+        self.rejects = rejects
         self.max_rows = max_rows
         self.request_schema = request_model(max_rows)
         self.batcher = MicroBatcher(predict_and_count)
@@ -384,13 +393,19 @@ class Handlers:
         validate: Callable[[], Any],
         root: str = "data",
         respond: Callable[[int, Any], Answer] = detail_error,
+        rid: str = "",
+        endpoint: str = "",
     ) -> list[HousingRow] | Answer:
         """The validated rows, or the 413/422 answer: one validation path for every protocol
-        (``respond`` shapes the error body the protocol's clients expect)."""
+        (``respond`` shapes the error body the protocol's clients expect). A rejection goes
+        to the rejected-rows log (if any) under ``rid``."""
         try:
             return validate().data
         except ValidationError as exc:
-            if any(e["type"] == "too_long" and e["loc"] == ("data",) for e in exc.errors()):
+            errors = exc.errors(include_url=False, include_context=False)
+            if self.rejects is not None:
+                self.rejects.record_rejected(rid, endpoint, rejectlog.reasons(errors))
+            if any(e["type"] == "too_long" and e["loc"] == ("data",) for e in errors):
                 return respond(413, f"too many rows: the maximum per request is {self.max_rows}")
             return respond(422, error_detail(exc, root))
 
@@ -399,7 +414,9 @@ class Handlers:
         served = self.served
         if served is None:
             return self.not_ready
-        rows = self.rows_or_error(lambda: self.request_schema.model_validate_json(raw))
+        rows = self.rows_or_error(
+            lambda: self.request_schema.model_validate_json(raw), rid=rid, endpoint="/predict"
+        )
         if isinstance(rows, tuple):
             return rows
         predictions = await self.score(served, rows, rid, "/predict")
@@ -425,12 +442,22 @@ class Handlers:
             item = {"type": "invalid_payload", "loc": ["body"], "msg": str(exc)[:300]}
             return answer({"detail": [item]}, 422)
         rows = self.rows_or_error(
-            lambda: self.request_schema.model_validate({"data": records}), root
+            lambda: self.request_schema.model_validate({"data": records}),
+            root,
+            rid=rid,
+            endpoint="/invocations",
         )
         if isinstance(rows, tuple):
             return rows
         predictions = await self.score(served, rows, rid, "/invocations")
         return answer({"predictions": predictions.tolist()}, served=served)
+
+    async def feedback(self, raw: bytes) -> Answer:
+        """``POST /feedback``: a request's actual values (``steps.serving.feedback``)."""
+        if self.feedback_log is None:
+            return answer({"detail": "no inference log (--log-dir none): no feedback"}, 503)
+        status, payload = await self.feedback_log.answer(raw)
+        return answer(payload, status)
 
     def v2_model(self, model_name: str) -> ServedModel | Answer:
         """The served model if it is the one a V2 path names, else the 503/404 answer."""
@@ -452,7 +479,11 @@ class Handlers:
         except (ValueError, RecursionError) as exc:  # bad JSON or not a V2 request
             return answer({"error": str(exc)[:300]}, 400)
         rows = self.rows_or_error(
-            lambda: self.request_schema.model_validate({"data": records}), "rows", v2_error
+            lambda: self.request_schema.model_validate({"data": records}),
+            "rows",
+            v2_error,
+            rid,
+            V2_INFER_PATH,
         )
         if isinstance(rows, tuple):
             return rows
@@ -545,6 +576,22 @@ def add_prediction_routes(app: HousingAPI, handlers: Handlers, too_big: str) -> 
         return to_response(with_request_id(reply, rid))
 
 
+def add_feedback_route(app: HousingAPI, handlers: Handlers) -> None:
+    """POST /feedback: actual values for an answered request's rows."""
+
+    @app.post(
+        "/feedback",
+        summary="Actual values for the rows of an answered request (by its x-request-id)",
+        responses={
+            404: {"description": "Unknown request id, or answered longer ago than retention"},
+            422: {"description": "Not {request_id, actuals}, or not one actual per row"},
+            503: {"description": "No inference log, or its queue is full"},
+        },
+    )
+    async def feedback(request: Request) -> Response:
+        return to_response(await handlers.feedback(await request.body()))
+
+
 def add_v2_routes(app: HousingAPI, handlers: Handlers, too_big: str) -> None:
     """The Open Inference Protocol (V2): KServe, Triton and MLServer clients."""
 
@@ -593,6 +640,8 @@ def create_app(
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
     api_keys: apikeys.KeyStore | None = None,
     inference_log: InferenceLog | None = None,
+    feedback: Feedback | None = None,
+    rejects: RejectLog | None = None,
 ) -> HousingAPI:
     """The ASGI app serving ``model`` (None: not ready, predictions and /ready answer 503);
     ``api_keys``: the keys every request but the health probes and /docs must present;
@@ -605,6 +654,10 @@ def create_app(
         yield
         if inference_log is not None:  # a worker's exit: its last rows reach a closed file
             inference_log.close()
+        if feedback is not None:
+            feedback.close()
+        if rejects is not None:
+            rejects.close()
 
     app = HousingAPI(
         title="California housing price API",
@@ -617,12 +670,13 @@ def create_app(
     app.api_keys = api_keys
     if model is not None:
         metrics.serving(model.ref.name, model.ref.version)
-    handlers = Handlers(app.state, max_rows, inference_log)
+    handlers = Handlers(app.state, max_rows, inference_log, feedback, rejects)
     app.handlers = handlers
     too_big = f"More than {max_rows} rows or more than {max_body_bytes} bytes"
     add_probe_routes(app, handlers)
     add_prediction_routes(app, handlers, too_big)
     add_v2_routes(app, handlers, too_big)
+    add_feedback_route(app, handlers)
     _install_openapi(app, handlers.request_schema)
     app.add_middleware(BodySizeLimit, max_bytes=max_body_bytes)
     app.add_middleware(metrics.RequestMetrics)  # 413s from the limit count too

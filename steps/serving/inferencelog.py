@@ -57,6 +57,7 @@ import numpy as np
 
 from steps import config
 from steps.serving import metrics
+from steps.serving.requestindex import RequestIndex
 
 # --- defaults (serve's --log-dir / --log-sample-rate and the MLproject mirror these) --------
 DEFAULT_LOG_DIR = "logs/inference"  # relative to serve's working directory
@@ -172,11 +173,19 @@ class ParquetFiles:
     the files it closed in ``closed``.
     """
 
-    def __init__(self, directory: Path, limits: Limits, pid: int) -> None:
+    def __init__(
+        self,
+        directory: Path,
+        limits: Limits,
+        pid: int,
+        schema: Any = None,
+        prefix: str = "requests",
+    ) -> None:
         self.directory = directory
         self.limits = limits
         self.pid = pid
-        self.schema = _schema()
+        self.schema = _schema() if schema is None else schema
+        self.prefix = prefix
         self.seq = 0
         self.writer: Any = None
         self.tmp: Path | None = None
@@ -191,7 +200,7 @@ class ParquetFiles:
         now = datetime.now(UTC)
         day = self.directory / now.strftime("%Y-%m-%d")
         day.mkdir(parents=True, exist_ok=True)
-        name = f"requests-{self.pid}-{now.strftime('%Y%m%dT%H%M%SZ')}-{self.seq:06d}.parquet"
+        name = f"{self.prefix}-{self.pid}-{now.strftime('%Y%m%dT%H%M%SZ')}-{self.seq:06d}.parquet"
         self.seq += 1
         self.final = day / name
         self.tmp = day / f".{name}.tmp"  # hidden: readers of the directory skip it
@@ -230,6 +239,8 @@ class InferenceLog:
     and stops the thread.
     """
 
+    prefix = "requests"
+
     def __init__(
         self,
         directory: Path,
@@ -237,11 +248,14 @@ class InferenceLog:
         model_alias: str | None = None,
         limits: Limits | None = None,
         queue_size: int = QUEUE_REQUESTS,
+        index: RequestIndex | None = None,
     ) -> None:
         self.sample_rate = sample_rate
         self.model_alias = model_alias
         self.limits = limits or Limits()
-        self.files = ParquetFiles(directory, self.limits, os.getpid())
+        self.index = index
+        self.on_table: Any = None  # called with each table of rows the writer builds
+        self.files = ParquetFiles(directory, self.limits, os.getpid(), self.schema(), self.prefix)
         self.queue: queue.Queue[Entry] = queue.Queue(maxsize=queue_size)
         self.pending: list[Entry] = []  # taken from the queue, not yet columns
         self.tables: list[Any] = []  # columns, not yet written
@@ -284,10 +298,15 @@ class InferenceLog:
             except Exception:  # a full disk must not kill the thread: retry next tick
                 logging.getLogger("uvicorn.error").exception("inference log: write failed")
 
+    def schema(self) -> Any:
+        return _schema()
+
     def drain(self, final: bool = False) -> None:
         """Move the queue into the buffer; write a row group when it is big enough, or when
-        the file is due (age) or ``final``; ``final`` also closes the file."""
+        the file is due (age) or ``final``; ``final`` also closes the file. The requests
+        taken go to the request index (if any) at once, before their rows reach a file."""
         with self._lock:
+            taken: list[tuple[str, float, int]] = []
             while True:
                 try:
                     entry = self.queue.get_nowait()
@@ -296,11 +315,15 @@ class InferenceLog:
                 if not self.buffered_rows:
                     self.buffered_since = entry[1]
                 self.pending.append(entry)
-                self.buffered_rows += len(entry[5])
+                # every entry: its id at [0], unix time at [1], one value per row at [-1]
+                taken.append((entry[0], entry[1], len(entry[-1])))
+                self.buffered_rows += len(entry[-1])
                 if len(self.pending) >= CONVERT_REQUESTS:
                     self._convert()
                 if self.buffered_rows >= self.limits.row_group_rows:
                     self._flush_buffer()
+            if taken and self.index is not None:
+                self.index.add(taken)
             if self.buffered_rows and (final or self._due()):
                 self._flush_buffer()
             if final or self.files.expired():
@@ -313,9 +336,12 @@ class InferenceLog:
         return time.time() - self.buffered_since >= self.limits.max_file_seconds
 
     def _convert(self) -> None:
-        """Pending requests -> an Arrow table of the buffer; then let the event loop run."""
+        """Pending requests -> an Arrow table of the buffer (also handed to ``on_table``, if
+        set: the drift gauge); then let the event loop run."""
         if self.pending:
             self.tables.append(self.to_table(self.pending))
+            if self.on_table is not None:
+                self.on_table(self.tables[-1])
             self.pending = []
             time.sleep(0)  # releases the GIL: a request waiting for it goes first
 
@@ -375,13 +401,16 @@ class InferenceLog:
         self._stop.set()
         self._thread.join(timeout=30)
         self.drain(final=True)
+        if self.index is not None:
+            self.index.close()
         atexit.unregister(self.close)
 
 
 def open_log(
     directory: Path | None, sample_rate: float, model_alias: str | None
 ) -> InferenceLog | None:
-    """The process's log (None: off, or a sample rate of 0)."""
+    """The process's log (None: off, or a sample rate of 0), writing the ids it logs to the
+    directory's request index (``steps.serving.requestindex``: what ``/feedback`` checks)."""
     if directory is None or sample_rate <= 0:
         return None
-    return InferenceLog(directory, sample_rate, model_alias)
+    return InferenceLog(directory, sample_rate, model_alias, index=RequestIndex(directory))

@@ -14,7 +14,10 @@ any worker adds them all up). Out: the metrics below, in Prometheus' text format
   ``unreachable``: the alias follower's outcomes);
 - ``housing_api_inference_log_written_total``, ``housing_api_inference_log_dropped_total``:
   rows the inference log wrote, and dropped because its queue was full
-  (``steps.serving.inferencelog``).
+  (``steps.serving.inferencelog``);
+- ``housing_api_feature_psi{feature}``, ``housing_api_feature_missing_rate_change{feature}``,
+  ``housing_api_feature_drift{feature}``, ``housing_api_drift_window_rows``: drift of the
+  workers' recent rows (``steps.serving.driftgauge``).
 """
 
 from __future__ import annotations
@@ -68,6 +71,30 @@ def instruments() -> dict[str, Any]:
             "housing_api_inference_log_dropped", "Inference log rows dropped (queue full)"
         ),
         "log_written": Counter("housing_api_inference_log_written", "Inference log rows written"),
+        # drift gauges (steps.serving.driftgauge): the highest of the live workers' values
+        "feature_psi": Gauge(
+            "housing_api_feature_psi",
+            "PSI of the recent rows against the reference data, per feature",
+            ["feature"],
+            multiprocess_mode="livemax",
+        ),
+        "feature_missing": Gauge(
+            "housing_api_feature_missing_rate_change",
+            "Missing-rate change of the recent rows against the reference data, per feature",
+            ["feature"],
+            multiprocess_mode="livemax",
+        ),
+        "feature_drift": Gauge(
+            "housing_api_feature_drift",
+            "1 when the feature's recent rows are over monitor's drift threshold",
+            ["feature"],
+            multiprocess_mode="livemax",
+        ),
+        "drift_rows": Gauge(
+            "housing_api_drift_window_rows",
+            "Recent rows the drift gauges judged",
+            multiprocess_mode="livemax",
+        ),
     }
 
 
@@ -168,3 +195,15 @@ def inference_log_dropped(rows: int) -> None:
 def inference_log_written(rows: int) -> None:
     """Rows the inference log wrote to Parquet."""
     instruments()["log_written"].inc(rows)
+
+
+def feature_drift(feature: str, psi: float, missing_change: float, drifted: bool) -> None:
+    """One feature's drift over a worker's recent rows (``steps.serving.driftgauge``)."""
+    m = instruments()
+    m["feature_psi"].labels(feature).set(psi)
+    m["feature_missing"].labels(feature).set(missing_change)
+    m["feature_drift"].labels(feature).set(1.0 if drifted else 0.0)
+
+
+def drift_window(rows: int) -> None:
+    instruments()["drift_rows"].set(rows)

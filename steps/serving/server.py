@@ -10,7 +10,10 @@ returns when uvicorn stops); a model that does not resolve, load or predict is a
 Written: nothing to MLflow. Environment for the workers: ``STEPS_SERVE_WORKER_SETTINGS``
 (the parent's local model copy and the app's settings), the metrics' multiprocess directory
 (``steps.serving.metrics``) and ``OMP_NUM_THREADS=1``; one line per start and model swap on
-stderr; each worker's inference log files (``steps.serving.inferencelog``). The endpoints:
+stderr; each worker's inference log files (``steps.serving.inferencelog``), feedback
+(``steps.serving.feedback``) and rejected rows (``steps.serving.rejectlog``); the drift of
+the logged rows against the served version's reference data on /metrics
+(``steps.serving.driftgauge``; the reference is looked up once, at start-up). The endpoints:
 ``steps.serving.api``; alias following: ``steps.serving.follower``.
 """
 
@@ -28,7 +31,7 @@ import click
 import numpy as np
 from fastapi import FastAPI
 
-from steps.serving import apikeys, inferencelog, metrics
+from steps.serving import apikeys, driftgauge, feedback, inferencelog, metrics, rejectlog
 from steps.serving.api import ServedModel, create_app
 from steps.serving.batching import predict_rows, scorer
 from steps.serving.follower import ModelFollower
@@ -128,12 +131,18 @@ def serving_app(
     max_body_bytes: int,
     log_dir: Path | None = None,
     log_sample_rate: float = inferencelog.DEFAULT_SAMPLE_RATE,
+    drift_profile: dict | None = None,
 ) -> FastAPI:
     """The app for ``model``, following ``model_uri`` every ``reload_interval`` seconds and
-    logging its predictions under ``log_dir`` (None: not at all), this process's own files."""
+    logging its predictions under ``log_dir`` (None: not at all), this process's own files;
+    the logged rows' drift against ``drift_profile`` (None: none) on /metrics."""
     alias = parse_registry_uri(model_uri)[2]
     log = inferencelog.open_log(log_dir, log_sample_rate, alias)
-    app = create_app(model, max_rows, max_body_bytes, apikeys.from_environment(), log)
+    driftgauge.start(log, drift_profile)
+    answers = feedback.open_feedback(log_dir, max_rows)
+    rejects = rejectlog.open_rejects(log_dir)
+    keys = apikeys.from_environment()
+    app = create_app(model, max_rows, max_body_bytes, keys, log, answers, rejects)
     app.state.follower = follow(app, model_uri, reload_interval)
     return app
 
@@ -155,6 +164,7 @@ def worker_app() -> FastAPI:
         settings["max_body_bytes"],
         Path(settings["log_dir"]) if settings["log_dir"] else None,
         settings["log_sample_rate"],
+        settings["drift_profile"],
     )
     tune_process_for_serving()
     return app
@@ -183,6 +193,7 @@ def run_server(
         ref = resolve_model_version(model_uri)
         model_dir = download_model(ref, Path(tmp))
         pipeline = load_skops_pipeline(model_dir)
+        profile = driftgauge.reference_profile(ref) if log_dir else None
         follows = f", following the alias every {reload_interval:g} s" if reload_interval else ""
         logs = f"; logging {log_sample_rate:g} of requests to {log_dir}" if log_dir else ""
         click.echo(
@@ -201,6 +212,7 @@ def run_server(
                 max_body_bytes,
                 log_dir,
                 log_sample_rate,
+                profile,
             )
             tune_process_for_serving()
             uvicorn.run(app, **options)
@@ -216,6 +228,7 @@ def run_server(
                 "max_body_bytes": max_body_bytes,
                 "log_dir": str(log_dir) if log_dir else "",
                 "log_sample_rate": log_sample_rate,
+                "drift_profile": profile,
             }
         )
         # Inherited by the workers before their OpenMP runtime starts.

@@ -3,7 +3,8 @@
 * preprocess: ``splits/train.parquet``, ``splits/test.parquet`` and
   ``preprocessor/preprocessor.skops`` (``read_preprocess_outputs``: train and tune); the
   splits a given train run was fitted on (``read_train_splits``: register's gate, promote).
-* train: ``gate/test_predictions.parquet`` (``read_gate_predictions``: register's gate).
+* train: ``gate/test_predictions.parquet`` (``read_gate_predictions``: register's gate;
+  ``test_predictions``: the logged model's column, monitor's reference for predictions).
 
 Reads artifacts only; writes nothing. Imports nothing heavy at module level.
 """
@@ -88,3 +89,9 @@ def read_train_splits(train_run_id: str, *names: str) -> list[Any]:
                     f"is unavailable: {one_line(exc, 160)}"
                 ) from exc
     return frames
+
+
+def test_predictions(train_run_id: str) -> Any:
+    """What a train run's logged model predicted for its own test rows (dollars, numpy)."""
+    table = read_gate_predictions(train_run_id)
+    return table[config.GATE_CANDIDATE_COLUMN].to_numpy(dtype="float64")

@@ -26,10 +26,16 @@ from steps.batch import localscore
 from tests.support import (
     PROJECT_ROOT,
     demo_pipeline,
+    error_lines,
     free_port,
     housing_csv,
     housing_sample,
+    latest_run,
+    launched_run_id,
+    log_demo_reference,
+    mlflow_run_local,
     register_demo_model,
+    run_cmd,
     stop,
     tracking,
     wait_http,
@@ -137,6 +143,11 @@ def registry(workdir) -> dict:
     with tracking(uri):
         version = register_demo_model(uri, pipeline, X, artifact_root=workdir / "artifacts")
         mv = mlflow.MlflowClient().get_model_version(config.MODEL_NAME, version)
+        # monitor's reference: the data version's profile and the version's test predictions
+        table = pd.read_csv(housing_csv())
+        log_demo_reference(
+            mv.tags["train_run_id"], table, table.sample(2_000, random_state=4), pipeline
+        )
     return {"uri": uri, "version": version, "tags": dict(mv.tags), "run_id": mv.run_id}
 
 
@@ -295,12 +306,15 @@ def post_for_id(url: str, payload: object, request_id: str | None = None) -> tup
         return r.headers["x-request-id"], json.loads(r.read())
 
 
-def test_two_workers_serve_log_what_they_answer_and_exit_together(
-    registry, workdir, rows, pyfunc_predictions
-):
-    """Two workers each serve and log what they answer; stopped as an orchestrator stops them
-    (SIGTERM to the process it started), both exit, each closes its log files, and pandas
-    reads one row per input row under the answered request ids."""
+@pytest.fixture(scope="module")
+def two_workers(registry, workdir, rows, pyfunc_predictions) -> dict:
+    """Two workers serve and log what they answer, take feedback, and are stopped as an
+    orchestrator stops them (SIGTERM to the process it started). Traffic: single rows and a
+    25-row request (the log's test); from ``real_at`` on 600 unshifted real rows and a
+    request with one bad row, then, from
+    ``shift_at`` on,
+    600 rows with median_income x10 (the monitor's windows); feedback for the unshifted
+    request, and a wrong count and an unknown id. Returns what was answered and seen."""
     import psutil
 
     log_dir = workdir / "inference-log"
@@ -308,6 +322,8 @@ def test_two_workers_serve_log_what_they_answer_and_exit_together(
     args += ["--log-dir", str(log_dir)]  # the sample rate: its default, every request
     env = child_env(registry["uri"], allow_pickle=False)
     answered: dict[str, list[float]] = {}
+    X, y = housing_sample(housing_csv(), n_rows=1_200, seed=21)  # not the model's 2,000 rows
+    feedback: dict[str, tuple[int, dict]] = {}
     with server(args, env, workdir, "/ready") as url:
         for i in range(6):  # new connections: the kernel picks a worker per connection
             rid, body = post_for_id(f"{url}/predict", {"data": records(rows.iloc[[i]])}, f"c-{i}")
@@ -320,19 +336,54 @@ def test_two_workers_serve_log_what_they_answer_and_exit_together(
         answered[rid] = body["predictions"]
         rid, body = post_for_id(f"{url}/invocations", {"dataframe_records": many[:3]})
         answered[rid] = body["predictions"]
+        real_at = pd.Timestamp.now(tz="UTC")  # before: rows with bedrooms missing on purpose
+        rid, body = post_for_id(f"{url}/predict", {"data": records(X.head(600))}, "c-real")
+        answered[rid] = body["predictions"]
+        bad = records(X.head(2))
+        bad[1]["ocean_proximity"] = "MARS"
+        assert post(f"{url}/predict", {"data": bad})[0] == 422  # one row rejected
+        # feedback at once, on new connections (either worker): the index is shared
+        actuals = [float(v) for v in y[:600]]
+        feedback["ok"] = post(f"{url}/feedback", {"request_id": "c-real", "actuals": actuals})
+        feedback["count"] = post(f"{url}/feedback", {"request_id": "c-real", "actuals": [1.0]})
+        feedback["unknown"] = post(f"{url}/feedback", {"request_id": "c-nope", "actuals": [1.0]})
+        feedback["shape"] = post(f"{url}/feedback", {"request_id": "c-real"})
+        shift_at = pd.Timestamp.now(tz="UTC")
+        shifted = X.tail(600).assign(median_income=lambda d: d["median_income"] * 10)
+        rid, body = post_for_id(f"{url}/predict", {"data": records(shifted)}, "c-shifted")
+        answered[rid] = body["predictions"]
         served = served_versions(url)
-        assert set(served.values()) == {registry["version"]} and len(served) == 2, served
         workers = [psutil.Process(int(pid)) for pid in served]
         (supervisor,) = {worker.parent() for worker in workers}
-        assert "steps.serve" in supervisor.cmdline()
+        cmdline = supervisor.cmdline()
         supervisor.terminate()
         _, alive = psutil.wait_procs([supervisor, *workers], timeout=60)
-        assert not alive, f"still running 60 s after SIGTERM: {alive}"
+    return {
+        "log_dir": log_dir,
+        "answered": answered,
+        "served": served,
+        "cmdline": cmdline,
+        "alive": alive,
+        "feedback": feedback,
+        "actuals": np.asarray(y[:600], dtype=float),
+        "real_at": real_at,
+        "shift_at": shift_at,
+    }
+
+
+def test_two_workers_serve_log_what_they_answer_and_exit_together(registry, rows, two_workers):
+    """Two workers each serve and log what they answer; after SIGTERM both exit, each closes
+    its log files, and pandas reads one row per input row under the answered request ids."""
+    answered, log_dir = two_workers["answered"], two_workers["log_dir"]
+    served = two_workers["served"]
+    assert set(served.values()) == {registry["version"]} and len(served) == 2, served
+    assert "steps.serve" in two_workers["cmdline"]
+    assert not two_workers["alive"], f"still running 60 s after SIGTERM: {two_workers['alive']}"
 
     generated = [rid for rid in answered if not rid.startswith("c-")]
     assert len(generated) == 2 and all(len(rid) == 32 for rid in generated)
     assert not list(log_dir.rglob("*.tmp"))  # every file closed and renamed
-    names = [f.name for f in log_dir.rglob("*.parquet")]
+    names = [f.name for f in log_dir.glob("*/*.parquet")]
     assert names and all(
         re.fullmatch(r"requests-\d+-\d{8}T\d{6}Z-\d{6}\.parquet", n) for n in names
     )
@@ -347,6 +398,69 @@ def test_two_workers_serve_log_what_they_answer_and_exit_together(
     pd.testing.assert_series_equal(
         big["total_bedrooms"].reset_index(drop=True), expected["total_bedrooms"], check_dtype=False
     )
+
+
+def test_feedback_then_monitor_judges_the_logged_windows(registry, workdir, two_workers):
+    """POST /feedback on the two-worker server: 200 for the 600-row request (whichever worker
+    answered it), 422 for a wrong count or shape, 404 for an id never answered. Then
+    ``mlflow run . -e monitor`` on the log: the unshifted window is ``ok`` with a live RMSE
+    equal to the one of the answered predictions; the shifted one, with --fail-on-drift,
+    is ``drift`` naming median_income only and exits 1."""
+    import mlflow
+
+    fed = two_workers["feedback"]
+    assert fed["ok"] == (200, {"request_id": "c-real", "rows": 600})
+    assert fed["count"][0] == 422 and "had 600 row(s); got 1" in json.dumps(fed["count"][1])
+    assert fed["shape"][0] == 422
+    assert fed["unknown"][0] == 404
+    real_at, shift_at = two_workers["real_at"].isoformat(), two_workers["shift_at"].isoformat()
+    env = child_env(registry["uri"], allow_pickle=False)
+    log_dir = str(two_workers["log_dir"])
+    ok = run_cmd(
+        mlflow_run_local(
+            "monitor",
+            "-P",
+            f"log_dir={log_dir}",
+            "-P",
+            f"since={real_at}",
+            "-P",
+            f"until={shift_at}",
+        ),
+        cwd=PROJECT_ROOT,
+        env=env,
+    )
+    assert ok.returncode == 0, ok.stderr[-3000:]
+    shifted = run_cmd(
+        [sys.executable, "-m", "steps.monitor", "--log-dir", log_dir, "--since", shift_at,
+         "--fail-on-drift", "true"],
+        cwd=workdir,
+        env=env,
+    )  # fmt: skip
+    assert shifted.returncode == 1
+    assert error_lines(shifted.stderr) == [
+        "error: monitor: drift in median_income (see monitor/report.md)"
+    ]
+
+    with tracking(registry["uri"]):
+        client = mlflow.MlflowClient()
+        first = client.get_run(launched_run_id(ok.stderr))
+        second = latest_run(client, "monitor")
+        artifacts = {a.path for a in client.list_artifacts(first.info.run_id, "monitor")}
+    assert first.info.status == "FINISHED" and second.info.status == "FAILED"
+    tags, metrics = first.data.tags, first.data.metrics
+    assert tags["monitor.verdict"] == "ok" and tags["monitor.drifted_features"] == ""
+    assert tags["monitor.model_version"] == registry["version"]
+    # the feedback's 600 rows, scored by what the server answered
+    answered = np.asarray(two_workers["answered"]["c-real"])
+    rmse = float(np.sqrt(np.mean((answered - two_workers["actuals"]) ** 2)))
+    assert metrics["live_rmse"] == pytest.approx(rmse)
+    assert metrics["rows_with_actuals"] == 600
+    assert metrics["rows"] == 600 and metrics["rows_rejected"] == 1
+    assert {f"psi.{name}" for name in config.FEATURES} <= set(metrics)
+    assert artifacts == {"monitor/report.md", "monitor/features.png", "monitor/predictions.png"}
+    assert second.data.tags["monitor.verdict"] == "drift"
+    assert second.data.tags["monitor.drifted_features"] == "median_income"
+    assert second.data.metrics["psi.median_income"] > 1
 
 
 # --- mlflow models serve ------------------------------------------------------------------

@@ -37,6 +37,7 @@ from tests.support.mlflow_helpers import (
     assert_nothing_moved,
     demo_pipeline,
     latest_run,
+    log_demo_reference,
     register_demo_model,
     tracking,
 )
@@ -111,6 +112,7 @@ __all__ = [
     "kill_session",
     "latest_run",
     "launched_run_id",
+    "log_demo_reference",
     "make_env",
     "make_output",
     "messy_rows",

@@ -113,3 +113,27 @@ def tracking(uri: str) -> Iterator[None]:
             os.environ.pop("MLFLOW_TRACKING_URI", None)
         else:
             os.environ["MLFLOW_TRACKING_URI"] = previous_env
+
+
+def log_demo_reference(train_run_id: str, table: pd.DataFrame, test: pd.DataFrame, pipeline) -> str:
+    """What load_data and train log that ``monitor`` judges a demo version against: a
+    FINISHED load_data run of the demo data version (``DEMO_TAGS``' md5) with the data
+    contract's profile of ``table`` (raw columns), and the train run's
+    ``gate/test_predictions.parquet`` for the raw rows ``test``. Returns the load_data run id.
+    """
+    import tempfile
+
+    import mlflow
+
+    from steps.data import contract
+    from steps.ml import gate
+
+    tags = {config.TAG_STEP: "load_data", config.TAG_DVC_MD5: DEMO_TAGS[config.TAG_DVC_MD5]}
+    with mlflow.start_run(tags=tags) as run:
+        mlflow.log_dict(contract.profile(table), contract.PROFILE_PATH)
+    predicted = pipeline.predict(test.loc[:, list(config.FEATURES)])
+    with tempfile.TemporaryDirectory() as tmp, mlflow.start_run(run_id=train_run_id):
+        path = Path(tmp) / Path(config.GATE_PREDICTIONS_FILE).name
+        gate.prediction_table(test, predicted, predicted).to_parquet(path)
+        mlflow.log_artifact(str(path), str(Path(config.GATE_PREDICTIONS_FILE).parent))
+    return run.info.run_id

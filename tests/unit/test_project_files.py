@@ -22,6 +22,7 @@ ENTRY_POINTS = (
     "main",
     "serve",
     "predict",
+    "monitor",
 )
 
 

@@ -1,0 +1,52 @@
+"""monitor's command on bad input: one ``error: monitor:`` line, exit 1, a FAILED run, and
+no report (a real process on a real, empty SQLite store)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from steps import config
+from tests.support import tracking
+
+
+def run_monitor(tmp_path, *args: str) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
+    env["MLFLOW_TRACKING_URI"] = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    env["PYTHONPATH"] = str(config.PROJECT_ROOT)
+    return subprocess.run(
+        [sys.executable, "-m", "steps.monitor", *args],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--since", "yesterday"], "error: monitor: --since 'yesterday' is not an ISO-8601 time"),
+        (
+            ["--log-dir", "."],
+            "error: monitor: cannot resolve models:/CaliforniaHousingRegressor@champion",
+        ),
+    ],
+    ids=["bad-time", "no-champion"],
+)
+def test_bad_input_is_one_line_and_a_failed_run(tmp_path, args, message):
+    import mlflow
+
+    result = run_monitor(tmp_path, *args)
+    assert result.returncode == 1
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and errors[0].startswith(message), result.stderr
+    assert "Traceback" not in result.stderr
+    with tracking(f"sqlite:///{tmp_path / 'mlflow.db'}"):
+        (run,) = mlflow.search_runs(experiment_names=[config.EXPERIMENT_NAME], output_format="list")
+    assert run.info.status == "FAILED" and run.data.tags[config.TAG_STEP] == "monitor"
+    assert "monitor.verdict" not in run.data.tags
