@@ -9,8 +9,9 @@ itself: ``steps.orchestration.parent``.
 Written (MLflow, on the parent run): tags ``pipeline.step``, ``pipeline.git_dirty``,
 ``pipeline.<step>.run_id``, ``pipeline.<step>.reused``, ``registry.version``,
 ``registry.alias``, ``dataset.dvc_md5``; metric ``test_rmse``; its name and description (the
-step table); each started child's ``mlflow.source.name``; runs ended KILLED or FAILED when
-the pipeline stops early.
+step table); each started child's ``mlflow.source.name`` and ``mlflow.project.env`` (the
+parent's: the children run where main runs, e.g. inside main's docker container); runs
+ended KILLED or FAILED when the pipeline stops early.
 """
 
 from __future__ import annotations
@@ -40,6 +41,11 @@ from steps.orchestration.summary import StepResult, key_metric, result_row, run_
 from steps.tracking import provenance, steprun
 
 STEPS = ("load_data", "preprocess", "train", "register")
+# Under `mlflow run <git URL>` children are launched from the temp clone, so MLflow names their
+# source file:///tmp/…: they get the parent's (the URL the user ran, #subdir kept). Under a
+# docker_env (k8s/MLproject) main launches them with env_manager=local inside its own
+# container, where MLflow tags nothing: they get the parent's `mlflow.project.env` (docker).
+INHERITED_TAGS = (config.TAG_MLFLOW_SOURCE_NAME, config.TAG_MLFLOW_PROJECT_ENV)
 
 
 @dataclass
@@ -50,7 +56,7 @@ class Pipeline:
     client: Any
     experiment_id: str
     data_md5: str
-    source_name: str | None  # the parent's mlflow.source.name, given to every child
+    inherited: dict[str, str]  # the parent's tags that every started child gets (INHERITED_TAGS)
     live: list[Launched] = field(default_factory=list)  # started, not yet done
 
 
@@ -61,9 +67,8 @@ def open_pipeline(opts: dict[str, Any]) -> Pipeline:
     parent = open_parent_run()
     client = mlflow.MlflowClient()
     tag_experiment_kind(client, parent.info.experiment_id)
-    # Under `mlflow run <git URL>` children are launched from the temp clone, so MLflow names
-    # their source file:///tmp/…; give them the parent's (the URL the user ran, #subdir kept).
-    source_name = client.get_run(parent.info.run_id).data.tags.get(config.TAG_MLFLOW_SOURCE_NAME)
+    tags = client.get_run(parent.info.run_id).data.tags
+    inherited = {name: tags[name] for name in INHERITED_TAGS if tags.get(name)}
     git = provenance.git_state()
     data_md5 = provenance.expected_md5(config.PROJECT_ROOT)
     mlflow.set_tags(
@@ -75,7 +80,7 @@ def open_pipeline(opts: dict[str, Any]) -> Pipeline:
     )
     if git.dirty:
         steprun.echo(STEP, "uncommitted changes: runs are keyed on the code as it is on disk")
-    return Pipeline(parent, client, parent.info.experiment_id, data_md5, source_name)
+    return Pipeline(parent, client, parent.info.experiment_id, data_md5, inherited)
 
 
 def run_steps(
@@ -120,8 +125,8 @@ def run_steps(
             launched = chain.run_next(client)
             pipeline.live.remove(launched)
             started, run_id = launched.released, launched.run_id
-            if pipeline.source_name:
-                client.set_tag(run_id, config.TAG_MLFLOW_SOURCE_NAME, pipeline.source_name)
+            for name, value in pipeline.inherited.items():
+                client.set_tag(run_id, name, value)
         run = client.get_run(run_id)
         elapsed = time.perf_counter() - started
         result = StepResult(step, run_id, hit is not None, elapsed, key_metric(step, run))
