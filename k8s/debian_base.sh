@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # A base image made from Debian's packages alone, for machines that cannot pull one from a
-# registry: `debootstrap --variant=minbase bookworm` + Python 3.11 (with venv), git and the CA
-# certificates, imported with `docker import`. Prints the image's tag (the only stdout line).
+# registry: `debootstrap --variant=minbase bookworm` + Python 3.11 (with venv) and the CA
+# certificates, imported with `docker import` (k8s/Dockerfile adds the rest with apt-get).
+# Prints the image's tag (the only stdout line).
 #
 #   k8s/debian_base.sh      # → california-housing-price-base:bookworm-<hash of this script>
 #
@@ -16,7 +17,7 @@ BASE_REPOSITORY="${BASE_REPOSITORY:-california-housing-price-base}"
 DEBIAN_MIRROR="${DEBIAN_MIRROR:-http://deb.debian.org/debian}"
 # python3-distutils provides python3.11-distutils, which python3.11-venv needs: debootstrap
 # does not resolve virtual packages, so it is named here.
-PACKAGES=python3.11,python3.11-venv,python3-distutils,git,ca-certificates
+PACKAGES=python3.11,python3.11-venv,python3-distutils,ca-certificates
 
 log() { echo "[debian_base.sh] $*" >&2; }
 die() { log "error: $*"; exit 1; }
@@ -42,7 +43,11 @@ if compgen -G "/usr/local/share/ca-certificates/*.crt" >/dev/null; then
   chroot "$root" update-ca-certificates >&2
 fi
 
-# An image is not a machine: no package caches, lists, manuals or translations (~130 MB).
+# An image is not a machine: no package caches, lists, manuals or translations (~130 MB),
+# now or from packages installed later (dpkg's path-exclude).
+printf '%s\n' 'path-exclude=/usr/share/doc/*' 'path-exclude=/usr/share/man/*' \
+  'path-exclude=/usr/share/info/*' 'path-exclude=/usr/share/locale/*' \
+  >"$root/etc/dpkg/dpkg.cfg.d/01-image-excludes"
 rm -rf "$root"/var/cache/apt/archives/*.deb "$root"/var/lib/apt/lists/* "$root"/debootstrap \
   "$root"/usr/share/doc/* "$root"/usr/share/man/* "$root"/usr/share/info/* \
   "$root"/usr/share/locale/* "$root"/var/log/*.log
