@@ -229,7 +229,11 @@ def test_server_follows_the_alias_moved_by_a_kubernetes_job(server, tracking, im
     mlflow_client = client(tracking)
     first = mlflow_client.get_model_version_by_alias(config.MODEL_NAME, config.CHAMPION_ALIAS)
     second = mlflow_client.create_model_version(
-        config.MODEL_NAME, first.source, run_id=first.run_id, tags=first.tags
+        config.MODEL_NAME,
+        first.source,
+        run_id=first.run_id,
+        tags=first.tags,
+        model_id=first.model_id or first.source.removeprefix("models:/"),
     )
     kb = mlflow_kubernetes()
     template = yaml.safe_load((PROJECT_ROOT / "k8s" / "kubernetes_job_template.yaml").read_text())
