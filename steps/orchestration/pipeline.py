@@ -9,8 +9,8 @@ itself: ``steps.orchestration.parent``.
 Written (MLflow, on the parent run): tags ``pipeline.step``, ``pipeline.git_dirty``,
 ``pipeline.<step>.run_id``, ``pipeline.<step>.reused``, ``registry.version``,
 ``registry.alias``, ``dataset.dvc_md5``; metric ``test_rmse``; its name and description (the
-step table); each started child's ``mlflow.source.name`` and ``mlflow.project.env`` (the
-parent's: the children run where main runs, e.g. inside main's docker container); runs
+step table); each started child's ``mlflow.source.name``, ``mlflow.project.env`` and
+``mlflow.source.git.commit`` (the parent's: INHERITED_TAGS); runs
 ended KILLED or FAILED when the pipeline stops early.
 """
 
@@ -44,8 +44,14 @@ STEPS = ("load_data", "preprocess", "train", "register")
 # Under `mlflow run <git URL>` children are launched from the temp clone, so MLflow names their
 # source file:///tmp/…: they get the parent's (the URL the user ran, #subdir kept). Under a
 # docker_env (k8s/MLproject) main launches them with env_manager=local inside its own
-# container, where MLflow tags nothing: they get the parent's `mlflow.project.env` (docker).
-INHERITED_TAGS = (config.TAG_MLFLOW_SOURCE_NAME, config.TAG_MLFLOW_PROJECT_ENV)
+# container, where MLflow tags no environment and the commit is the image's own snapshot of
+# the project: they get the parent's `mlflow.project.env` (docker) and the commit the user ran.
+# Set as each child starts: register reads train's commit as soon as train has finished.
+INHERITED_TAGS = (
+    config.TAG_MLFLOW_SOURCE_NAME,
+    config.TAG_MLFLOW_PROJECT_ENV,
+    config.TAG_MLFLOW_GIT_COMMIT,
+)
 
 
 @dataclass
@@ -102,6 +108,8 @@ def run_steps(
                 step, params, env_manager, pipeline.experiment_id, log, gate, is_verbose
             )
             pipeline.live.append(launched)
+        for name, value in pipeline.inherited.items():
+            pipeline.client.set_tag(launched.run_id, name, value)
         return launched
 
     client = pipeline.client
@@ -125,8 +133,6 @@ def run_steps(
             launched = chain.run_next(client)
             pipeline.live.remove(launched)
             started, run_id = launched.released, launched.run_id
-            for name, value in pipeline.inherited.items():
-                client.set_tag(run_id, name, value)
         run = client.get_run(run_id)
         elapsed = time.perf_counter() - started
         result = StepResult(step, run_id, hit is not None, elapsed, key_metric(step, run))

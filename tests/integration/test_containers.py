@@ -134,8 +134,9 @@ def client(tracking: str) -> Any:
 
 
 def test_pipeline_runs_in_docker_and_registers_a_champion(pipeline, tracking):
-    """Every step is a nested run that says it ran in docker; the champion is the train
-    run's model; the data was fetched from inside the container."""
+    """Every step is a nested run that says it ran in docker and names the commit the user
+    ran; the champion is the train run's model; the data was fetched from inside the
+    container."""
     assert pipeline["downloads"], "the container did not download the data"
     mlflow_client = client(tracking)
     experiment = mlflow_client.get_experiment_by_name(config.EXPERIMENT_NAME)
@@ -149,11 +150,15 @@ def test_pipeline_runs_in_docker_and_registers_a_champion(pipeline, tracking):
         assert run.info.status == "FINISHED", run.info.run_name
         assert run.data.tags.get("mlflow.project.env") == "docker", run.info.run_name
         assert run.info.artifact_uri.startswith("mlflow-artifacts:"), run.info.artifact_uri
+    # the commit the user ran, not the image's own snapshot of it
+    head = run_cmd(["git", "rev-parse", "HEAD"], PROJECT_ROOT, dict(os.environ)).stdout.strip()
     for run in children.values():
         assert run.data.tags["mlflow.parentRunId"] == parent.info.run_id
+        assert run.data.tags[config.TAG_MLFLOW_GIT_COMMIT] == head, run.info.run_name
     assert parent.data.tags["mlflow.docker.image.uri"].startswith("california-housing-price:")
     champion = mlflow_client.get_model_version_by_alias(config.MODEL_NAME, config.CHAMPION_ALIAS)
     assert champion.run_id == children["train"].info.run_id
+    assert champion.tags[config.VERSION_TAG_GIT_COMMIT] == head
 
 
 @pytest.fixture(scope="module")
