@@ -58,7 +58,7 @@ PREFLIGHT = python -m steps.infra.accounts check --experiment-name $(PIPELINE_EX
 
 .DEFAULT_GOAL := help
 .PHONY: help setup spark-setup data test-prerequisites lock run steps run-from-git serve predict test coverage test-unit test-integration test-git-url \
-	test-envmanagers bench lint format server server-postgres accounts serve-readonly ui clean
+	test-envmanagers image bench lint format server server-postgres accounts serve-readonly ui clean
 
 help: ## list targets
 	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN{FS=":.*?## "}{printf "  %-18s %s\n", $$1, $$2}'
@@ -147,6 +147,27 @@ predict: setup $(if $(filter spark,$(ENGINE)),spark-setup) ## batch predictions 
 	mlflow run . -e predict --env-manager local --experiment-name $(PIPELINE_EXPERIMENT) \
 	  -P input=$(call location,$(INPUT)) -P output=$(call location,$(OUTPUT)) \
 	  $(if $(ENGINE),-P engine=$(ENGINE)) $(if $(SPARK_MASTER),-P 'spark_master=$(SPARK_MASTER)')
+
+# The image (k8s/Dockerfile): the pipeline's steps in docker (k8s/MLproject), the Kubernetes
+# Jobs and the prediction server. Needs no .venv: Docker (.ci/docker.sh installs and starts
+# Debian's engine when none answers; root) and, without BASE_IMAGE, a base made from Debian's
+# packages (k8s/debian_base.sh: debootstrap + docker import, built once). The build context is
+# exactly the files k8s/Dockerfile.dockerignore lets through; RUN steps use the host's network
+# (dockerd here runs without a bridge).
+IMAGE ?= california-housing-price
+# empty: the Debian bookworm base made here; else any image with python3.11 (python:3.11.7-slim)
+BASE_IMAGE ?=
+IMAGE_FILES = $(shell sed -n 's,^!,,p' k8s/Dockerfile.dockerignore | sed 's,/\*\*$$,,') k8s/Dockerfile
+IMAGE_TAG = $(shell git rev-parse --short=12 HEAD 2>/dev/null || echo unknown)$(if $(shell git status --porcelain 2>/dev/null),-dirty)
+image: ## build $(IMAGE):latest and :<commit> (k8s/Dockerfile; Debian base made here unless BASE_IMAGE=…)
+	@$(if $(BASE_IMAGE),,DOCKER_NEEDS=debootstrap) .ci/docker.sh >/dev/null
+	@start=$$(date +%s); \
+	base='$(BASE_IMAGE)'; [ -n "$$base" ] || base="$$(k8s/debian_base.sh)" || exit; \
+	tar -c --exclude=__pycache__ $(IMAGE_FILES) | docker build --network host -f k8s/Dockerfile \
+	  --build-arg BASE_IMAGE="$$base" --build-arg SOURCE_COMMIT=$(IMAGE_TAG) \
+	  -t $(IMAGE):latest -t $(IMAGE):$(IMAGE_TAG) - || exit; \
+	echo "built $(IMAGE):latest = $(IMAGE):$(IMAGE_TAG) on $$base in $$(( $$(date +%s) - start )) s," \
+	  "$$(docker image inspect --format '{{.Size}}' $(IMAGE):latest | awk '{printf "%.0f MB", $$1/1e6}')"
 
 # What the suite cannot install into .venv itself: checked first, one line each. The bare
 # `mlflow run . -e main` of the README builds its env with pyenv's Python of python_env.yaml.

@@ -73,6 +73,7 @@ TAG_MLFLOW_NOTE = "mlflow.note.content"  # the run's description
 TAG_MLFLOW_GIT_COMMIT = "mlflow.source.git.commit"
 TAG_MLFLOW_SOURCE_NAME = "mlflow.source.name"
 TAG_MLFLOW_USER = "mlflow.user"
+TAG_MLFLOW_PROJECT_ENV = "mlflow.project.env"  # where MLflow ran the entry point (docker, …)
 
 
 def tag_pipeline_step(step: str, field: str) -> str:

@@ -9,8 +9,9 @@ itself: ``steps.orchestration.parent``.
 Written (MLflow, on the parent run): tags ``pipeline.step``, ``pipeline.git_dirty``,
 ``pipeline.<step>.run_id``, ``pipeline.<step>.reused``, ``registry.version``,
 ``registry.alias``, ``dataset.dvc_md5``; metric ``test_rmse``; its name and description (the
-step table); each started child's ``mlflow.source.name``; runs ended KILLED or FAILED when
-the pipeline stops early.
+step table); each started child's ``mlflow.source.name``, ``mlflow.project.env`` and
+``mlflow.source.git.commit`` (the parent's: INHERITED_TAGS); runs
+ended KILLED or FAILED when the pipeline stops early.
 """
 
 from __future__ import annotations
@@ -40,6 +41,17 @@ from steps.orchestration.summary import StepResult, key_metric, result_row, run_
 from steps.tracking import provenance, steprun
 
 STEPS = ("load_data", "preprocess", "train", "register")
+# Under `mlflow run <git URL>` children are launched from the temp clone, so MLflow names their
+# source file:///tmp/…: they get the parent's (the URL the user ran, #subdir kept). Under a
+# docker_env (k8s/MLproject) main launches them with env_manager=local inside its own
+# container, where MLflow tags no environment and the commit is the image's own snapshot of
+# the project: they get the parent's `mlflow.project.env` (docker) and the commit the user ran.
+# Set as each child starts: register reads train's commit as soon as train has finished.
+INHERITED_TAGS = (
+    config.TAG_MLFLOW_SOURCE_NAME,
+    config.TAG_MLFLOW_PROJECT_ENV,
+    config.TAG_MLFLOW_GIT_COMMIT,
+)
 
 
 @dataclass
@@ -50,7 +62,7 @@ class Pipeline:
     client: Any
     experiment_id: str
     data_md5: str
-    source_name: str | None  # the parent's mlflow.source.name, given to every child
+    inherited: dict[str, str]  # the parent's tags that every started child gets (INHERITED_TAGS)
     live: list[Launched] = field(default_factory=list)  # started, not yet done
 
 
@@ -61,9 +73,8 @@ def open_pipeline(opts: dict[str, Any]) -> Pipeline:
     parent = open_parent_run()
     client = mlflow.MlflowClient()
     tag_experiment_kind(client, parent.info.experiment_id)
-    # Under `mlflow run <git URL>` children are launched from the temp clone, so MLflow names
-    # their source file:///tmp/…; give them the parent's (the URL the user ran, #subdir kept).
-    source_name = client.get_run(parent.info.run_id).data.tags.get(config.TAG_MLFLOW_SOURCE_NAME)
+    tags = client.get_run(parent.info.run_id).data.tags
+    inherited = {name: tags[name] for name in INHERITED_TAGS if tags.get(name)}
     git = provenance.git_state()
     data_md5 = provenance.expected_md5(config.PROJECT_ROOT)
     mlflow.set_tags(
@@ -75,7 +86,7 @@ def open_pipeline(opts: dict[str, Any]) -> Pipeline:
     )
     if git.dirty:
         steprun.echo(STEP, "uncommitted changes: runs are keyed on the code as it is on disk")
-    return Pipeline(parent, client, parent.info.experiment_id, data_md5, source_name)
+    return Pipeline(parent, client, parent.info.experiment_id, data_md5, inherited)
 
 
 def run_steps(
@@ -97,6 +108,8 @@ def run_steps(
                 step, params, env_manager, pipeline.experiment_id, log, gate, is_verbose
             )
             pipeline.live.append(launched)
+        for name, value in pipeline.inherited.items():
+            pipeline.client.set_tag(launched.run_id, name, value)
         return launched
 
     client = pipeline.client
@@ -120,8 +133,6 @@ def run_steps(
             launched = chain.run_next(client)
             pipeline.live.remove(launched)
             started, run_id = launched.released, launched.run_id
-            if pipeline.source_name:
-                client.set_tag(run_id, config.TAG_MLFLOW_SOURCE_NAME, pipeline.source_name)
         run = client.get_run(run_id)
         elapsed = time.perf_counter() - started
         result = StepResult(step, run_id, hit is not None, elapsed, key_metric(step, run))

@@ -3,12 +3,15 @@ argv and environments."""
 
 from __future__ import annotations
 
+import importlib
 import os
 import re
 import shutil
 import subprocess
 import sys
+import types
 from pathlib import Path
+from unittest import mock
 
 from tests.support.data import PROJECT_ROOT, housing_tgz
 
@@ -97,3 +100,20 @@ def run_main(project: Path, tracking_uri: str, *args: str) -> subprocess.Complet
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
     return result
+
+
+def mlflow_kubernetes() -> types.ModuleType:
+    """mlflow.projects.kubernetes, whose Job-building functions are pure: when the optional
+    `kubernetes` client is not installed it is stubbed for the import only."""
+    try:
+        return importlib.import_module("mlflow.projects.kubernetes")
+    except ImportError:
+        pass
+    names = ("kubernetes", "kubernetes.config", "kubernetes.config.config_exception")
+    stubs = {name: types.ModuleType(name) for name in names}
+    stubs["kubernetes.config.config_exception"].ConfigException = type(
+        "ConfigException", (Exception,), {}
+    )
+    with mock.patch.dict(sys.modules, stubs):
+        sys.modules.pop("mlflow.projects.kubernetes", None)
+        return importlib.import_module("mlflow.projects.kubernetes")

@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-import importlib
 import json
 import re
-import sys
 import types
-from unittest import mock
 
 import pytest
 import yaml
@@ -15,6 +12,7 @@ from mlflow.projects import _parse_kubernetes_config
 from mlflow.projects import _project_spec as project_spec
 
 from steps import config
+from tests.support import mlflow_kubernetes
 
 ROOT = config.PROJECT_ROOT
 K8S = ROOT / "k8s"
@@ -22,20 +20,7 @@ K8S = ROOT / "k8s"
 
 @pytest.fixture(scope="module")
 def kb() -> types.ModuleType:
-    """mlflow.projects.kubernetes; its job-building functions are pure, so when the optional
-    `kubernetes`/`docker` clients are not installed they are stubbed for the import only."""
-    try:
-        return importlib.import_module("mlflow.projects.kubernetes")
-    except ImportError:
-        pass
-    names = ("docker", "kubernetes", "kubernetes.config", "kubernetes.config.config_exception")
-    stubs = {name: types.ModuleType(name) for name in names}
-    stubs["kubernetes.config.config_exception"].ConfigException = type(
-        "ConfigException", (Exception,), {}
-    )
-    with mock.patch.dict(sys.modules, stubs):
-        sys.modules.pop("mlflow.projects.kubernetes", None)
-        return importlib.import_module("mlflow.projects.kubernetes")
+    return mlflow_kubernetes()
 
 
 @pytest.fixture(scope="module")
@@ -122,18 +107,38 @@ def test_job_template_is_the_documented_format():
 
 def test_dockerfile_installs_the_pinned_requirements_and_the_steps():
     dockerfile = (K8S / "Dockerfile").read_text()
-    assert re.search(r"^FROM python:3\.11", dockerfile, re.M)
+    # a registry's Python image when there is one; make image passes the Debian base otherwise
+    assert re.search(r"^ARG BASE_IMAGE=python:3\.11", dockerfile, re.M)
+    assert re.search(r"^FROM \$\{BASE_IMAGE\}$", dockerfile, re.M)
     assert "COPY requirements.lock" in dockerfile
-    assert "pip install --no-cache-dir --require-hashes -r requirements.lock" in dockerfile
-    assert "COPY steps/ steps/" in dockerfile
+    assert re.search(
+        r"--require-hashes[\s\\]+--python /opt/venv/bin/python -r \S+requirements.lock", dockerfile
+    )
+    assert "COPY --chown=10001:10001 steps/ steps/" in dockerfile
     assert "PYTHONPATH=/opt/project" in dockerfile
-    # everything the image COPYs from the repo root exists there
-    for line in dockerfile.splitlines():
-        if line.startswith("COPY "):
-            for src in line.split()[1:-1]:
-                assert (ROOT / src).exists(), src
+    # the code is copied after the packages: a code change rebuilds neither them nor the base
+    assert dockerfile.index("requirements.lock") < dockerfile.index(
+        "COPY --chown=10001:10001 steps/"
+    )
+    # everything the image COPYs from the repo root exists there and is in the build context
+    # (make image sends what the .dockerignore lets through, nothing else)
     ignore = (K8S / "Dockerfile.dockerignore").read_text()
-    assert "!requirements.lock" in ignore and "!steps/**" in ignore
+    allowed = [line[1:].removesuffix("/**") for line in ignore.splitlines() if line[:1] == "!"]
+    for line in dockerfile.splitlines():
+        if line.startswith("COPY ") and "--from=" not in line:
+            for src in [w for w in line.split()[1:-1] if not w.startswith("--")]:
+                assert (ROOT / src).exists(), src
+                assert src.rstrip("/") in allowed, f"{src} is not in the build context"
+
+
+def test_job_runs_as_the_images_user():
+    """The Job's pod user is the one the image creates (it owns /opt/project)."""
+    dockerfile = (K8S / "Dockerfile").read_text()
+    uid = re.search(r"useradd --create-home --uid (\d+) mlflow", dockerfile).group(1)
+    template = yaml.safe_load((K8S / "kubernetes_job_template.yaml").read_text())
+    security = template["spec"]["template"]["spec"]["securityContext"]
+    assert str(security["runAsUser"]) == uid
+    assert security["runAsNonRoot"] is True
 
 
 def test_docs_explain_the_k8s_run():
