@@ -30,6 +30,7 @@ from tests.support import (
 _SESSION_STARTED = pytest.StashKey[float]()
 LONGEST_FIRST = (
     "test_readme.py",
+    "test_containers.py",
     "test_ci_paths.py",
     "test_pipeline.py",
     "test_bad_data_matrix.py",
