@@ -33,6 +33,7 @@ from steps import config
 from tests.support import (
     AUTH_ADMIN_PASSWORD,
     PROJECT_ROOT,
+    SAMPLE_ROW,
     TEST_ACCOUNTS,
     apply_accounts,
     auth_env,
@@ -60,17 +61,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.integration]
 
 PASSWORDS = [password for _, _, password in TEST_ACCOUNTS]
 API_KEYS = ("first-api-key-0123456789", "second-api-key-0123456789")
-ROW = {
-    "longitude": -122.23,
-    "latitude": 37.88,
-    "housing_median_age": 41,
-    "total_rooms": 880,
-    "total_bedrooms": 129,
-    "population": 322,
-    "households": 126,
-    "median_income": 8.3252,
-    "ocean_proximity": "NEAR BAY",
-}
+ROW = SAMPLE_ROW
 
 
 # --- fixtures -----------------------------------------------------------------------------

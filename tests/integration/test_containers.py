@@ -28,6 +28,7 @@ import yaml
 from steps import config
 from tests.support import (
     PROJECT_ROOT,
+    SAMPLE_ROW,
     free_port,
     housing_tgz,
     mlflow_kubernetes,
@@ -40,17 +41,7 @@ from tests.support import (
 pytestmark = [pytest.mark.slow, pytest.mark.integration, pytest.mark.docker]
 
 IMAGE = "california-housing-price:latest"
-ROW = {
-    "longitude": -122.23,
-    "latitude": 37.88,
-    "housing_median_age": 41,
-    "total_rooms": 880,
-    "total_bedrooms": 129,
-    "population": 322,
-    "households": 126,
-    "median_income": 8.3252,
-    "ocean_proximity": "NEAR BAY",
-}
+ROW = SAMPLE_ROW
 
 
 def docker(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:

@@ -41,7 +41,13 @@ from tests.support.mlflow_helpers import (
     register_demo_model,
     tracking,
 )
-from tests.support.predicting import error_lines, messy_rows, predict_env, run_predict
+from tests.support.predicting import (
+    SAMPLE_ROW,
+    error_lines,
+    messy_rows,
+    predict_env,
+    run_predict,
+)
 from tests.support.processes import (
     PLAIN_PATH,
     clean_shell_env,
@@ -93,6 +99,7 @@ __all__ = [
     "PROJECT_ROOT",
     "RESAMPLE_COORD_JITTER",
     "RESAMPLE_REL_JITTER",
+    "SAMPLE_ROW",
     "TEST_ACCOUNTS",
     "VENV",
     "apply_accounts",

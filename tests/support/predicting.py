@@ -62,3 +62,17 @@ def messy_rows(X: pd.DataFrame) -> pd.DataFrame:
     for row, (column, value) in cases.items():
         df.loc[row, column] = value
     return df
+
+
+# One raw row as a client sends it (the first row of the California housing data).
+SAMPLE_ROW = {
+    "longitude": -122.23,
+    "latitude": 37.88,
+    "housing_median_age": 41,
+    "total_rooms": 880,
+    "total_bedrooms": 129,
+    "population": 322,
+    "households": 126,
+    "median_income": 8.3252,
+    "ocean_proximity": "NEAR BAY",
+}

@@ -78,13 +78,18 @@ def run_processes(sid: int, project: Path) -> list[Any]:
 
 def kill_session(sid: int) -> None:
     """SIGTERM, then SIGKILL, whatever a session left running (servers sent to background)."""
+
+    terminate(session_processes(sid), timeout=15)
+
+
+def terminate(procs: list[Any], timeout: float) -> None:
+    """SIGTERM each process, then SIGKILL those still alive after ``timeout`` seconds."""
     import psutil
 
-    procs = session_processes(sid)
     for proc in procs:
         with contextlib.suppress(psutil.Error):
             proc.terminate()
-    _, alive = psutil.wait_procs(procs, timeout=15)
+    _, alive = psutil.wait_procs(procs, timeout=timeout)
     for proc in alive:
         with contextlib.suppress(psutil.Error):
             proc.kill()
@@ -118,13 +123,5 @@ def step_servers(under: Path | None = None, since: float = 0.0) -> list[Any]:
 
 def stop_step_servers(under: Path | None = None, since: float = 0.0) -> None:
     """End the step servers a test started (they outlive the runs they served by design)."""
-    import psutil
 
-    procs = step_servers(under, since)
-    for proc in procs:
-        with contextlib.suppress(psutil.Error):
-            proc.terminate()
-    _, alive = psutil.wait_procs(procs, timeout=10)
-    for proc in alive:
-        with contextlib.suppress(psutil.Error):
-            proc.kill()
+    terminate(step_servers(under, since), timeout=10)
