@@ -537,16 +537,18 @@ def start_server(path: str) -> subprocess.Popen:
     # nor a diagnostic asked of one run: every worker would print its import profile
     dropped = {config.FORKSERVER_ENV, "PYTHONPROFILEIMPORTTIME"}
     env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_") and k not in dropped}
-    return subprocess.Popen(
-        [sys.executable, "-m", "steps.infra.forkserver", "daemon", path, str(os.getpid())],
-        stdin=subprocess.DEVNULL,
-        # its imports' warnings would reach the terminal, not a step's log
-        stdout=subprocess.DEVNULL,
-        stderr=None if config.verbose() else subprocess.DEVNULL,
-        cwd=config.PROJECT_ROOT,
-        env=env,
-        start_new_session=True,  # a Ctrl-C for the run is not for the server
-    )
+    # Its own output goes to a file beside its socket, never to ours: it outlives us, and a
+    # caller reading our output to its end would wait for the server too.
+    with open(path + ".log", "wb") as log:
+        return subprocess.Popen(
+            [sys.executable, "-m", "steps.infra.forkserver", "daemon", path, str(os.getpid())],
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=log,
+            cwd=config.PROJECT_ROOT,
+            env=env,
+            start_new_session=True,  # a Ctrl-C for the run is not for the server
+        )
 
 
 @contextlib.contextmanager

@@ -455,7 +455,8 @@ class Handlers:
     async def feedback(self, raw: bytes) -> Answer:
         """``POST /feedback``: a request's actual values (``steps.serving.feedback``)."""
         if self.feedback_log is None:
-            return answer({"detail": "no inference log (--log-dir none): no feedback"}, 503)
+            # not a passing outage: this server is configured to take none (so not a 5xx)
+            return answer({"detail": "no inference log (--log-dir none): no feedback"}, 404)
         status, payload = await self.feedback_log.answer(raw)
         return answer(payload, status)
 
@@ -583,9 +584,12 @@ def add_feedback_route(app: HousingAPI, handlers: Handlers) -> None:
         "/feedback",
         summary="Actual values for the rows of an answered request (by its x-request-id)",
         responses={
-            404: {"description": "Unknown request id, or answered longer ago than retention"},
+            404: {
+                "description": "Unknown request id, answered longer ago than retention, "
+                "or no inference log on this server"
+            },
             422: {"description": "Not {request_id, actuals}, or not one actual per row"},
-            503: {"description": "No inference log, or its queue is full"},
+            503: {"description": "The feedback queue is full"},
         },
     )
     async def feedback(request: Request) -> Response:

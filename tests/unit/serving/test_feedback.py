@@ -96,7 +96,8 @@ def test_no_log_no_feedback(pipeline):
     app = api.create_app(api.ServedModel(pipeline, REF), MAX_ROWS, MAX_BODY)
     with TestClient(app) as client:
         r = client.post("/feedback", json={"request_id": "x", "actuals": [1.0]})
-        assert r.status_code == 503
+        assert r.status_code == 404
+        assert "no inference log" in r.json()["detail"]
 
 
 def test_writers_prune_ids_past_retention(tmp_path):
