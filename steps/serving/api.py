@@ -536,10 +536,9 @@ class Handlers:
         return answer(reply, served=served)
 
 
-def shadow_status(app: HousingAPI, handlers: Handlers) -> dict[str, Any] | None:
-    """/ready's view of the shadow alias (None: no shadow)."""
-    if not handlers.shadow_alias:
-        return None
+def shadow_status(app: HousingAPI, handlers: Handlers) -> dict[str, Any]:
+    """/ready's view of the shadow alias: its version (None: not loaded yet), the canary
+    share and its follower's status."""
     challenger = app.state.shadow
     follower = app.state.shadow_follower
     return {
@@ -574,15 +573,15 @@ def add_probe_routes(app: HousingAPI, handlers: Handlers) -> None:
         served = handlers.served
         if served is None:
             return to_response(handlers.not_ready)
-        return json_response(
-            {
-                "status": "ready",
-                "model_name": served.ref.name,
-                "model_version": served.ref.version,
-                "reload": app.state.follower.status() if app.state.follower else None,
-                "shadow": shadow_status(app, handlers),
-            }
-        )
+        body = {
+            "status": "ready",
+            "model_name": served.ref.name,
+            "model_version": served.ref.version,
+            "reload": app.state.follower.status() if app.state.follower else None,
+        }
+        if handlers.shadow_alias:
+            body["shadow"] = shadow_status(app, handlers)
+        return json_response(body)
 
     @app.get("/version", response_model=VersionInfo, summary="Served model and its lineage")
     async def version() -> Response:
