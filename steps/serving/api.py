@@ -12,7 +12,9 @@ request limits. Out: ``create_app(...)``, the app uvicorn serves:
   prediction answer
   names its model in ``x-model-name``/``x-model-version`` and its request in ``x-request-id``
   (the client's, if sane, else a new one), and with an inference log
-  (``steps.serving.inferencelog``) its rows go there under that id.
+  (``steps.serving.inferencelog``) its rows go there under that id. With a shadow alias
+  (``steps.serving.shadow``) its version, ``state.shadow``, answers the canary share of
+  request ids, and the log's writer scores the other requests' rows with it.
 * ``POST /feedback`` ``{"request_id", "actuals"}``: the actual values of an answered
   request's rows, logged beside the inference log (``steps.serving.feedback``); rows
   that fail validation are logged too (``steps.serving.rejectlog``).
