@@ -35,7 +35,8 @@ Library subpackages, by concern:
   ``protocols`` (/invocations, V2), ``follower`` (alias following), ``apikeys``, ``metrics``,
   ``wire`` (one socket write per response), ``inferencelog``, ``requestindex`` (the ids the
   log holds, shared by the workers), ``feedback`` (POST /feedback), ``rejectlog`` (rows the
-  API rejected), ``driftgauge`` (drift of recent rows on /metrics)
+  API rejected), ``driftgauge`` (drift of recent rows on /metrics), ``shadow`` (a second
+  alias scoring the logged requests, and a canary share answered by it)
 - ``monitoring``: monitor's library: ``drift`` (a window against the reference, the
   verdict), ``live`` (actuals joined, RMSE/MAE per version), ``report``, ``sources`` (the
   log's window, feedback, batch files)

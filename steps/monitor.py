@@ -16,7 +16,11 @@ prediction drift per version, live RMSE/MAE per version where actuals came back)
 Out (MLflow, a run tagged ``pipeline.step=monitor``): metrics ``rows``,
 ``psi.<feature>``, ``missing_rate_change.<feature>``, ``prediction_psi.v<N>``,
 ``rows.v<N>``, ``live_rmse``/``live_mae`` (and ``.v<N>``) where actuals exist,
-``rows_rejected``; tags ``monitor.verdict`` (``ok``/``drift``),
+``rows_rejected``; where a shadow model scored logged rows (serve's ``--shadow-alias``), per
+shadow version ``shadow_rows.v<N>``, ``shadow_mean_abs_difference.v<N>`` and with actuals
+``live_rmse.shadow.v<N>``/``live_mae.shadow.v<N>`` beside ``live_rmse.answered.v<N>``/
+``live_mae.answered.v<N>`` (the answers' on the same rows) and
+``rows_with_actuals.shadow.v<N>``; tags ``monitor.verdict`` (``ok``/``drift``),
 ``monitor.drifted_features`` (comma-separated), ``monitor.model_version`` (the champion
 judged), ``monitor.window``, ``monitor.source``; artifacts ``monitor/report.md``,
 ``monitor/features.png``, ``monitor/predictions.png``; the report as the run's description.
@@ -83,6 +87,21 @@ def complete_batch(rows: pd.DataFrame, champion: str) -> pd.DataFrame:
     return rows
 
 
+def shadow_metrics(shadow: pd.DataFrame | None) -> dict[str, float]:
+    """The shadow comparison (``live.shadow_comparison``) as metric names and values."""
+    metrics: dict[str, float] = {}
+    for version, row in (shadow if shadow is not None else pd.DataFrame()).iterrows():
+        metrics[f"shadow_rows.v{version}"] = row["rows"]
+        metrics[f"shadow_mean_abs_difference.v{version}"] = row["mean_abs_difference"]
+        if row["rows_with_actuals"]:
+            metrics[f"rows_with_actuals.shadow.v{version}"] = row["rows_with_actuals"]
+            metrics[f"live_rmse.shadow.v{version}"] = row["shadow_rmse"]
+            metrics[f"live_mae.shadow.v{version}"] = row["shadow_mae"]
+            metrics[f"live_rmse.answered.v{version}"] = row["answered_rmse"]
+            metrics[f"live_mae.answered.v{version}"] = row["answered_mae"]
+    return metrics
+
+
 def log_results(
     judged: drift.Judgement,
     accuracy: pd.DataFrame,
@@ -90,6 +109,7 @@ def log_results(
     markdown: str,
     figures: dict,
     rejected: int | None,
+    shadow: pd.DataFrame | None = None,
 ) -> None:
     import mlflow
 
@@ -109,6 +129,7 @@ def log_results(
             metrics[f"rows_with_actuals{suffix}"] = row["rows_with_actuals"]
     if rejected is not None:
         metrics["rows_rejected"] = rejected
+    metrics |= shadow_metrics(shadow)
     mlflow.log_metrics({k: float(v) for k, v in metrics.items()})
     mlflow.log_text(markdown, f"{REPORT_DIR}/report.md")
     for name, figure in figures.items():
@@ -172,14 +193,15 @@ def cli(
     else:
         joined = live.with_actuals(rows, fed_back)
     accuracy = live.accuracy(joined)
+    shadow = live.shadow_comparison(joined)
     markdown = report.markdown(
-        judged, accuracy, window, reference_label, champion, rejected, reasons
+        judged, accuracy, window, reference_label, champion, rejected, reasons, shadow
     )
     figures = {
         report.FEATURES_PNG: report.feature_figure(rows, profile, judged),
         report.PREDICTIONS_PNG: report.prediction_figure(rows, reference),
     }
-    log_results(judged, accuracy, rows, markdown, figures, rejected)
+    log_results(judged, accuracy, rows, markdown, figures, rejected, shadow)
     drifted = ",".join(judged.drifted_features)
     note = markdown.replace(f"![features]({report.FEATURES_PNG})", "").replace(
         f"![predictions]({report.PREDICTIONS_PNG})", ""

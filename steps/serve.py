@@ -13,7 +13,8 @@ MLflow's ``/invocations``, the Open Inference Protocol's ``/v2/...``, ``/metrics
 
 In: ``--model-uri``, ``--host``, ``--port``, ``--workers``, ``--max-rows``,
 ``--max-body-bytes``, ``--access-log``, ``--reload-interval``, ``--api-keys-file``,
-``--log-dir``, ``--log-sample-rate``; ``MLFLOW_TRACKING_URI``.
+``--log-dir``, ``--log-sample-rate``, ``--shadow-alias``, ``--canary-percent``;
+``MLFLOW_TRACKING_URI``.
 Out: an HTTP server (no MLflow run of its own beyond the one ``mlflow run`` makes); a model
 that does not load is a one-line error and exit 1, before any port is bound. The processes
 (loading, workers, alias following): ``steps.serving.server``. Every prediction answer carries
@@ -23,7 +24,10 @@ share of them (``steps.serving.inferencelog``), with the rows the API rejects
 (``steps.serving.rejectlog``) and the actuals clients send back to ``POST /feedback``
 (``steps.serving.feedback``) beside them; the logged rows' drift per feature is on
 ``/metrics`` (``steps.serving.driftgauge``). A bad log setting is a one-line error and exit 1,
-before any port is bound.
+before any port is bound. ``--shadow-alias challenger``: the version that alias names scores
+every logged request off the response path (the log's ``shadow_*`` columns and
+``housing_api_shadow_*`` on ``/metrics``); ``--canary-percent N``: it answers N% of the
+requests (chosen by request id), the answer naming its version (``steps.serving.shadow``).
 
 The model is read with ``skops.io.load`` and the explicit ``models.SKOPS_TRUSTED_TYPES``
 (``steps.tracking.loading``), not through ``mlflow.sklearn``: MLflow only loads sklearn models with
@@ -38,12 +42,12 @@ from typing import Any
 import click
 
 from steps import config
-from steps.serving import apikeys, inferencelog
+from steps.serving import apikeys, inferencelog, shadow
 from steps.serving.api import DEFAULT_MAX_BODY_BYTES
 from steps.serving.follower import DEFAULT_RELOAD_INTERVAL_S
 from steps.serving.rowschema import DEFAULT_MAX_ROWS
 from steps.serving.server import run_server
-from steps.tracking.loading import DEFAULT_MODEL_URI, ModelLoadError
+from steps.tracking.loading import DEFAULT_MODEL_URI, ModelLoadError, parse_registry_uri
 
 # --- defaults (the MLproject `serve` entry point and `make serve` mirror these) -------------
 DEFAULT_HOST = "127.0.0.1"
@@ -113,7 +117,28 @@ DEFAULT_WORKERS = 2
     show_default=True,
     help="Share of requests logged, 0 to 1 (1: every request; 0: none).",
 )
-def cli(api_keys_file: str, log_dir: str, log_sample_rate: float, **options: Any) -> None:
+@click.option(
+    "--shadow-alias",
+    default=shadow.DEFAULT_SHADOW_ALIAS,
+    show_default=True,
+    help="A second alias (e.g. challenger) whose version scores every logged request off "
+    "the response path, followed like the served one ('': none).",
+)
+@click.option(
+    "--canary-percent",
+    type=click.IntRange(0, 100),
+    default=shadow.DEFAULT_CANARY_PERCENT,
+    show_default=True,
+    help="Percent of requests (by request id) answered by the --shadow-alias version.",
+)
+def cli(
+    api_keys_file: str,
+    log_dir: str,
+    log_sample_rate: float,
+    shadow_alias: str,
+    canary_percent: int,
+    **options: Any,
+) -> None:
     import mlflow
 
     if api_keys_file:  # the workers inherit it
@@ -126,8 +151,26 @@ def cli(api_keys_file: str, log_dir: str, log_sample_rate: float, **options: Any
         # a bad key file or log setting fails here, before any port is bound
         apikeys.from_environment()
         directory = inferencelog.check_settings(log_dir, log_sample_rate)
-        run_server(**options, log_dir=directory, log_sample_rate=log_sample_rate)
-    except (ModelLoadError, apikeys.KeyFileError, inferencelog.InferenceLogError) as exc:
+        served_alias = parse_registry_uri(options["model_uri"])[2]
+        alias = shadow.check_settings(
+            shadow_alias,
+            canary_percent,
+            served_alias,
+            directory is not None and log_sample_rate > 0,
+        )
+        run_server(
+            **options,
+            log_dir=directory,
+            log_sample_rate=log_sample_rate,
+            shadow_alias=alias,
+            canary_percent=canary_percent,
+        )
+    except (
+        ModelLoadError,
+        apikeys.KeyFileError,
+        inferencelog.InferenceLogError,
+        shadow.ShadowSettingsError,
+    ) as exc:
         click.echo(f"error: serve: {exc}", err=True)
         raise SystemExit(1) from None
 

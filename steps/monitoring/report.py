@@ -3,10 +3,11 @@ figures out, nothing written.
 
 In: the ``Judgement`` (``steps.monitoring.drift``), the window's rows, the reference profile
 and test predictions, the accuracy table (``steps.monitoring.live``), rejected rows and a
-description of the window. Out: ``markdown`` (verdict, per-feature table, per-version table,
-rejections), ``feature_figure`` (the window over the reference, per feature, with its PSI:
-the data contract's overlay figure) and ``prediction_figure`` (served predictions per version
-over that version's test predictions).
+description of the window, and the shadow comparison (``live.shadow_comparison``). Out:
+``markdown`` (verdict, per-feature table, per-version table, champion vs challenger on the
+rows a shadow version scored, rejections), ``feature_figure`` (the window over the
+reference, per feature, with its PSI: the data contract's overlay figure) and
+``prediction_figure`` (served predictions per version over that version's test predictions).
 """
 
 from __future__ import annotations
@@ -43,6 +44,7 @@ def markdown(
     judged_version: str,
     rejected: int | None,
     reasons: pd.Series | None = None,
+    shadow: pd.DataFrame | None = None,
 ) -> str:
     drifted = ", ".join(judged.drifted_features) or "none"
     lines = [
@@ -80,6 +82,8 @@ def markdown(
             f"| {_num(stat.threshold) if stat else '–'} | {int(row['rows_with_actuals']):,} "
             f"| {_dollars(row['rmse'])} | {_dollars(row['mae'])} |"
         )
+    if shadow is not None and len(shadow):
+        lines += shadow_lines(shadow)
     lines += ["", "## Rejected rows", ""]
     if rejected is not None:
         share = rejected / max(rejected + judged.rows, 1)
@@ -89,6 +93,30 @@ def markdown(
             lines += [f"| {field} | {count:,} |" for field, count in reasons.items()]
     lines += ["", f"![features]({FEATURES_PNG})", "", f"![predictions]({PREDICTIONS_PNG})", ""]
     return "\n".join(lines)
+
+
+def shadow_lines(shadow: pd.DataFrame) -> list[str]:
+    """The champion-vs-challenger section: per shadow version, on the rows it scored."""
+    lines = [
+        "",
+        "## Champion vs challenger (shadow, same rows)",
+        "",
+        "Each shadow version scored the rows the answering version answered; with actuals, "
+        "the lower RMSE on the same rows is the evidence for `promote`.",
+        "",
+        "| shadow | answered by | rows | mean abs. difference | rows with actuals "
+        "| shadow RMSE | answered RMSE | shadow MAE | answered MAE |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for version, row in shadow.iterrows():
+        answered = ", ".join(f"v{v}" for v in str(row["answered_versions"]).split(","))
+        lines.append(
+            f"| v{version} | {answered} | {int(row['rows']):,} "
+            f"| {_dollars(row['mean_abs_difference'])} | {int(row['rows_with_actuals']):,} "
+            f"| {_dollars(row['shadow_rmse'])} | {_dollars(row['answered_rmse'])} "
+            f"| {_dollars(row['shadow_mae'])} | {_dollars(row['answered_mae'])} |"
+        )
+    return lines
 
 
 def feature_figure(rows: pd.DataFrame, profile: dict[str, Any], judged: Judgement) -> Figure:

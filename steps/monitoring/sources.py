@@ -90,6 +90,7 @@ def read_log_window(log_dir: Path, since: pd.Timestamp, until: pd.Timestamp) -> 
     if not log_dir.is_dir():
         raise StepError(f"--log-dir {log_dir}: no such directory")
     columns = ["request_id", "row", "ts", "model_version", "prediction", *config.FEATURES]
+    columns += ["shadow_version", "shadow_prediction"]
     return _read_set(log_dir, "requests", since, until, columns)
 
 

@@ -12,7 +12,9 @@ request limits. Out: ``create_app(...)``, the app uvicorn serves:
   prediction answer
   names its model in ``x-model-name``/``x-model-version`` and its request in ``x-request-id``
   (the client's, if sane, else a new one), and with an inference log
-  (``steps.serving.inferencelog``) its rows go there under that id.
+  (``steps.serving.inferencelog``) its rows go there under that id. With a shadow alias
+  (``steps.serving.shadow``) its version, ``state.shadow``, answers the canary share of
+  request ids, and the log's writer scores the other requests' rows with it.
 * ``POST /feedback`` ``{"request_id", "actuals"}``: the actual values of an answered
   request's rows, logged beside the inference log (``steps.serving.feedback``); rows
   that fail validation are logged too (``steps.serving.rejectlog``).
@@ -50,7 +52,7 @@ from fastapi.openapi.utils import get_openapi
 from fastapi.responses import Response
 from pydantic import BaseModel, ValidationError
 
-from steps.serving import apikeys, metrics, rejectlog
+from steps.serving import apikeys, metrics, rejectlog, shadow
 from steps.serving.batching import MicroBatcher, Scorer, predict_rows, scorer
 from steps.serving.feedback import Feedback
 from steps.serving.inferencelog import REQUEST_ID_HEADER, InferenceLog, request_id
@@ -363,8 +365,12 @@ class Handlers:
         inference_log: InferenceLog | None = None,
         feedback: Feedback | None = None,
         rejects: RejectLog | None = None,
+        shadow_alias: str | None = None,
+        canary_percent: int = 0,
     ) -> None:
         self.state = state
+        self.shadow_alias = shadow_alias
+        self.canary_percent = canary_percent if shadow_alias else 0
         self.inference_log = inference_log
         self.feedback_log = feedback
         self.rejects = rejects
@@ -377,15 +383,46 @@ class Handlers:
     def served(self) -> ServedModel | None:
         return self.state.model
 
+    def answering(self, rid: str) -> tuple[ServedModel | None, bool]:
+        """(the model that answers request ``rid``, whether it is a canary): the shadow
+        alias' version for the canary share of ids (``steps.serving.shadow``) once it is
+        loaded, else the served model (None: not ready)."""
+        served = self.state.model
+        if self.canary_percent and served is not None:
+            challenger = self.state.shadow
+            if challenger is not None and shadow.answers_canary(rid, self.canary_percent):
+                return challenger, True
+        return served, False
+
     async def score(
-        self, served: ServedModel, rows: list[HousingRow], rid: str, endpoint: str
+        self,
+        served: ServedModel,
+        rows: list[HousingRow],
+        rid: str,
+        endpoint: str,
+        canary: bool = False,
     ) -> np.ndarray:
-        """The rows' predictions (micro-batched), logged under ``rid`` if there is a log."""
+        """The rows' predictions (micro-batched), logged under ``rid`` if there is a log,
+        with the shadow model (if any) to score them off the response path."""
         predictions = await self.batcher.submit(served.score, rows)
+        if canary:
+            metrics.canary_request(self.shadow_alias or "", served.ref.version)
         if self.inference_log is not None:
             ref = served.ref
-            log = self.inference_log
-            log.record(rid or request_id(None), endpoint, ref.name, ref.version, rows, predictions)
+            job = None
+            challenger = self.state.shadow if self.shadow_alias and not canary else None
+            if challenger is not None:
+                job = shadow.ShadowJob(self.shadow_alias, challenger)
+            self.inference_log.record(
+                rid or request_id(None),
+                endpoint,
+                ref.name,
+                ref.version,
+                rows,
+                predictions,
+                alias=self.shadow_alias if canary else None,
+                shadow=job,
+            )
         return predictions
 
     def rows_or_error(
@@ -411,7 +448,7 @@ class Handlers:
 
     async def predict(self, raw: bytes, content_type: str, rid: str = "") -> Answer:
         """``POST /predict``: ``{"data": [row, ...]}`` → predictions with the model's name."""
-        served = self.served
+        served, canary = self.answering(rid)
         if served is None:
             return self.not_ready
         rows = self.rows_or_error(
@@ -419,7 +456,7 @@ class Handlers:
         )
         if isinstance(rows, tuple):
             return rows
-        predictions = await self.score(served, rows, rid, "/predict")
+        predictions = await self.score(served, rows, rid, "/predict", canary)
         reply = {
             "predictions": predictions.tolist(),
             "model_name": served.ref.name,
@@ -429,7 +466,7 @@ class Handlers:
 
     async def invocations(self, raw: bytes, content_type: str, rid: str = "") -> Answer:
         """``POST /invocations``: MLflow's JSON input formats, answered as MLflow does."""
-        served = self.served
+        served, canary = self.answering(rid)
         if served is None:
             return self.not_ready
         content_type = content_type.split(";")[0].strip().lower()
@@ -449,7 +486,7 @@ class Handlers:
         )
         if isinstance(rows, tuple):
             return rows
-        predictions = await self.score(served, rows, rid, "/invocations")
+        predictions = await self.score(served, rows, rid, "/invocations", canary)
         return answer({"predictions": predictions.tolist()}, served=served)
 
     async def feedback(self, raw: bytes) -> Answer:
@@ -460,9 +497,10 @@ class Handlers:
         status, payload = await self.feedback_log.answer(raw)
         return answer(payload, status)
 
-    def v2_model(self, model_name: str) -> ServedModel | Answer:
-        """The served model if it is the one a V2 path names, else the 503/404 answer."""
-        served = self.served
+    def v2_model(self, model_name: str, served: ServedModel | None = None) -> ServedModel | Answer:
+        """The served model (or ``served``) if it is the one a V2 path names, else the
+        503/404 answer."""
+        served = served or self.served
         if served is None:
             return answer({"error": "model not loaded"}, 503)
         if model_name != served.ref.name:
@@ -471,7 +509,8 @@ class Handlers:
 
     async def v2_infer(self, model_name: str, raw: bytes, rid: str = "") -> Answer:
         """``POST /v2/models/{name}/infer``: one input tensor per raw column."""
-        served = self.v2_model(model_name)
+        answering, canary = self.answering(rid)
+        served = self.v2_model(model_name, answering)
         if isinstance(served, tuple):
             return served
         try:
@@ -488,7 +527,7 @@ class Handlers:
         )
         if isinstance(rows, tuple):
             return rows
-        predictions = (await self.score(served, rows, rid, V2_INFER_PATH)).tolist()
+        predictions = (await self.score(served, rows, rid, V2_INFER_PATH, canary)).tolist()
         output = {"name": V2_OUTPUT, "datatype": "FP64", "shape": [len(predictions)]}
         reply: dict[str, Any] = {
             "model_name": served.ref.name,
@@ -498,6 +537,19 @@ class Handlers:
         if isinstance(payload.get("id"), str):
             reply["id"] = payload["id"]
         return answer(reply, served=served)
+
+
+def shadow_status(app: HousingAPI, handlers: Handlers) -> dict[str, Any]:
+    """/ready's view of the shadow alias: its version (None: not loaded yet), the canary
+    share and its follower's status."""
+    challenger = app.state.shadow
+    follower = app.state.shadow_follower
+    return {
+        "alias": handlers.shadow_alias,
+        "model_version": challenger.ref.version if challenger is not None else None,
+        "canary_percent": handlers.canary_percent,
+        "reload": follower.status() if follower else None,
+    }
 
 
 def add_probe_routes(app: HousingAPI, handlers: Handlers) -> None:
@@ -524,14 +576,15 @@ def add_probe_routes(app: HousingAPI, handlers: Handlers) -> None:
         served = handlers.served
         if served is None:
             return to_response(handlers.not_ready)
-        return json_response(
-            {
-                "status": "ready",
-                "model_name": served.ref.name,
-                "model_version": served.ref.version,
-                "reload": app.state.follower.status() if app.state.follower else None,
-            }
-        )
+        body = {
+            "status": "ready",
+            "model_name": served.ref.name,
+            "model_version": served.ref.version,
+            "reload": app.state.follower.status() if app.state.follower else None,
+        }
+        if handlers.shadow_alias:
+            body["shadow"] = shadow_status(app, handlers)
+        return json_response(body)
 
     @app.get("/version", response_model=VersionInfo, summary="Served model and its lineage")
     async def version() -> Response:
@@ -646,12 +699,17 @@ def create_app(
     inference_log: InferenceLog | None = None,
     feedback: Feedback | None = None,
     rejects: RejectLog | None = None,
+    shadow_alias: str | None = None,
+    canary_percent: int = 0,
 ) -> HousingAPI:
     """The ASGI app serving ``model`` (None: not ready, predictions and /ready answer 503);
     ``api_keys``: the keys every request but the health probes and /docs must present;
     ``inference_log``: where predictions are logged (None: nowhere), closed (flushed) when
     the app shuts down. ``app.state.model`` is what a follower swaps; ``app.state.follower``
-    (if any) is reported by /ready. ``app.handlers``: the protocol handlers behind the routes."""
+    (if any) is reported by /ready. ``shadow_alias`` (None: none): the alias whose version,
+    ``app.state.shadow`` (swapped by its own follower, ``app.state.shadow_follower``), scores
+    the logged requests in the log's writer and answers ``canary_percent`` % of requests.
+    ``app.handlers``: the protocol handlers behind the routes."""
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -671,10 +729,14 @@ def create_app(
     )
     app.state.model = model
     app.state.follower = None
+    app.state.shadow = None
+    app.state.shadow_follower = None
     app.api_keys = api_keys
     if model is not None:
         metrics.serving(model.ref.name, model.ref.version)
-    handlers = Handlers(app.state, max_rows, inference_log, feedback, rejects)
+    handlers = Handlers(
+        app.state, max_rows, inference_log, feedback, rejects, shadow_alias, canary_percent
+    )
     app.handlers = handlers
     too_big = f"More than {max_rows} rows or more than {max_body_bytes} bytes"
     add_probe_routes(app, handlers)

@@ -70,6 +70,7 @@ class FeedbackLog(InferenceLog):
     """The inference log's writer with feedback's schema and file names."""
 
     prefix = "feedback"
+    scores_shadows = False
 
     def schema(self) -> Any:
         return _schema()

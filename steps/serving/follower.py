@@ -1,9 +1,11 @@
 """Follow a registry alias: when ``models:/NAME@ALIAS`` points at another version, load that
 version in the background and swap it in; a version that fails to load is never swapped in.
 
-In: the alias URI, the served version, a poll interval and three functions: ``resolve`` (URI
--> ``loading.ModelRef``), ``load`` (ref -> fitted pipeline, checked on a probe row by the
-caller's function) and ``swap`` (pipeline, ref -> None; the caller's atomic assignment).
+In: the alias URI, the served version (None: none yet, e.g. a shadow alias that does not
+exist yet: the first version it names is loaded), a poll interval and three functions:
+``resolve`` (URI -> ``loading.ModelRef``), ``load`` (ref -> fitted pipeline, checked on a
+probe row by the caller's function) and ``swap`` (pipeline, ref -> None; the caller's atomic
+assignment).
 Out: nothing logged; ``status()`` says what was last seen, loaded or refused, for ``/ready``,
 the log and the metrics (``on_event``).
 
@@ -42,7 +44,7 @@ class ModelFollower:
     def __init__(
         self,
         uri: str,
-        serving: ModelRef,
+        serving: ModelRef | None,
         interval_s: float,
         resolve: Callable[[str], ModelRef],
         load: Callable[[ModelRef], Any],
@@ -52,7 +54,8 @@ class ModelFollower:
         self.uri, self.interval_s = uri, interval_s
         self._resolve, self._load, self._swap = resolve, load, swap
         self._on_event = on_event or (lambda event, ref, error: None)
-        self._status = FollowStatus(interval_s=interval_s, serving=serving.version)
+        version = serving.version if serving is not None else ""
+        self._status = FollowStatus(interval_s=interval_s, serving=version)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 

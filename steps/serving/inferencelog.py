@@ -1,9 +1,11 @@
 """The inference log: what ``serve`` answered, one Parquet row per predicted input row.
 
 In: per answered prediction request (``InferenceLog.record``, called on the request path):
-its request id, endpoint, the served model (name, version; the alias from the model URI),
-the validated ``HousingRow`` rows and their predictions. A request is sampled whole with
-probability ``sample_rate`` (1: every request).
+its request id, endpoint, the model that answered (name, version; its alias: the model URI's,
+or the shadow alias for a canary request), the validated ``HousingRow`` rows and their
+predictions, and the shadow model to score them with (``steps.serving.shadow.ShadowJob``;
+None: no shadow). A request is sampled whole with probability ``sample_rate`` (1: every
+request).
 
 Out: Parquet files, one set per worker process, under ``log_dir``::
 
@@ -23,14 +25,18 @@ Schema (``SCHEMA``), one row per input row:
 - ``model_name``, ``model_version`` string, ``model_alias`` string (null: a pinned version);
 - the raw features of ``steps.config.FEATURES``: eight float64 (``total_bedrooms`` null when
   not sent) and ``ocean_proximity`` string;
-- ``prediction`` float64 (dollars); ``shadow_version`` string and ``shadow_prediction``
-  float64: a shadow model's, always null until shadowing exists.
+- ``prediction`` float64 (dollars); ``shadow_version`` string, ``shadow_prediction`` float64
+  and ``shadow_alias`` string: the shadow model's prediction of the same row (null: no
+  shadow, the shadow alias did not exist yet, or the shadow alias answered the request).
 
 Off the request path: ``record`` only builds a tuple and ``put_nowait``s it on a bounded
 queue; a full queue drops the request's rows and counts them
 (``housing_api_inference_log_dropped_total``), it never blocks. A daemon thread drains the
 queue every ``drain_interval_s``, turns the rows into columns a few hundred requests at a
-time and writes them (``housing_api_inference_log_written_total``). It polls rather than
+time and writes them (``housing_api_inference_log_written_total``). The shadow model scores
+the requests the writer takes, at every drain (one predict call per shadow version), so its
+predictions reach ``/metrics`` (``housing_api_shadow_*``) within ~0.25 s and never delay
+an answer. It polls rather than
 blocking on ``get``: a blocked consumer is woken by every ``put``, one thread switch per
 request.
 """
@@ -58,6 +64,7 @@ import numpy as np
 from steps import config
 from steps.serving import metrics
 from steps.serving.requestindex import RequestIndex
+from steps.serving.shadow import ShadowJob, score_jobs
 
 # --- defaults (serve's --log-dir / --log-sample-rate and the MLproject mirror these) --------
 DEFAULT_LOG_DIR = "logs/inference"  # relative to serve's working directory
@@ -106,6 +113,7 @@ def _schema() -> Any:
             ("prediction", pa.float64()),
             ("shadow_version", pa.string()),
             ("shadow_prediction", pa.float64()),
+            ("shadow_alias", pa.string()),
         ]
     )
 
@@ -162,8 +170,8 @@ class Limits:
 
 
 # What record() queues per request: (request id, unix time, endpoint, model name, version,
-# rows, predictions).
-Entry = tuple[str, float, str, str, str, Sequence[Any], np.ndarray]
+# alias, shadow job or None, rows, predictions).
+Entry = tuple[str, float, str, str, str, str | None, ShadowJob | None, Sequence[Any], np.ndarray]
 
 
 class ParquetFiles:
@@ -240,6 +248,7 @@ class InferenceLog:
     """
 
     prefix = "requests"
+    scores_shadows = True  # the feedback and rejected-rows logs reuse the writer, not this
 
     def __init__(
         self,
@@ -279,11 +288,19 @@ class InferenceLog:
         version: str,
         rows: Sequence[Any],
         predictions: np.ndarray,
+        alias: str | None = None,
+        shadow: ShadowJob | None = None,
     ) -> None:
-        """Queue one answered request (if sampled); never blocks: a full queue drops it."""
+        """Queue one answered request (if sampled); never blocks: a full queue drops it.
+        ``alias``: the answering alias (None: the log's ``model_alias``); ``shadow``: the
+        shadow model to score the rows with, in the writer thread."""
         if self.sample_rate < 1.0 and random.random() >= self.sample_rate:
             return
-        entry = (request_id, time.time(), endpoint, name, version, rows, predictions)
+        answered_by = self.model_alias if alias is None else alias
+        entry = (
+            request_id, time.time(), endpoint, name, version, answered_by, shadow, rows,
+            predictions,
+        )  # fmt: skip
         try:
             self.queue.put_nowait(entry)
         except queue.Full:
@@ -324,6 +341,7 @@ class InferenceLog:
                     self._flush_buffer()
             if taken and self.index is not None:
                 self.index.add(taken)
+            self._score_shadows()
             if self.buffered_rows and (final or self._due()):
                 self._flush_buffer()
             if final or self.files.expired():
@@ -339,11 +357,25 @@ class InferenceLog:
         """Pending requests -> an Arrow table of the buffer (also handed to ``on_table``, if
         set: the drift gauge); then let the event loop run."""
         if self.pending:
+            self._score_shadows()
             self.tables.append(self.to_table(self.pending))
             if self.on_table is not None:
                 self.on_table(self.tables[-1])
             self.pending = []
             time.sleep(0)  # releases the GIL: a request waiting for it goes first
+
+    def _score_shadows(self) -> None:
+        """The shadow model's predictions for the pending requests not scored yet, counted
+        on /metrics."""
+        if not self.scores_shadows:
+            return
+        todo = [e for e in self.pending if e[6] is not None and e[6].predictions is None]
+        if not todo:
+            return
+        jobs = [e[6] for e in todo]
+        scored = score_jobs(jobs, [e[7] for e in todo], [e[8] for e in todo])
+        for alias, version, shadow_predictions, answered in scored:
+            metrics.observe_shadow(alias, version, shadow_predictions, answered)
 
     def _flush_buffer(self) -> None:
         import pyarrow as pa
@@ -359,8 +391,10 @@ class InferenceLog:
         """Queued requests -> one Arrow table of ``SCHEMA``, one row per input row."""
         import pyarrow as pa
 
-        ids, index, ts, endpoints, names, versions, values, predictions = ([] for _ in range(8))
-        for rid, at, endpoint, name, version, rows, predicted in entries:
+        ids, index, ts, endpoints, names, versions, aliases, values = ([] for _ in range(8))
+        predictions, shadow_versions, shadow_aliases, shadow_predictions = [], [], [], []
+        any_shadow = False
+        for rid, at, endpoint, name, version, alias, job, rows, predicted in entries:
             n = len(rows)
             ids += [rid] * n
             index += range(n)
@@ -368,8 +402,18 @@ class InferenceLog:
             endpoints += [endpoint] * n
             names += [name] * n
             versions += [version] * n
+            aliases += [alias] * n
             values += [_FEATURE_VALUES(row) for row in rows]
             predictions.append(np.asarray(predicted, dtype=np.float64))
+            if job is not None and job.predictions is not None:
+                any_shadow = True
+                shadow_versions += [job.version] * n
+                shadow_aliases += [job.alias] * n
+                shadow_predictions.append(job.predictions)
+            else:
+                shadow_versions += [None] * n
+                shadow_aliases += [None] * n
+                shadow_predictions.append(np.full(n, np.nan))
         total = len(ids)
         columns = list(zip(*values, strict=True)) if values else [()] * len(config.FEATURES)
         schema = self.files.schema
@@ -380,11 +424,16 @@ class InferenceLog:
             "endpoint": endpoints,
             "model_name": names,
             "model_version": versions,
-            "model_alias": [self.model_alias] * total,
+            "model_alias": aliases,
             **dict(zip(config.FEATURES, columns, strict=True)),
             "prediction": np.concatenate(predictions) if predictions else [],
-            "shadow_version": pa.nulls(total, pa.string()),
-            "shadow_prediction": pa.nulls(total, pa.float64()),
+            "shadow_version": shadow_versions if any_shadow else pa.nulls(total, pa.string()),
+            "shadow_prediction": (
+                pa.array(np.concatenate(shadow_predictions), from_pandas=True)  # NaN: null
+                if any_shadow
+                else pa.nulls(total, pa.float64())
+            ),
+            "shadow_alias": shadow_aliases if any_shadow else pa.nulls(total, pa.string()),
         }
         arrays = [
             v if isinstance(v, pa.Array) else pa.array(v, type=f.type)

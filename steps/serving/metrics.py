@@ -15,6 +15,10 @@ any worker adds them all up). Out: the metrics below, in Prometheus' text format
 - ``housing_api_inference_log_written_total``, ``housing_api_inference_log_dropped_total``:
   rows the inference log wrote, and dropped because its queue was full
   (``steps.serving.inferencelog``);
+- ``housing_api_shadow_predictions_total{alias,version}``, ``housing_api_shadow_abs_difference_
+  dollars{alias,version}``: rows the shadow model scored and how far its predictions were
+  from the answers (``steps.serving.shadow``, scored in the inference log's writer);
+  ``housing_api_canary_requests_total{alias,version}``: requests the shadow alias answered;
 - ``housing_api_feature_psi{feature}``, ``housing_api_feature_missing_rate_change{feature}``,
   ``housing_api_feature_drift{feature}``, ``housing_api_drift_window_rows``: drift of the
   workers' recent rows (``steps.serving.driftgauge``).
@@ -35,6 +39,7 @@ CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 10)
 ROW_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 4096, 16384)
 DOLLAR_BUCKETS = tuple(range(50_000, 550_001, 50_000))
+DIFFERENCE_BUCKETS = (1_000, 2_500, 5_000, 10_000, 25_000, 50_000, 100_000, 200_000)
 
 
 @cache
@@ -71,6 +76,22 @@ def instruments() -> dict[str, Any]:
             "housing_api_inference_log_dropped", "Inference log rows dropped (queue full)"
         ),
         "log_written": Counter("housing_api_inference_log_written", "Inference log rows written"),
+        "shadow_rows": Counter(
+            "housing_api_shadow_predictions",
+            "Rows the shadow model scored",
+            ["alias", "version"],
+        ),
+        "shadow_difference": Histogram(
+            "housing_api_shadow_abs_difference_dollars",
+            "Absolute difference between the shadow model's prediction and the answer",
+            ["alias", "version"],
+            buckets=DIFFERENCE_BUCKETS,
+        ),
+        "canary": Counter(
+            "housing_api_canary_requests",
+            "Requests answered by the shadow alias (canary)",
+            ["alias", "version"],
+        ),
         # drift gauges (steps.serving.driftgauge): the highest of the live workers' values
         "feature_psi": Gauge(
             "housing_api_feature_psi",
@@ -185,6 +206,29 @@ class RequestMetrics:
             route = scope.get("route")
             endpoint = getattr(route, "path", None) or "other"
             record_request(endpoint, scope["method"], status, time.perf_counter() - started)
+
+
+def observe_shadow(alias: str, version: str, shadow: np.ndarray, answered: np.ndarray) -> None:
+    """Rows a shadow version scored, and its distance to the answers (sampled like
+    ``observe_predictions``); NaN (a shadow that failed) is not a distance."""
+    m = instruments()
+    m["shadow_rows"].labels(alias, version).inc(len(shadow))
+    difference = np.abs(shadow - answered)
+    step = max(1, len(difference) // MAX_OBSERVED_VALUES)
+    series = m["shadow_difference"].labels(alias, version)
+    for value in difference[::step].tolist():
+        if value == value:
+            series.observe(value)
+
+
+@lru_cache(maxsize=64)
+def _canary_series(alias: str, version: str) -> Any:
+    return instruments()["canary"].labels(alias, version)
+
+
+def canary_request(alias: str, version: str) -> None:
+    """One request the shadow alias answered (on the request path: a cached series)."""
+    _canary_series(alias, version).inc()
 
 
 def inference_log_dropped(rows: int) -> None:

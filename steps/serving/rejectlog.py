@@ -59,6 +59,7 @@ class RejectLog(InferenceLog):
     """The inference log's writer with the rejected rows' schema and file names."""
 
     prefix = "rejected"
+    scores_shadows = False
 
     def schema(self) -> Any:
         return _schema()

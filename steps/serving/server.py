@@ -2,11 +2,11 @@
 process, its alias followed, and uvicorn run with one or more workers.
 
 In: the model URI (``models:/NAME@ALIAS`` or ``models:/NAME/VERSION``), where to bind, the
-number of workers, the app's limits, the reload interval and the inference log's directory
-(None: off) and sample rate; ``MLFLOW_TRACKING_URI`` and
-the API keys (``steps.serving.apikeys``) from the environment. Out: a running server (it
-returns when uvicorn stops); a model that does not resolve, load or predict is a
-``ModelLoadError`` before any port is bound.
+number of workers, the app's limits, the reload interval, the inference log's directory
+(None: off) and sample rate, and the shadow alias (None: off) with its canary percentage;
+``MLFLOW_TRACKING_URI`` and the API keys (``steps.serving.apikeys``) from the environment.
+Out: a running server (it returns when uvicorn stops); a model that does not resolve, load
+or predict is a ``ModelLoadError`` before any port is bound.
 Written: nothing to MLflow. Environment for the workers: ``STEPS_SERVE_WORKER_SETTINGS``
 (the parent's local model copy and the app's settings), the metrics' multiprocess directory
 (``steps.serving.metrics``) and ``OMP_NUM_THREADS=1``; one line per start and model swap on
@@ -15,6 +15,11 @@ stderr; each worker's inference log files (``steps.serving.inferencelog``), feed
 the logged rows against the served version's reference data on /metrics
 (``steps.serving.driftgauge``; the reference is looked up once, at start-up). The endpoints:
 ``steps.serving.api``; alias following: ``steps.serving.follower``.
+
+Shadow (``--shadow-alias``): each worker follows ``models:/NAME@<shadow alias>`` with a
+second follower, loading with the same checked skops loader; an alias that does not exist
+(yet) is only a failed check: the worker serves the champion and picks the shadow up when
+the alias appears. Scoring and canary: ``steps.serving.shadow``.
 """
 
 from __future__ import annotations
@@ -123,6 +128,42 @@ def follow(app: FastAPI, model_uri: str, interval_s: float) -> ModelFollower | N
     return follower
 
 
+def follow_shadow(
+    app: FastAPI, model_uri: str, shadow_alias: str | None, interval_s: float
+) -> ModelFollower | None:
+    """Load ``shadow_alias``'s version of ``model_uri``'s model into ``app.state.shadow`` if
+    the alias exists, and keep following it every ``interval_s`` (0: once). None: no shadow."""
+    if not shadow_alias:
+        return None
+    uri = f"models:/{parse_registry_uri(model_uri)[0]}@{shadow_alias}"
+    last_error: list[str | None] = [None]
+
+    def swap(pipeline: Any, ref: ModelRef) -> None:
+        app.state.shadow = ServedModel(pipeline, ref)  # one assignment, like the champion's
+        gc.freeze()
+
+    def report(event: str, ref: ModelRef | None, error: str | None) -> None:
+        if event == "loaded" and ref is not None:
+            click.echo(f"[serve] shadow {uri}: now v{ref.version}", err=True)
+        elif error and error != last_error[0]:  # an absent alias: once, not every check
+            click.echo(f"[serve] shadow {uri}: {error}", err=True)
+        last_error[0] = error
+
+    follower = ModelFollower(
+        uri,
+        None,
+        interval_s,
+        resolve=resolve_model_version,
+        load=load_checked,
+        swap=swap,
+        on_event=report,
+    )
+    follower.check()
+    if interval_s > 0:
+        follower.start()
+    return follower
+
+
 def serving_app(
     model: ServedModel,
     model_uri: str,
@@ -132,18 +173,25 @@ def serving_app(
     log_dir: Path | None = None,
     log_sample_rate: float = inferencelog.DEFAULT_SAMPLE_RATE,
     drift_profile: dict | None = None,
+    shadow_alias: str | None = None,
+    canary_percent: int = 0,
 ) -> FastAPI:
     """The app for ``model``, following ``model_uri`` every ``reload_interval`` seconds and
     logging its predictions under ``log_dir`` (None: not at all), this process's own files;
-    the logged rows' drift against ``drift_profile`` (None: none) on /metrics."""
+    the logged rows' drift against ``drift_profile`` (None: none) on /metrics;
+    ``shadow_alias`` (None: none) followed the same way, scoring the logged requests and
+    answering ``canary_percent`` % of them."""
     alias = parse_registry_uri(model_uri)[2]
     log = inferencelog.open_log(log_dir, log_sample_rate, alias)
     driftgauge.start(log, drift_profile)
     answers = feedback.open_feedback(log_dir, max_rows)
     rejects = rejectlog.open_rejects(log_dir)
     keys = apikeys.from_environment()
-    app = create_app(model, max_rows, max_body_bytes, keys, log, answers, rejects)
+    app = create_app(
+        model, max_rows, max_body_bytes, keys, log, answers, rejects, shadow_alias, canary_percent
+    )
     app.state.follower = follow(app, model_uri, reload_interval)
+    app.state.shadow_follower = follow_shadow(app, model_uri, shadow_alias, reload_interval)
     return app
 
 
@@ -165,6 +213,8 @@ def worker_app() -> FastAPI:
         Path(settings["log_dir"]) if settings["log_dir"] else None,
         settings["log_sample_rate"],
         settings["drift_profile"],
+        settings["shadow_alias"],
+        settings["canary_percent"],
     )
     tune_process_for_serving()
     return app
@@ -181,9 +231,12 @@ def run_server(
     reload_interval: float,
     log_dir: Path | None = None,
     log_sample_rate: float = inferencelog.DEFAULT_SAMPLE_RATE,
+    shadow_alias: str | None = None,
+    canary_percent: int = 0,
 ) -> None:
     """Load the model (errors surface here, before any port is bound), then serve;
-    ``log_dir``: the inference log's checked directory (None: off)."""
+    ``log_dir``: the inference log's checked directory (None: off); ``shadow_alias``
+    (checked, None: off) and ``canary_percent``: see ``follow_shadow``."""
     import uvicorn
 
     with tempfile.TemporaryDirectory(prefix="serve-model-") as tmp:
@@ -196,6 +249,8 @@ def run_server(
         profile = driftgauge.reference_profile(ref) if log_dir else None
         follows = f", following the alias every {reload_interval:g} s" if reload_interval else ""
         logs = f"; logging {log_sample_rate:g} of requests to {log_dir}" if log_dir else ""
+        if shadow_alias:
+            logs += f"; shadow @{shadow_alias}, answering {canary_percent}% of requests"
         click.echo(
             f"[serve] {ref.name} v{ref.version} ({model_uri}) on http://{host}:{port}, "
             f"{workers} worker(s){follows}{logs}",
@@ -213,6 +268,8 @@ def run_server(
                 log_dir,
                 log_sample_rate,
                 profile,
+                shadow_alias,
+                canary_percent,
             )
             tune_process_for_serving()
             uvicorn.run(app, **options)
@@ -229,6 +286,8 @@ def run_server(
                 "log_dir": str(log_dir) if log_dir else "",
                 "log_sample_rate": log_sample_rate,
                 "drift_profile": profile,
+                "shadow_alias": shadow_alias,
+                "canary_percent": canary_percent,
             }
         )
         # Inherited by the workers before their OpenMP runtime starts.

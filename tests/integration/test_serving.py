@@ -11,6 +11,7 @@ import re
 import signal
 import subprocess
 import sys
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -23,6 +24,7 @@ import pytest
 
 from steps import config, predict
 from steps.batch import localscore
+from steps.serving import shadow
 from tests.support import (
     PROJECT_ROOT,
     demo_pipeline,
@@ -461,6 +463,135 @@ def test_feedback_then_monitor_judges_the_logged_windows(registry, workdir, two_
     assert second.data.tags["monitor.verdict"] == "drift"
     assert second.data.tags["monitor.drifted_features"] == "median_income"
     assert second.data.metrics["psi.median_income"] > 1
+
+
+def metric_samples(url: str, name: str) -> dict[tuple[str, str], float]:
+    """(alias, version) -> value of a metric labelled by alias and version, from /metrics."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    with urllib.request.urlopen(f"{url}/metrics", timeout=10) as r:
+        text = r.read().decode()
+    return {
+        (sample.labels["alias"], sample.labels["version"]): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if sample.name == name
+    }
+
+
+def wait_for_shadow(url: str, version: str | None, timeout: float = 60) -> dict:
+    """/ready once the shadow alias' version is ``version``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        ready = get(f"{url}/ready")[1]
+        if ready["shadow"]["model_version"] == version or time.monotonic() > deadline:
+            return ready
+        time.sleep(0.2)
+
+
+def test_shadow_and_canary_follow_the_challenger_alias(registry, workdir, rows):
+    """``--shadow-alias challenger --canary-percent 50`` on one worker: it starts and answers
+    from the champion while no challenger exists; once the alias appears, requests whose id is
+    in the canary half are answered (and named) by the challenger, the others by the
+    champion with the challenger's prediction of the same row logged and on /metrics
+    (labelled by alias and version); moving the alias is followed. Then ``steps.monitor`` on
+    a 600-row request with feedback: both versions' live RMSE on those same rows."""
+    import mlflow
+
+    X, y = housing_sample(housing_csv(), n_rows=800, seed=8)
+    challenger = demo_pipeline(X, y, n_estimators=10)
+    with tracking(registry["uri"]):
+        version = register_demo_model(registry["uri"], challenger, X, alias=None)
+        client = mlflow.MlflowClient()
+    champion = registry["version"]
+    log_dir = workdir / "shadow-log"
+    args = [sys.executable, "-m", "steps.serve", "--model-uri", MODEL_URI, "--workers", "1",
+            "--log-dir", str(log_dir), "--shadow-alias", "challenger", "--canary-percent", "50",
+            "--reload-interval", "0.5"]  # fmt: skip
+    env = child_env(registry["uri"], allow_pickle=False)
+    single = [records(rows.iloc[[i]]) for i in range(40)]
+    versions: dict[str, str] = {}
+    big_X, big_y = housing_sample(housing_csv(), n_rows=600, seed=31)
+    big_id = next(f"big-{i}" for i in range(100) if not shadow.answers_canary(f"big-{i}", 50))
+    try:
+        with server(args, env, workdir, "/ready") as url:
+            assert get(f"{url}/ready")[1]["shadow"]["model_version"] is None  # no alias yet
+            _, body = post_for_id(f"{url}/predict", {"data": single[0]}, "before")
+            assert body["model_version"] == champion
+            with tracking(registry["uri"]):
+                client.set_registered_model_alias(config.MODEL_NAME, "challenger", version)
+            assert wait_for_shadow(url, version)["shadow"]["model_version"] == version
+            for i, data in enumerate(single):
+                _, body = post_for_id(f"{url}/predict", {"data": data}, f"k-{i}")
+                versions[f"k-{i}"] = body["model_version"]
+            canary = {rid for rid in versions if shadow.answers_canary(rid, 50)}
+            big_at = pd.Timestamp.now(tz="UTC")
+            _, big = post_for_id(f"{url}/predict", {"data": records(big_X)}, big_id)
+            fed = post(f"{url}/feedback", {"request_id": big_id, "actuals": big_y.tolist()})
+            assert fed[0] == 200, fed
+            expected_rows = len(versions) - len(canary) + len(big_X)
+            deadline = time.monotonic() + 15  # the log's writer scores every 0.25 s
+            name = "housing_api_shadow_predictions_total"
+            while metric_samples(url, name).get(("challenger", version), 0) < expected_rows:
+                assert time.monotonic() < deadline, metric_samples(url, name)
+                time.sleep(0.2)
+            shadowed = metric_samples(url, name)
+            canaries = metric_samples(url, "housing_api_canary_requests_total")
+            differences = metric_samples(url, "housing_api_shadow_abs_difference_dollars_count")
+            with tracking(registry["uri"]):  # the alias moves: the shadow follows
+                client.set_registered_model_alias(config.MODEL_NAME, "challenger", champion)
+            assert wait_for_shadow(url, champion)["shadow"]["model_version"] == champion
+    finally:
+        with tracking(registry["uri"]):
+            client.delete_registered_model_alias(config.MODEL_NAME, "challenger")
+
+    assert 10 <= len(canary) <= 30
+    assert versions == {rid: version if rid in canary else champion for rid in versions}
+    assert shadowed[("challenger", version)] == expected_rows
+    assert 0 < differences[("challenger", version)] <= expected_rows  # sampled per drain
+    assert canaries == {("challenger", version): len(canary)}
+    log = pd.read_parquet(log_dir).set_index("request_id")
+    assert log.loc[["before"], "shadow_version"].isna().all()
+    log = log.drop(index=["before", big_id]).loc[list(versions)]
+    answered_by_challenger = log.index.isin(list(canary))
+    canary_rows, champion_rows = log[answered_by_challenger], log[~answered_by_challenger]
+    assert (canary_rows["model_version"] == version).all()
+    assert (canary_rows["model_alias"] == "challenger").all()
+    assert canary_rows["shadow_version"].isna().all()
+    assert (champion_rows["model_version"] == champion).all()
+    assert (champion_rows["shadow_version"] == version).all()
+    assert (champion_rows["shadow_alias"] == "challenger").all()
+    features = champion_rows.loc[:, list(config.FEATURES)]
+    np.testing.assert_allclose(
+        champion_rows["shadow_prediction"], challenger.predict(features), rtol=1e-12
+    )
+    np.testing.assert_allclose(
+        canary_rows["prediction"],
+        challenger.predict(canary_rows[list(config.FEATURES)]),
+        rtol=1e-12,
+    )
+
+    judged = run_cmd(
+        [sys.executable, "-m", "steps.monitor", "--log-dir", str(log_dir),
+         "--since", big_at.isoformat()],
+        cwd=workdir,
+        env=env,
+    )  # fmt: skip
+    assert judged.returncode == 0, judged.stderr[-3000:]
+    with tracking(registry["uri"]):
+        metrics = latest_run(mlflow.MlflowClient(), "monitor").data.metrics
+
+    def rmse(predicted) -> float:
+        return float(np.sqrt(np.mean((np.asarray(predicted) - big_y) ** 2)))
+
+    shadowed_big = challenger.predict(big_X)
+    assert metrics[f"shadow_rows.v{version}"] == len(big_X)
+    assert metrics[f"rows_with_actuals.shadow.v{version}"] == len(big_X)
+    assert metrics[f"live_rmse.shadow.v{version}"] == pytest.approx(rmse(shadowed_big))
+    assert metrics[f"live_rmse.answered.v{version}"] == pytest.approx(rmse(big["predictions"]))
+    assert metrics[f"shadow_mean_abs_difference.v{version}"] == pytest.approx(
+        float(np.mean(np.abs(shadowed_big - np.asarray(big["predictions"]))))
+    )
 
 
 # --- mlflow models serve ------------------------------------------------------------------

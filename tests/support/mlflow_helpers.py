@@ -58,13 +58,17 @@ def demo_pipeline(X: pd.DataFrame, y: np.ndarray, **hyperparams: Any):
 
 
 def register_demo_model(
-    tracking_uri: str, pipeline: Any, X: pd.DataFrame, artifact_root: Path | None = None
+    tracking_uri: str,
+    pipeline: Any,
+    X: pd.DataFrame,
+    artifact_root: Path | None = None,
+    alias: str | None = config.CHAMPION_ALIAS,
 ) -> str:
     """Log ``pipeline`` like the train step and register it like the register step.
 
     Sets the process's tracking URI to ``tracking_uri``. ``artifact_root``: where a newly
     created experiment keeps artifacts (default: mlflow's ./mlruns of the working dir).
-    Returns the new version number; alias ``champion`` points at it.
+    Returns the new version number; ``alias`` (default ``champion``; None: none) points at it.
     """
     import mlflow
     from mlflow.models import infer_signature
@@ -90,9 +94,8 @@ def register_demo_model(
         )
     tags = {**DEMO_TAGS, "train_run_id": run.info.run_id}
     version = mlflow.register_model(info.model_uri, config.MODEL_NAME, tags=tags)
-    mlflow.MlflowClient().set_registered_model_alias(
-        config.MODEL_NAME, config.CHAMPION_ALIAS, version.version
-    )
+    if alias is not None:
+        mlflow.MlflowClient().set_registered_model_alias(config.MODEL_NAME, alias, version.version)
     return str(version.version)
 
 

@@ -50,3 +50,22 @@ def test_bad_input_is_one_line_and_a_failed_run(tmp_path, args, message):
         (run,) = mlflow.search_runs(experiment_names=[config.EXPERIMENT_NAME], output_format="list")
     assert run.info.status == "FAILED" and run.data.tags[config.TAG_STEP] == "monitor"
     assert "monitor.verdict" not in run.data.tags
+
+
+def test_shadow_comparison_metrics_are_named_by_shadow_version():
+    from steps import monitor
+    from steps.monitoring import live
+    from tests.unit.monitoring.test_live import shadow_rows
+
+    found = monitor.shadow_metrics(live.shadow_comparison(shadow_rows()))
+    assert set(found) == {
+        "shadow_rows.v2",
+        "shadow_mean_abs_difference.v2",
+        "rows_with_actuals.shadow.v2",
+        "live_rmse.shadow.v2",
+        "live_mae.shadow.v2",
+        "live_rmse.answered.v2",
+        "live_mae.answered.v2",
+    }
+    assert found["live_rmse.shadow.v2"] > found["live_rmse.answered.v2"]
+    assert monitor.shadow_metrics(None) == {}

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
+import pytest
 
 from steps import config
 from steps.monitoring import live
@@ -57,3 +58,42 @@ def test_no_feedback_no_accuracy(sample, pipeline):
     empty = pd.DataFrame(columns=list(live.FEEDBACK_COLUMNS))
     table = live.accuracy(live.with_actuals(served, empty))
     assert table.loc["3", "rows_with_actuals"] == 0 and np.isnan(table.loc["3", "rmse"])
+
+
+def shadow_rows() -> pd.DataFrame:
+    """Six logged rows answered by v1: four scored by shadow v2 (three with actuals), one
+    by a failed shadow (no prediction), one before any shadow; actuals for rows 0-2 and 5."""
+    return pd.DataFrame(
+        {
+            "request_id": ["a", "a", "b", "c", "d", "e"],
+            "row": [0, 1, 0, 0, 0, 0],
+            "model_version": ["1"] * 6,
+            "prediction": [100.0, 200.0, 300.0, 400.0, 500.0, 600.0],
+            "shadow_version": ["2", "2", "2", "2", "2", None],
+            "shadow_prediction": [110.0, 190.0, 330.0, 400.0, np.nan, np.nan],
+            live.ACTUAL_COLUMN: [100.0, 210.0, 320.0, np.nan, 450.0, 600.0],
+        }
+    )
+
+
+def test_shadow_comparison_is_both_versions_on_the_same_rows():
+    table = live.shadow_comparison(shadow_rows())
+    assert list(table.index) == ["2"]
+    row = table.loc["2"]
+    assert row["answered_versions"] == "1"
+    assert row["rows"] == 4  # the failed shadow's row and the unshadowed row are not compared
+    assert row["mean_abs_difference"] == (10 + 10 + 30 + 0) / 4
+    assert row["rows_with_actuals"] == 3
+    # shadow errors 10, -20, 10; answered errors 0, -10, -20 on the same three rows
+    assert row["shadow_rmse"] == pytest.approx(np.sqrt((100 + 400 + 100) / 3))
+    assert row["answered_rmse"] == pytest.approx(np.sqrt((0 + 100 + 400) / 3))
+    assert row["shadow_mae"] == pytest.approx(40 / 3)
+    assert row["answered_mae"] == pytest.approx(10.0)
+
+
+def test_no_shadow_rows_no_comparison():
+    rows = shadow_rows()
+    assert live.shadow_comparison(rows.drop(columns=["shadow_version"])).empty
+    assert live.shadow_comparison(rows.assign(shadow_prediction=np.nan)).empty
+    no_actuals = live.shadow_comparison(rows.drop(columns=[live.ACTUAL_COLUMN])).loc["2"]
+    assert no_actuals["rows_with_actuals"] == 0 and np.isnan(no_actuals["shadow_rmse"])

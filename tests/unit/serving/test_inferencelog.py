@@ -69,6 +69,7 @@ def test_one_row_per_input_row_with_the_schema_pandas_reads(tmp_path):
         "prediction",
         "shadow_version",
         "shadow_prediction",
+        "shadow_alias",
     ]
     assert df["request_id"].tolist() == ["req-1", "req-1", "req-2"]
     assert df["row"].tolist() == [0, 1, 0]
@@ -78,7 +79,7 @@ def test_one_row_per_input_row_with_the_schema_pandas_reads(tmp_path):
     assert df["total_bedrooms"].isna().tolist() == [False, True, False]
     assert df.loc[0, "median_income"] == ROW.median_income
     assert (df["ocean_proximity"] == "NEAR BAY").all()
-    assert df[["shadow_version", "shadow_prediction"]].isna().all().all()
+    assert df[["shadow_version", "shadow_prediction", "shadow_alias"]].isna().all().all()
     dtypes = df.dtypes.astype(str).to_dict()
     assert dtypes["ts"] == "datetime64[us, UTC]"
     assert abs(pd.Timestamp.now(tz="UTC") - df["ts"].min()) < pd.Timedelta(minutes=1)
