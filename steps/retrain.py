@@ -20,9 +20,10 @@ Out (MLflow, a run tagged ``pipeline.step=retrain``, named ``retrain · nothing 
 ``retrain · <reasons> · v<N>@<alias>``): tags ``retrain.decision`` (``retrain`` /
 ``nothing_to_do``), ``retrain.reasons``, ``retrain.monitor_run_id``,
 ``retrain.source_md5``, ``retrain.champion_md5``, ``retrain.accept_drift``,
-``retrain.main_run_id``, ``registry.version``, ``registry.alias``, ``registry.reason``
-(main's outcome); the description (``mlflow.note.content``) says what was checked and what
-the gate decided. main failing: FAILED run, exit 1, one line.
+``retrain.main_run_id``, ``registry.version``, ``registry.alias`` (main's outcome),
+``registry.verdict``, ``registry.reason`` (the gate's, from main's register run); the
+description (``mlflow.note.content``) says what was checked and what the gate decided. main
+failing: FAILED run, exit 1, one line.
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ from steps.tracking import provenance, steprun
 STEP = trigger.RUN
 MONITOR = "monitor"
 MAIN = "main"
+REGISTER = "register"
 
 
 def launch(entry_point: str, params: dict[str, str], env_manager: str, experiment_id: str):
@@ -180,14 +182,18 @@ def cli(
         raise StepError(f"main run {main.info.run_id} failed; the champion did not move")
     version = main.data.tags.get(config.TAG_REGISTRY_VERSION, "")
     alias = main.data.tags.get(config.TAG_REGISTRY_ALIAS, "")
-    reason = main.data.tags.get(config.TAG_REGISTRY_REASON, "")
+    # the gate's verdict and reason are on main's register run
+    register = client.get_run(main.data.tags[config.tag_pipeline_step(REGISTER, "run_id")])
+    verdict = register.data.tags.get(config.TAG_REGISTRY_VERDICT, "")
+    reason = register.data.tags.get(config.TAG_REGISTRY_REASON, "")
     tags |= {
         config.TAG_REGISTRY_VERSION: version,
         config.TAG_REGISTRY_ALIAS: alias,
+        config.TAG_REGISTRY_VERDICT: verdict,
         config.TAG_REGISTRY_REASON: reason[:5000],
     }
     outcome = {"main_run_id": main.info.run_id, "version": version, "alias": alias}
-    record(outcome | {"reason": reason}, version, alias)
+    record(outcome | {"reason": f"{verdict}: {reason}"}, version, alias)
     steprun.echo(STEP, f"main {main.info.run_id}: v{version} -> @{alias}")
 
 
