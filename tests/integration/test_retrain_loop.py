@@ -164,4 +164,31 @@ def test_shift_drift_new_data_retrain_gate_and_the_server_follows(tmp_path):
     # the new version is the project's data version now, as after `dvc add data`
     dvc = (project / "data.dvc").read_text()
     assert tags["retrain.source_md5"] in dvc
+
+    # the next scheduled check: no traffic since (monitor cannot judge), the same data
+    quiet = run_cmd(
+        mlflow_run_local(
+            "retrain", "--experiment-name", config.EXPERIMENT_NAME,
+            "-P", f"log_dir={log_dir}", "-P", f"since={pd.Timestamp.now(tz='UTC').isoformat()}",
+            "-P", f"source_url={source.as_uri()}",
+        ),
+        cwd=project,
+        env=project_env(uri),
+    )  # fmt: skip
+    assert quiet.returncode == 0, quiet.stdout[-3000:] + quiet.stderr[-5000:]
+    with tracking(uri):
+        client = mlflow.MlflowClient()
+        idle = client.get_run(launched_run_id(quiet.stderr))
+        judged = client.get_run(idle.data.tags["retrain.monitor_run_id"])
+        versions = client.search_model_versions(f"name = '{config.MODEL_NAME}'")
+    print(f"retrain {idle.info.run_id} ({idle.data.tags['mlflow.runName']})")
+    assert idle.info.status == "FINISHED" and judged.info.status == "FAILED"
+    assert idle.data.tags["retrain.decision"] == "nothing_to_do"
+    assert idle.data.tags["retrain.reasons"] == ""
+    assert "retrain.main_run_id" not in idle.data.tags
+    assert (
+        f"no verdict (monitor run {judged.info.run_id} did not judge)"
+        in (idle.data.tags["mlflow.note.content"])
+    )
+    assert len(versions) == 2
     print(f"server answered v{version}; test took {time.monotonic() - started:.0f} s")
