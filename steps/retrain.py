@@ -63,9 +63,12 @@ def monitor_verdict(
     client, monitor_run: str, params: dict[str, str], env_manager: str, experiment_id: str
 ) -> trigger.MonitorVerdict:
     """The traffic's verdict: from a monitor run launched now, or an existing one."""
+    from mlflow.exceptions import MlflowException
+
     if monitor_run == trigger.LATEST:
+        # a monitor run by hand (`mlflow run . -e monitor`) lands in Default
         found = client.search_runs(
-            [experiment_id],
+            sorted({experiment_id, config.DEFAULT_EXPERIMENT_ID}),
             f"tags.`{config.TAG_STEP}` = '{MONITOR}' and attributes.status = 'FINISHED'",
             order_by=["attributes.start_time DESC"],
             max_results=1,
@@ -77,7 +80,10 @@ def monitor_verdict(
         run_id, succeeded = monitor_run, True
     else:
         run_id, succeeded = launch(MONITOR, params, env_manager, experiment_id)
-    run = client.get_run(run_id)
+    try:
+        run = client.get_run(run_id)
+    except MlflowException as exc:
+        raise StepError(f"no monitor run {run_id}: {exc.message}") from exc
     if run.data.tags.get(config.TAG_STEP) != MONITOR:
         raise StepError(f"run {run_id} is not a monitor run")
     verdict = run.data.tags.get(config.TAG_MONITOR_VERDICT)
@@ -183,9 +189,10 @@ def cli(
     version = main.data.tags.get(config.TAG_REGISTRY_VERSION, "")
     alias = main.data.tags.get(config.TAG_REGISTRY_ALIAS, "")
     # the gate's verdict and reason are on main's register run
-    register = client.get_run(main.data.tags[config.tag_pipeline_step(REGISTER, "run_id")])
-    verdict = register.data.tags.get(config.TAG_REGISTRY_VERDICT, "")
-    reason = register.data.tags.get(config.TAG_REGISTRY_REASON, "")
+    register_id = main.data.tags.get(config.tag_pipeline_step(REGISTER, "run_id"))
+    gate = client.get_run(register_id).data.tags if register_id else {}
+    verdict = gate.get(config.TAG_REGISTRY_VERDICT, "")
+    reason = gate.get(config.TAG_REGISTRY_REASON, "")
     tags |= {
         config.TAG_REGISTRY_VERSION: version,
         config.TAG_REGISTRY_ALIAS: alias,
