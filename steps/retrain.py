@@ -28,13 +28,22 @@ failing: FAILED run, exit 1, one line.
 
 from __future__ import annotations
 
+import contextlib
+from pathlib import Path
+
 import click
 
 from steps import config
 from steps.data import acquisition
 from steps.infra.errors import StepError
 from steps.orchestration import trigger
-from steps.orchestration.launch import child_environment, project_run_args
+from steps.orchestration.launch import (
+    attach_log,
+    child_environment,
+    new_log,
+    output_to,
+    project_run_args,
+)
 from steps.orchestration.parent import ensure_experiment
 from steps.serving.inferencelog import DEFAULT_LOG_DIR
 from steps.tracking import provenance, steprun
@@ -45,18 +54,40 @@ MAIN = "main"
 REGISTER = "register"
 
 
-def launch(entry_point: str, params: dict[str, str], env_manager: str, experiment_id: str):
-    """Run one entry point of this project as a child of retrain's run; (run id, succeeded)."""
+def launch(
+    entry_point: str,
+    params: dict[str, str],
+    env_manager: str,
+    experiment_id: str,
+    log: Path | None = None,
+):
+    """Run one entry point of this project as a child of retrain's run; (run id, succeeded).
+    ``log``: its output goes there (kept as its run's ``logs/<entry>.log``), not to ours."""
     import mlflow.projects
     from mlflow.exceptions import ExecutionException
 
+    args = project_run_args(entry_point, params, env_manager, experiment_id)
     try:
-        submitted = mlflow.projects._run(
-            **project_run_args(entry_point, params, env_manager, experiment_id)
-        )
+        with output_to(log) if log else contextlib.nullcontext():
+            submitted = mlflow.projects._run(**args)
     except ExecutionException as exc:
         raise StepError(f"cannot start {entry_point}: {exc}") from exc
     return submitted.run_id, submitted.wait()
+
+
+def run_monitor(client, params: dict[str, str], env_manager: str, experiment_id: str):
+    """monitor on the window, its output in its run's log; (run id, succeeded, its last line).
+    A monitor that cannot judge prints ``error: monitor: …``: for retrain that is a missing
+    verdict, so it is shown as monitor's line, not as an error of ours."""
+    log = new_log(MONITOR)
+    run_id, succeeded = launch(MONITOR, params, env_manager, experiment_id, log)
+    lines = [
+        line.removeprefix(f"[{MONITOR}] ").removeprefix(f"error: {MONITOR}: ")
+        for line in log.read_text(errors="replace").splitlines()
+        if line.startswith((f"[{MONITOR}] ", f"error: {MONITOR}: "))
+    ]
+    attach_log(client, run_id, log)
+    return run_id, succeeded, lines[-1] if lines else ""
 
 
 def monitor_verdict(
@@ -65,6 +96,7 @@ def monitor_verdict(
     """The traffic's verdict: from a monitor run launched now, or an existing one."""
     from mlflow.exceptions import MlflowException
 
+    said = ""
     if monitor_run == trigger.LATEST:
         # a monitor run by hand (`mlflow run . -e monitor`) lands in Default
         found = client.search_runs(
@@ -79,7 +111,8 @@ def monitor_verdict(
     elif monitor_run:
         run_id, succeeded = monitor_run, True
     else:
-        run_id, succeeded = launch(MONITOR, params, env_manager, experiment_id)
+        run_id, succeeded, said = run_monitor(client, params, env_manager, experiment_id)
+        steprun.echo(STEP, f"monitor {run_id}: {said}")
     try:
         run = client.get_run(run_id)
     except MlflowException as exc:
@@ -88,7 +121,8 @@ def monitor_verdict(
         raise StepError(f"run {run_id} is not a monitor run")
     verdict = run.data.tags.get(config.TAG_MONITOR_VERDICT)
     if not succeeded or verdict is None:
-        return trigger.MonitorVerdict(run_id, None, problem=f"monitor run {run_id} did not judge")
+        problem = f"monitor run {run_id} did not judge" + (f": {said}" if said else "")
+        return trigger.MonitorVerdict(run_id, None, problem=problem)
     drifted = tuple(f for f in run.data.tags.get(config.TAG_MONITOR_DRIFTED, "").split(",") if f)
     return trigger.MonitorVerdict(run_id, verdict, drifted)
 
