@@ -4,7 +4,8 @@ load_data → preprocess → train → register, chained by main.
 
 Top level: the entry points, one module per MLproject entry, each a thin click command over
 library code (entry points never import each other): ``load_data``, ``preprocess``,
-``train``, ``register``, ``promote``, ``main``, ``tune``, ``serve``, ``predict``, ``monitor``.
+``train``, ``register``, ``promote``, ``main``, ``tune``, ``serve``, ``predict``, ``monitor``,
+``retrain``.
 Beside them
 ``config`` (names, paths, tags, defaults; no side effects at import) and ``features``,
 ``models``: the classes registered models are made of (never rename or move them).
@@ -13,7 +14,8 @@ Library subpackages, by concern:
 
 - ``data``: ``schema`` (the raw table's rules, per-row rejection reasons), ``contract``
   (table rules, drift against a reference version, the data report), ``fetch`` (``python -m
-  steps.data.fetch``: load_data's acquisition for ``make data``)
+  steps.data.fetch``: load_data's acquisition for ``make data``), ``acquisition`` (data/ →
+  DVC cache → remote → download; a source's data version for retrain)
 - ``ml``: ``hyperparams`` (model kinds and defaults), ``gate`` (champion gate, alias settle
   rule), ``promotion`` (register's alias decision and gate summaries), ``evaluation``
   (train's evaluation report), ``search`` (tune's search space and cross-validated
@@ -29,7 +31,8 @@ Library subpackages, by concern:
   reuse), ``reuse`` (the reuse key and the run that matches it), ``launch`` (steps started
   through MLflow Projects ahead of their turn, and stopped), ``pipeline`` (the chain: each
   step reused or started, the parent's summary), ``parent`` (the parent run), ``summary``
-  (the step table), ``upstream_wait`` (a step started early waits for its upstream)
+  (the step table), ``upstream_wait`` (a step started early waits for its upstream),
+  ``trigger`` (retrain's decision: drift, a new data version, forced; no I/O)
 - ``serving``: ``server`` (serve's processes: loading, workers, alias following), ``api``
   (serve's ASGI app), ``rowschema`` (a valid request row), ``batching``,
   ``protocols`` (/invocations, V2), ``follower`` (alias following), ``apikeys``, ``metrics``,

@@ -116,6 +116,17 @@ TAG_CONTRACT_ACCEPT_DRIFT = "data_contract.accept_drift"
 TAG_CONTRACT_REFERENCE = "data_contract.reference"
 TAG_CONTRACT_REFERENCE_RUN = "data_contract.reference_run_id"
 TAG_CONTRACT_WARNINGS = "data_contract.warnings"
+# monitor runs: the window's verdict (read by retrain, so defined here, not in steps/monitor.py).
+TAG_MONITOR_VERDICT = "monitor.verdict"
+TAG_MONITOR_DRIFTED = "monitor.drifted_features"
+# retrain runs: why it ran main (or did not), and what came of it (steps.orchestration.trigger).
+TAG_RETRAIN_DECISION = "retrain.decision"
+TAG_RETRAIN_REASONS = "retrain.reasons"
+TAG_RETRAIN_MONITOR_RUN = "retrain.monitor_run_id"
+TAG_RETRAIN_MAIN_RUN = "retrain.main_run_id"
+TAG_RETRAIN_SOURCE_MD5 = "retrain.source_md5"
+TAG_RETRAIN_CHAMPION_MD5 = "retrain.champion_md5"
+TAG_RETRAIN_ACCEPT_DRIFT = "retrain.accept_drift"
 # predict runs: the model version that scored, and where the predictions went.
 TAG_PREDICT_MODEL_NAME = "model.name"
 TAG_PREDICT_MODEL_VERSION = "model.version"

@@ -47,8 +47,8 @@ from steps.tracking.loading import ModelLoadError
 STEP = "monitor"
 REPORT_DIR = "monitor"
 DEFAULT_FAIL_ON_DRIFT = False
-TAG_VERDICT = "monitor.verdict"
-TAG_DRIFTED = "monitor.drifted_features"
+TAG_VERDICT = config.TAG_MONITOR_VERDICT
+TAG_DRIFTED = config.TAG_MONITOR_DRIFTED
 TAG_VERSION = "monitor.model_version"
 TAG_WINDOW = "monitor.window"
 TAG_SOURCE = "monitor.source"

@@ -195,3 +195,42 @@ def acquire(root: Path, source_url: str, gate: Gate) -> tuple[pd.DataFrame, str,
     # Verified content only: cache it so the next run needs no network.
     _dvc_repo(root).commit(str(config.dvc_file(root)), force=True)
     return df, url, hashlib.md5(payload).hexdigest()
+
+
+# --- a new version at the source (retrain) --------------------------------------------------
+def source_version(source_url: str) -> tuple[bytes, str]:
+    """What the source serves now: (housing.csv's bytes, their DVC directory md5), hashed
+    exactly as a download is hashed before it may enter ``data/``. The bytes pass the schema
+    first, so a broken source is a ``StepError`` and is never taken for a new version."""
+    url = config.resolve_source_url(source_url)
+    payload = extract_csv(download(url), url)
+    parse_raw(payload)
+    with tempfile.TemporaryDirectory(prefix=".source-") as staging:
+        (Path(staging) / config.RAW_FILE_NAME).write_bytes(payload)
+        return payload, dvc_md5(Path(staging))
+
+
+def adopt_version(root: Path, payload: bytes) -> str:
+    """Version ``payload`` the way a user does (housing.csv into ``data/``, ``dvc add data``:
+    ``data.dvc`` rewritten, the DVC cache filled), so load_data finds it; returns the md5.
+    ``data/`` is replaced by a rename, whole or not at all."""
+    data_dir = config.data_dir(root)
+    staging = Path(tempfile.mkdtemp(prefix=".adopt-", dir=root))
+    old = root / f".adopt-old-{staging.name}"
+    try:
+        (staging / config.RAW_FILE_NAME).write_bytes(payload)
+        if data_dir.exists():
+            data_dir.rename(old)
+        staging.rename(data_dir)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+        shutil.rmtree(old, ignore_errors=True)
+    _dvc_repo(root).add([str(data_dir)])
+    return provenance.expected_md5(root)
+
+
+def restore_version(root: Path, dvc_file_text: str) -> None:
+    """Undo ``adopt_version``: ``data.dvc`` as it was and no ``data/`` (load_data checks the
+    old version out of the DVC cache again)."""
+    shutil.rmtree(config.data_dir(root), ignore_errors=True)
+    config.dvc_file(root).write_text(dvc_file_text)

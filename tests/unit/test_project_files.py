@@ -23,6 +23,7 @@ ENTRY_POINTS = (
     "serve",
     "predict",
     "monitor",
+    "retrain",
 )
 
 

@@ -1,0 +1,54 @@
+"""retrain's command on bad input: one ``error: retrain:`` line, exit 1, a FAILED run with no
+decision, and main never started (a real process on a real, empty SQLite store)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from steps import config
+from tests.support import tracking
+
+
+def run_retrain(tmp_path, *args: str) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
+    env["MLFLOW_TRACKING_URI"] = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    env["PYTHONPATH"] = str(config.PROJECT_ROOT)
+    return subprocess.run(
+        [sys.executable, "-m", "steps.retrain", *args],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--monitor-run", "0123abc"], "error: retrain: no monitor run 0123abc"),
+        (
+            ["--monitor-run", "latest", "--source-url", "file:///nonexistent/housing.csv"],
+            "error: retrain: cannot download file:///nonexistent/housing.csv",
+        ),
+    ],
+    ids=["unknown-monitor-run", "unreachable-source"],
+)
+def test_bad_input_is_one_line_and_a_failed_run(tmp_path, args, message):
+    import mlflow
+
+    dvc_file = config.dvc_file().read_text()
+    result = run_retrain(tmp_path, *args)
+    assert result.returncode == 1
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and errors[0].startswith(message), result.stderr
+    assert "Traceback" not in result.stderr
+    with tracking(f"sqlite:///{tmp_path / 'mlflow.db'}"):
+        (run,) = mlflow.search_runs(experiment_names=[config.EXPERIMENT_NAME], output_format="list")
+    assert run.info.status == "FAILED" and run.data.tags[config.TAG_STEP] == "retrain"
+    assert config.TAG_RETRAIN_DECISION not in run.data.tags
+    assert config.dvc_file().read_text() == dvc_file
