@@ -69,6 +69,7 @@ from tests.support.projects import (
     new_data_version,
     project_env,
     run_cmd,
+    run_entry_module,
     run_main,
 )
 from tests.support.servers import (
@@ -135,6 +136,7 @@ __all__ = [
     "rest",
     "restore_sigint",
     "run_cmd",
+    "run_entry_module",
     "run_main",
     "run_make",
     "run_predict",

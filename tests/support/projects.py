@@ -117,3 +117,19 @@ def mlflow_kubernetes() -> types.ModuleType:
     with mock.patch.dict(sys.modules, stubs):
         sys.modules.pop("mlflow.projects.kubernetes", None)
         return importlib.import_module("mlflow.projects.kubernetes")
+
+
+def run_entry_module(cwd: Path, module: str, *args: str) -> subprocess.CompletedProcess:
+    """``python -m <module> <args>`` from ``cwd`` with only ``cwd``'s SQLite store as MLflow
+    state (the project importable): what a scheduler's bare invocation sees."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
+    env["MLFLOW_TRACKING_URI"] = f"sqlite:///{cwd / 'mlflow.db'}"
+    env["PYTHONPATH"] = str(PROJECT_ROOT)
+    return subprocess.run(
+        [sys.executable, "-m", module, *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )

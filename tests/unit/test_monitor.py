@@ -3,28 +3,16 @@ no report (a real process on a real, empty SQLite store)."""
 
 from __future__ import annotations
 
-import os
 import subprocess
-import sys
 
 import pytest
 
 from steps import config
-from tests.support import tracking
+from tests.support import run_entry_module, tracking
 
 
 def run_monitor(tmp_path, *args: str) -> subprocess.CompletedProcess:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
-    env["MLFLOW_TRACKING_URI"] = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    env["PYTHONPATH"] = str(config.PROJECT_ROOT)
-    return subprocess.run(
-        [sys.executable, "-m", "steps.monitor", *args],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    return run_entry_module(tmp_path, "steps.monitor", *args)
 
 
 @pytest.mark.parametrize(
