@@ -71,6 +71,22 @@ def rolling_restart(url: str, rows: int, log_dir: Path) -> None:
         time.sleep(0.2)
 
 
+def run_retrain(project: Path, uri: str, log_dir: Path, since: str, source: Path):
+    """`mlflow run . -e retrain` on the log window from ``since``, with ``source`` as the data
+    source; it must succeed."""
+    result = run_cmd(
+        mlflow_run_local(
+            "retrain", "--experiment-name", config.EXPERIMENT_NAME,
+            "-P", f"log_dir={log_dir}", "-P", f"since={since}",
+            "-P", f"source_url={source.as_uri()}",
+        ),
+        cwd=project,
+        env=project_env(uri),
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
+    return result
+
+
 def test_shift_drift_new_data_retrain_gate_and_the_server_follows(tmp_path):
     import mlflow
 
@@ -101,16 +117,7 @@ def test_shift_drift_new_data_retrain_gate_and_the_server_follows(tmp_path):
         source.parent.mkdir()
         new.to_csv(source, index=False)
 
-        retrain = run_cmd(
-            mlflow_run_local(
-                "retrain", "--experiment-name", config.EXPERIMENT_NAME,
-                "-P", f"log_dir={log_dir}", "-P", f"since={since}",
-                "-P", f"source_url={source.as_uri()}",
-            ),
-            cwd=project,
-            env=project_env(uri),
-        )  # fmt: skip
-        assert retrain.returncode == 0, retrain.stdout[-3000:] + retrain.stderr[-5000:]
+        retrain = run_retrain(project, uri, log_dir, since, source)
         with tracking(uri):
             client = mlflow.MlflowClient()
             run = client.get_run(launched_run_id(retrain.stderr))
@@ -166,16 +173,7 @@ def test_shift_drift_new_data_retrain_gate_and_the_server_follows(tmp_path):
     assert tags["retrain.source_md5"] in dvc
 
     # the next scheduled check: no traffic since (monitor cannot judge), the same data
-    quiet = run_cmd(
-        mlflow_run_local(
-            "retrain", "--experiment-name", config.EXPERIMENT_NAME,
-            "-P", f"log_dir={log_dir}", "-P", f"since={pd.Timestamp.now(tz='UTC').isoformat()}",
-            "-P", f"source_url={source.as_uri()}",
-        ),
-        cwd=project,
-        env=project_env(uri),
-    )  # fmt: skip
-    assert quiet.returncode == 0, quiet.stdout[-3000:] + quiet.stderr[-5000:]
+    quiet = run_retrain(project, uri, log_dir, pd.Timestamp.now(tz="UTC").isoformat(), source)
     with tracking(uri):
         client = mlflow.MlflowClient()
         idle = client.get_run(launched_run_id(quiet.stderr))

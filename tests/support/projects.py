@@ -133,3 +133,22 @@ def run_entry_module(cwd: Path, module: str, *args: str) -> subprocess.Completed
         text=True,
         timeout=120,
     )
+
+
+def failed_entry_run(cwd: Path, result: subprocess.CompletedProcess, step: str, message: str):
+    """What bad input must give (run_entry_module): exit 1, one ``error:`` line starting with
+    ``message``, no traceback, and one FAILED run of ``step`` in ``cwd``'s store (returned)."""
+    import mlflow
+
+    from steps import config
+    from tests.support.mlflow_helpers import tracking
+    from tests.support.predicting import error_lines
+
+    assert result.returncode == 1, result.stderr
+    errors = error_lines(result.stderr)
+    assert len(errors) == 1 and errors[0].startswith(message), result.stderr
+    assert "Traceback" not in result.stderr
+    with tracking(f"sqlite:///{cwd / 'mlflow.db'}"):
+        (run,) = mlflow.search_runs(experiment_names=[config.EXPERIMENT_NAME], output_format="list")
+    assert run.info.status == "FAILED" and run.data.tags[config.TAG_STEP] == step
+    return run

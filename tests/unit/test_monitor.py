@@ -7,8 +7,7 @@ import subprocess
 
 import pytest
 
-from steps import config
-from tests.support import run_entry_module, tracking
+from tests.support import failed_entry_run, run_entry_module
 
 
 def run_monitor(tmp_path, *args: str) -> subprocess.CompletedProcess:
@@ -27,16 +26,8 @@ def run_monitor(tmp_path, *args: str) -> subprocess.CompletedProcess:
     ids=["bad-time", "no-champion"],
 )
 def test_bad_input_is_one_line_and_a_failed_run(tmp_path, args, message):
-    import mlflow
-
     result = run_monitor(tmp_path, *args)
-    assert result.returncode == 1
-    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
-    assert len(errors) == 1 and errors[0].startswith(message), result.stderr
-    assert "Traceback" not in result.stderr
-    with tracking(f"sqlite:///{tmp_path / 'mlflow.db'}"):
-        (run,) = mlflow.search_runs(experiment_names=[config.EXPERIMENT_NAME], output_format="list")
-    assert run.info.status == "FAILED" and run.data.tags[config.TAG_STEP] == "monitor"
+    run = failed_entry_run(tmp_path, result, "monitor", message)
     assert "monitor.verdict" not in run.data.tags
 
 

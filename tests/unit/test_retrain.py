@@ -8,7 +8,7 @@ import subprocess
 import pytest
 
 from steps import config
-from tests.support import run_entry_module, tracking
+from tests.support import failed_entry_run, run_entry_module
 
 
 def run_retrain(tmp_path, *args: str) -> subprocess.CompletedProcess:
@@ -27,16 +27,8 @@ def run_retrain(tmp_path, *args: str) -> subprocess.CompletedProcess:
     ids=["unknown-monitor-run", "unreachable-source"],
 )
 def test_bad_input_is_one_line_and_a_failed_run(tmp_path, args, message):
-    import mlflow
-
     dvc_file = config.dvc_file().read_text()
     result = run_retrain(tmp_path, *args)
-    assert result.returncode == 1
-    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
-    assert len(errors) == 1 and errors[0].startswith(message), result.stderr
-    assert "Traceback" not in result.stderr
-    with tracking(f"sqlite:///{tmp_path / 'mlflow.db'}"):
-        (run,) = mlflow.search_runs(experiment_names=[config.EXPERIMENT_NAME], output_format="list")
-    assert run.info.status == "FAILED" and run.data.tags[config.TAG_STEP] == "retrain"
+    run = failed_entry_run(tmp_path, result, "retrain", message)
     assert config.TAG_RETRAIN_DECISION not in run.data.tags
     assert config.dvc_file().read_text() == dvc_file
