@@ -79,8 +79,8 @@ $(BIN)/.installed: requirements.lock requirements-dev.lock
 
 # The interpreter hook (.pth) names the hook file's path: reinstalled when that file changes
 # (a venv set up before the hook moved would otherwise point at a file that is gone).
-$(BIN)/.refusal-hook: $(BIN)/.installed steps/infra/refusalhook.py
-	@$(BIN)/python -m steps.infra.refusalhook install
+$(BIN)/.start-hook: $(BIN)/.installed steps/infra/starthook.py
+	@$(BIN)/python -m steps.infra.starthook install
 	@touch $@
 
 # The empty tracking store `make run` starts a new ./mlflow.db from (steps.infra.storetemplate).
@@ -88,7 +88,7 @@ $(BIN)/.store-template: $(BIN)/.installed
 	@$(BIN)/python -m steps.infra.storetemplate build
 	@touch $@
 
-setup: $(BIN)/.installed $(BIN)/.refusal-hook $(BIN)/.store-template ## create .venv with the locked dependencies (requirements-dev.lock)
+setup: $(BIN)/.installed $(BIN)/.start-hook $(BIN)/.store-template ## create .venv with the locked dependencies (requirements-dev.lock)
 
 # PySpark (~450 MB) only for Spark scoring and the tests; `make run` never needs it.
 $(BIN)/.spark-installed: $(BIN)/.installed requirements-spark.lock
@@ -112,13 +112,13 @@ lock: ## re-resolve requirements*.in into the hashed requirements*.lock files
 	uv pip compile --quiet --universal --generate-hashes --python-version 3.11 \
 	  requirements-spark.in -o requirements-spark.lock
 
-# steps.infra.forkserver imports the steps' libraries once, while `mlflow run` starts; main's
-# steps then start as forks of it (main starts its own server when run without make). A new
+# The launcher starts the step server (steps.infra.forkserver, through the venv's start hook
+# steps.infra.starthook), whose imports overlap its own; main's steps start as forks of it. A new
 # ./mlflow.db starts as a copy of the empty store built by `make setup` (steps.infra.storetemplate).
 run: setup ## run the whole pipeline: mlflow run . -e main (data: HOUSING_DATA_URL or DVC)
 	@python -m steps.infra.storetemplate place
 	@$(PREFLIGHT)
-	python -m steps.infra.forkserver run mlflow run . -e main --env-manager local --experiment-name $(PIPELINE_EXPERIMENT)
+	mlflow run . -e main --env-manager local --experiment-name $(PIPELINE_EXPERIMENT)
 
 steps: setup ## run the entry points one by one; each takes the latest finished upstream run
 	@$(PREFLIGHT)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -73,7 +74,9 @@ def log_run(raw: Any, csv: Path, fitted: tuple[Any, Any, Any, dict[str, float]],
         mlflow.log_metrics(metrics)
         datasets = lineage.log_split_inputs(train_df, test_df)
         train.log_model(pipeline, schema.features_and_target(train_df)[0])
-        train.log_evaluation(pipeline, test_df, datasets["test"], metrics)
+        with tempfile.TemporaryDirectory() as figures:
+            built = train.render_evaluation(pipeline, test_df, metrics, Path(figures))
+            train.log_evaluation(pipeline, built, Path(figures), datasets["test"])
         return run.info.run_id
 
 

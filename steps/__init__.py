@@ -46,8 +46,9 @@ Library subpackages, by concern:
 - ``batch``: ``localscore`` (predict's local engine: validation, chunked scoring, tables),
   ``sparkscore`` (predict's Spark engine; PySpark imported lazily)
 - ``infra``: ``errors`` (StepError), ``processes`` (signals, process ids), ``forkserver``
-  (steps forked from one process that imported the libraries once), ``refusalhook`` (a
-  ``.pth`` hook: a 401/403 as one line in any venv interpreter), ``storetemplate`` (the empty
+  (steps forked from one process that imported the libraries once), ``starthook`` (a
+  ``.pth`` hook: a 401/403 as one line in any venv interpreter; MLflow's launcher of main
+  starts the step server), ``storetemplate`` (the empty
   SQLite store), ``authserver`` and ``accounts`` (the authenticated shared server's tools)
 """
 

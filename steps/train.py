@@ -18,7 +18,10 @@ back from the store as serving reads it, and a linear baseline's: register's gat
 
 from __future__ import annotations
 
+import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any
 
 import click
@@ -152,9 +155,6 @@ def log_gate_predictions(logged: Pipeline, train: pd.DataFrame, test: pd.DataFra
     """The test rows with the logged model's and a linear baseline's predictions (the
     baseline fitted on the same train rows): what register's champion gate scores. Computing
     them here, where scikit-learn is loaded anyway, spares register loading both models."""
-    import tempfile
-    from pathlib import Path
-
     import mlflow
 
     X_test = features_and_target(test)[0]
@@ -166,15 +166,24 @@ def log_gate_predictions(logged: Pipeline, train: pd.DataFrame, test: pd.DataFra
         mlflow.log_artifact(str(path), str(Path(config.GATE_PREDICTIONS_FILE).parent))
 
 
+def render_evaluation(
+    pipeline: Pipeline, test: pd.DataFrame, metrics: dict[str, float], out: Path
+) -> evaluation.Report:
+    """The evaluation report, its figures rendered as PNG files into ``out``: the part of the
+    evaluation that needs no MLflow, which train runs beside logging the model."""
+    built = evaluation.build_report(pipeline, test, metrics)
+    for name, figure in built.figures.items():
+        figure.savefig(out / f"{name}.png")
+    return built
+
+
 def log_evaluation(
-    pipeline: Pipeline, test: pd.DataFrame, test_dataset: Any, metrics: dict[str, float]
+    pipeline: Pipeline, built: evaluation.Report, figures: Path, test_dataset: Any
 ) -> None:
     """The evaluation report under ``evaluation/`` plus MLflow's regressor evaluation."""
     import mlflow
 
-    built = evaluation.build_report(pipeline, test, metrics)
-    for name, figure in built.figures.items():
-        mlflow.log_figure(figure, f"{EVALUATION_DIR}/{name}.png")
+    mlflow.log_artifacts(str(figures), EVALUATION_DIR)
     for name, table in built.tables.items():
         mlflow.log_table(table, f"{EVALUATION_DIR}/{name}.json")
     mlflow.log_text(built.summary, f"{EVALUATION_DIR}/summary.md")
@@ -212,13 +221,17 @@ def cli(upstream_run_id: str, model_kind: str, **hyperparams: Any) -> None:
         f"({metrics['fit_seconds']:.1f} s)",
     )
     mlflow.set_tag(config.TAG_MODEL_KIND, model_kind)
-    datasets = lineage.log_split_inputs(train, test)
-    model_info = log_model(pipeline, features_and_target(train)[0])
-    mlflow.set_tag(config.TAG_LOGGED_MODEL, model_info.model_id)
-    log_metrics(metrics, model_info.model_id, datasets)
-    log_evaluation(pipeline, test, datasets["test"], metrics)
-    logged = reload_logged_model(model_info.model_id, pipeline, features_and_target(test)[0])
-    log_gate_predictions(logged, train, test)
+    # The report (permutation importance, figures: ~1 s) is built in a thread while this one
+    # logs and reloads the model: register waits for this run to finish.
+    with tempfile.TemporaryDirectory() as figures, ThreadPoolExecutor(1) as pool:
+        report = pool.submit(render_evaluation, pipeline, test, metrics, Path(figures))
+        datasets = lineage.log_split_inputs(train, test)
+        model_info = log_model(pipeline, features_and_target(train)[0])
+        mlflow.set_tag(config.TAG_LOGGED_MODEL, model_info.model_id)
+        log_metrics(metrics, model_info.model_id, datasets)
+        logged = reload_logged_model(model_info.model_id, pipeline, features_and_target(test)[0])
+        log_gate_predictions(logged, train, test)
+        log_evaluation(pipeline, report.result(), Path(figures), datasets["test"])
 
 
 if __name__ == "__main__":

@@ -15,7 +15,8 @@ and exits with the worker's exit code, so runs, logs, cancellation and exit code
 without the server.
 
 One server per interpreter (``sys.prefix`` + ``sys.executable``), at a socket in a private
-runtime directory (``server_path``). main starts it when none answers and points its
+runtime directory (``server_path``). MLflow's launcher of main starts it as it starts
+(``steps.infra.starthook``), or main when none answers; main points its
 children at it (``config.FORKSERVER_ENV``); a later ``python -m steps.main`` finds it there
 and is served too. It outlives its last run by ``config.STEP_SERVER_IDLE_ENV`` seconds
 (default ``config.DEFAULT_STEP_SERVER_IDLE_S``; 0 = it ends with the run that started it),
@@ -26,9 +27,11 @@ When no server answers, the interpreter or its ``sys.path`` differs, or the modu
 step, ``delegate()`` returns and the step runs in its own process as usual.
 
 In: ``python -m steps.infra.forkserver daemon SOCKET [HOLDER_PID]`` (what main starts),
-``serve SOCKET`` (a server that ends with its parent), ``run COMMAND...`` (a command with a
-step server started beside it, as ``make run`` does), ``stop`` (ends this interpreter's
-server). Out: nothing logged.
+``serve SOCKET`` (a server that ends with its parent), ``start HOLDER_PID`` (this
+interpreter's server, unless one answers, for a run that process waits for: what
+``steps.infra.starthook`` starts as ``mlflow run . -e main --env-manager local`` starts, so
+the server's imports overlap the launcher's), ``stop`` (ends this interpreter's server).
+Out: nothing logged.
 """
 
 from __future__ import annotations
@@ -529,9 +532,10 @@ def _started(path: str, timeout: float = 10.0) -> bool:
     return False
 
 
-def start_server(path: str) -> subprocess.Popen:
-    """Start this interpreter's step server at ``path``, detached: it outlives us (see
-    ``Lease``) and keeps none of our environment's run (MLFLOW_*) or terminal."""
+def start_server(path: str, holder: int | None = None) -> subprocess.Popen:
+    """Start this interpreter's step server at ``path``, detached: it outlives its holder (we,
+    unless told another process; see ``Lease``) and keeps none of our environment's run
+    (MLFLOW_*) or terminal."""
     import subprocess
 
     # nor a diagnostic asked of one run: every worker would print its import profile
@@ -539,9 +543,10 @@ def start_server(path: str) -> subprocess.Popen:
     env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_") and k not in dropped}
     # Its own output goes to a file beside its socket, never to ours: it outlives us, and a
     # caller reading our output to its end would wait for the server too.
+    holder = holder or os.getpid()
     with open(path + ".log", "wb") as log:
         return subprocess.Popen(
-            [sys.executable, "-m", "steps.infra.forkserver", "daemon", path, str(os.getpid())],
+            [sys.executable, "-m", "steps.infra.forkserver", "daemon", path, str(holder)],
             stdin=subprocess.DEVNULL,
             stdout=log,
             stderr=log,
@@ -602,26 +607,18 @@ def _server_pid(path: str) -> int | None:
     return pid or None
 
 
-def run_command(command: list[str]) -> int:
-    """Run ``command`` with the step server started beside it (``make run``: the server's
-    imports overlap the `mlflow run` launcher's own start-up instead of following it)."""
-    import subprocess
-
-    if not command:
-        print("usage: python -m steps.infra.forkserver run COMMAND...", file=sys.stderr)
-        return 2
-    with running():
-        child = subprocess.Popen(command)
-        # A Ctrl-C reaches the command's whole process group; a SIGTERM for us is passed on.
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
-        signal.signal(signal.SIGTERM, lambda signum, _f: child.send_signal(signum))
-        code = child.wait()
-    return 128 - code if code < 0 else code
+def start(holder: int) -> int:
+    """Start this interpreter's step server for a run that ``holder`` waits for, unless one
+    answers (``steps.infra.starthook``: MLflow's launcher of ``main``, as it starts)."""
+    path = server_path()
+    if path and not answers(path):
+        start_server(path, holder)
+    return 0
 
 
 USAGE = (
     "usage: python -m steps.infra.forkserver daemon SOCKET [PID] | serve SOCKET"
-    " | run COMMAND... | stop"
+    " | start HOLDER_PID | stop"
 )
 
 if __name__ == "__main__":
@@ -630,8 +627,8 @@ if __name__ == "__main__":
         serve(rest[0], persistent=True, holder=int(rest[1]) if len(rest) == 2 else None)
     elif verb == "serve" and len(rest) == 1:
         serve(rest[0])
-    elif verb == "run":
-        sys.exit(run_command(rest))
+    elif verb == "start" and len(rest) == 1 and rest[0].isdigit():
+        sys.exit(start(int(rest[0])))
     elif verb == "stop" and not rest:
         sys.exit(stop())
     else:

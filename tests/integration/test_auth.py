@@ -189,7 +189,7 @@ def test_anonymous_and_wrong_password_fail_in_one_line_and_create_nothing(server
     assert_one_error_line(wrong, "error: main:", "user 'pipeline'", "401 UNAUTHENTICATED")
 
     # MLflow's own launcher, as a user types it: refused before any step of ours runs
-    # (steps.infra.refusalhook, installed into the venv by make setup)
+    # (steps.infra.starthook, installed into the venv by make setup)
     launcher = run_as(
         None, mlflow_run_local("main", "--experiment-name", config.EXPERIMENT_NAME), project, server
     )

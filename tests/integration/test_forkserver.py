@@ -289,3 +289,37 @@ def test_new_packages_end_the_step_server_and_the_step_runs_itself(tmp_path, run
     )
     assert stopped.returncode == 0
     wait_until(lambda: not psutil.pid_exists(second), "stop did not end the step server")
+
+
+def test_the_launcher_of_main_starts_the_step_server_as_it_starts(tmp_path, runtime_dir):
+    """`mlflow run . -e main --env-manager local`: MLflow's launcher itself starts the step
+    server (the venv's start hook), so its imports overlap the launcher's; the launcher holds
+    it, and main is served by it. (Were it main's to start, main's process would hold it.)"""
+    project = copy_project(tmp_path / "project")
+    env = project_env(f"sqlite:///{tmp_path / 'mlflow.db'}", TMPDIR=str(runtime_dir))
+    # main refuses the parameter: no step runs
+    refused = ["-P", "split_strategy=no-such-strategy"]
+    launcher = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "mlflow",
+            "run",
+            ".",
+            "-e",
+            "main",
+            "--env-manager",
+            "local",
+            *refused,
+        ],
+        cwd=project,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    out, _ = launcher.communicate(timeout=120)
+    assert launcher.returncode != 0 and "no-such-strategy" in out, out[-3000:]
+    (server,) = serving_pids(runtime_dir)
+    holder = psutil.Process(server).cmdline()[5]
+    assert int(holder) == launcher.pid

@@ -140,6 +140,15 @@ def test_train_logs_metrics_splits_and_one_raw_row_model(sqlite_pipeline):
         assert {"train", "test"} <= contexts
     artifacts = {a.path for a in client.list_artifacts(runs["preprocess"].info.run_id)}
     assert {config.SPLITS_ARTIFACT_DIR, config.PREPROCESSOR_ARTIFACT} <= artifacts
+    # the evaluation report, built beside the model's logging, all of it in the run
+    report = {a.path for a in client.list_artifacts(train.info.run_id, "evaluation")}
+    figures = ("predicted_vs_actual", "residual_histogram", "residual_map")
+    tables = ("permutation_importance", "error_by_ocean_proximity", "error_by_price_band")
+    assert {f"evaluation/{name}.png" for name in (*figures, *tables)} <= report
+    assert {f"evaluation/{name}.json" for name in tables} | {"evaluation/summary.md"} <= report
+    assert train.data.metrics["eval_test_root_mean_squared_error"] == pytest.approx(
+        train.data.metrics["test_rmse"]
+    )
 
 
 def test_champion_loads_and_predicts_dollars_for_raw_rows(sqlite_pipeline):

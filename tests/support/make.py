@@ -25,10 +25,10 @@ def project_with_venv(dest: Path) -> Path:
     installed = (VENV / "bin" / ".installed").stat().st_mtime_ns
     # The same for the interpreter hook: a copy must not point the shared venv's .pth at
     # itself (a temp dir that is gone after the test).
-    for dated in ("requirements.lock", "requirements-dev.lock", "steps/infra/refusalhook.py"):
+    for dated in ("requirements.lock", "requirements-dev.lock", "steps/infra/starthook.py"):
         os.utime(project / dated, ns=(installed, installed))
     bin_dir = project.resolve() / ".venv" / "bin"
-    stamps = [str(bin_dir / name) for name in (".installed", ".refusal-hook", ".store-template")]
+    stamps = [str(bin_dir / name) for name in (".installed", ".start-hook", ".store-template")]
     up_to_date = subprocess.run(["make", "-q", *stamps], cwd=project, env=make_env(""), check=False)
     assert up_to_date.returncode == 0, f"`make setup` would rebuild {VENV}: run it there first"
     return project
