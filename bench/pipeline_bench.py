@@ -4,7 +4,7 @@ In a temp dir, on a fresh copy of the work tree without data/ (committed, so the
 and reuse is allowed) and a fresh SQLite store, it times:
 
 * cold main       — ``mlflow run . -e main``: every step runs, data arrives via HOUSING_DATA_URL;
-  no step server runs (TMPDIR is the bench's own), so main starts one
+  no step server runs (TMPDIR is the bench's own), so the launcher starts one as it starts
 * warm main       — the same command again: load_data/preprocess/train reused, register runs
 * changed main    — ``-P random_state=7``: train and register rerun
 * cold main, server up — every step runs (another copy, an empty store) while the step server
