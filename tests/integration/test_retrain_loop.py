@@ -192,3 +192,41 @@ def test_shift_drift_new_data_retrain_gate_and_the_server_follows(tmp_path):
     assert "error:" not in quiet.stderr  # monitor's complaint is a missing verdict, not ours
     assert len(versions) == 2
     print(f"server answered v{version}; test took {time.monotonic() - started:.0f} s")
+
+
+def test_a_failing_main_puts_the_data_version_back_and_registers_nothing(tmp_path):
+    """retrain forced onto a new data version that main's load_data refuses (200 rows: the
+    contract wants 1,000): retrain's run FAILED with one line naming main's run, which FAILED
+    too; data.dvc as it was and no data/ left in the work tree; nothing registered."""
+    import mlflow
+
+    project = copy_project(tmp_path / "project")
+    uri = f"sqlite:///{(tmp_path / 'mlflow.db').resolve()}"
+    source = tmp_path / "housing.csv"
+    pd.read_csv(housing_csv()).sample(200, random_state=5).to_csv(source, index=False)
+    dvc_file = (project / "data.dvc").read_text()
+    result = run_cmd(
+        mlflow_run_local(
+            "retrain", "--experiment-name", config.EXPERIMENT_NAME,
+            "-P", "force=true", "-P", f"source_url={source.as_uri()}",
+            "-P", f"log_dir={tmp_path / 'no-traffic'}",
+        ),
+        cwd=project,
+        env=project_env(uri),
+    )  # fmt: skip
+    assert result.returncode == 1, result.stdout[-3000:] + result.stderr[-5000:]
+    (line,) = [x for x in result.stderr.splitlines() if x.startswith("error: retrain:")]
+    assert line.endswith("failed; the champion did not move"), line
+    assert (project / "data.dvc").read_text() == dvc_file
+    assert not (project / "data").exists()
+    with tracking(uri):
+        client = mlflow.MlflowClient()
+        (retrain,) = client.search_runs(
+            [client.get_experiment_by_name(config.EXPERIMENT_NAME).experiment_id],
+            f"tags.`{config.TAG_STEP}` = 'retrain'",
+        )
+        main = client.get_run(retrain.data.tags[config.TAG_RETRAIN_MAIN_RUN])
+        assert main.info.run_id in line
+        assert (retrain.info.status, main.info.status) == ("FAILED", "FAILED")
+        assert "forced" in retrain.data.tags[config.TAG_RETRAIN_REASONS].split("; ")
+        assert not client.search_registered_models()
