@@ -202,9 +202,12 @@ def _site_packages() -> str:
 
 if __name__ == "housing_start_hook":  # run by the .pth line at interpreter start
     sys.excepthook = _refusal_hook
-    _launch = launch_of(list(getattr(sys, "orig_argv", ())))
-    if _launch is not None:
-        _on_launch(_launch)
+    try:  # a speed-up: nothing here may keep the interpreter from starting
+        _launch = launch_of(list(getattr(sys, "orig_argv", ())))
+        if _launch is not None:
+            _on_launch(_launch)
+    except Exception:
+        pass
 elif __name__ == "__main__":
     target = os.path.join(_site_packages(), PTH_NAME)
     if sys.argv[1:] in (["install"], ["uninstall"]):
