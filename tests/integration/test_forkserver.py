@@ -19,7 +19,13 @@ import pytest
 from steps import config
 from steps.infra import forkserver
 from steps.orchestration import upstream_wait
-from tests.support import copy_project, project_env, step_servers, stop_step_servers
+from tests.support import (
+    copy_project,
+    mlflow_run_local,
+    project_env,
+    step_servers,
+    stop_step_servers,
+)
 
 pytestmark = pytest.mark.skipif(
     not sys.platform.startswith("linux"), reason="the fork server runs on Linux only"
@@ -297,21 +303,9 @@ def test_the_launcher_of_main_starts_the_step_server_as_it_starts(tmp_path, runt
     it, and main is served by it. (Were it main's to start, main's process would hold it.)"""
     project = copy_project(tmp_path / "project")
     env = project_env(f"sqlite:///{tmp_path / 'mlflow.db'}", TMPDIR=str(runtime_dir))
-    # main refuses the parameter: no step runs
-    refused = ["-P", "split_strategy=no-such-strategy"]
     launcher = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "mlflow",
-            "run",
-            ".",
-            "-e",
-            "main",
-            "--env-manager",
-            "local",
-            *refused,
-        ],
+        # main refuses the parameter: no step runs
+        mlflow_run_local("main", "-P", "split_strategy=no-such-strategy"),
         cwd=project,
         env=env,
         stdout=subprocess.PIPE,
