@@ -11,6 +11,11 @@ multiple of MLflow's, and the batch seconds; ``--json`` prints one JSON document
     python bench/api_bench.py                       # temp tracking store + demo model
     python bench/api_bench.py --tracking-uri sqlite:////abs/mlflow.db --json
     python bench/api_bench.py --log-dir none       # ours without its inference log
+    python bench/api_bench.py --shadow-alias challenger  # + ours with a shadow model
+
+With ``--shadow-alias``, a fourth server, ours with that alias shadowing every logged request
+(a second demo version registered under it), runs in the same alternation, and the report
+gives its throughput as a share of ours without it: the shadow's cost, measured in one run.
 
 Needs ``wrk`` (``apt-get install -y wrk``). The demo model comes from
 ``tests/support/mlflow_helpers.py``.
@@ -18,6 +23,7 @@ Needs ``wrk`` (``apt-get install -y wrk``). The demo model comes from
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -147,6 +153,7 @@ ENDPOINTS = {
     "api": ("/predict", "data"),
     "mlflow": ("/invocations", "dataframe_records"),
     "floor": ("/predict", "data"),
+    "api_shadow": ("/predict", "data"),
 }
 
 
@@ -245,10 +252,10 @@ def summary_lines(report: dict) -> list[str]:
         f"load average before/after: {report['loadavg_before']} / {report['loadavg_after']}"
     )
     for label, _, _ in scenarios(report["connections"]):
-        for api in ("floor", "api", "mlflow"):
+        for api in report["load"]:
             r = report["load"][api][label]
             lines.append(
-                f"{label:15s} {api:6s} {r['req_per_s']:8.1f} req/s  p50 {r['p50_ms']:7.2f} ms  "
+                f"{label:15s} {api:10s} {r['req_per_s']:8.1f} req/s  p50 {r['p50_ms']:7.2f} ms  "
                 f"p99 {r['p99_ms']:6.2f}  p99.9 {r['p999_ms']:6.2f}  max {r['max_ms']:6.1f} ms  "
                 f"non-2xx {r['non_2xx']}  errors {r['socket_errors']}"
             )
@@ -256,6 +263,11 @@ def summary_lines(report: dict) -> list[str]:
             f"{label:15s} ours = {report['of_floor'][label]:.0%} of the floor, "
             f"{report['ratio'][label]:.2f}x mlflow models serve"
         )
+        if "shadow_cost" in report:
+            lines.append(
+                f"{label:15s} with shadow {report['shadow_alias']!r}: "
+                f"{report['shadow_cost'][label]:.0%} of ours without it"
+            )
     lines.append(f"max |api - mlflow| on 100 rows: {report['max_abs_diff_dollars']}")
     if report.get("batch"):
         b = report["batch"]
@@ -284,6 +296,9 @@ def summary_lines(report: dict) -> list[str]:
     help="steps.serve --log-dir (relative: under the bench's temp dir; none: no log)",
 )
 @click.option("--log-sample-rate", type=float, default=DEFAULT_SAMPLE_RATE, show_default=True)
+@click.option(
+    "--shadow-alias", default="", help="Also load ours with this alias shadowing (empty: no)."
+)
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON document.")
 def main(
     tracking_uri,
@@ -295,10 +310,15 @@ def main(
     batch_rows,
     log_dir,
     log_sample_rate,
+    shadow_alias,
     as_json,
 ):
     if shutil.which("wrk") is None:
         raise click.ClickException("wrk not found: apt-get install -y wrk")
+    if shadow_alias and log_dir in ("", "none"):
+        raise click.BadParameter(
+            "a shadow scores logged requests: keep the log on", param_hint="--log-dir"
+        )
     with tempfile.TemporaryDirectory(prefix="api-bench-") as tmp:
         workdir = Path(tmp)
         X, y = housing_sample(csv_path, n_rows=None)
@@ -306,6 +326,10 @@ def main(
             tracking_uri = f"sqlite:///{workdir / 'mlflow.db'}"
             click.echo("fitting and registering a demo model (default hyperparameters)", err=True)
             register_demo_model(tracking_uri, demo_pipeline(X, y), X, workdir / "artifacts")
+            if shadow_alias:
+                # another model (fewer trees) under the alias: a shadow that predicts otherwise
+                shadow = demo_pipeline(X, y, n_estimators=100)
+                register_demo_model(tracking_uri, shadow, X, workdir / "artifacts", shadow_alias)
         report: dict[str, Any] = {
             "tracking_uri": tracking_uri,
             "model_uri": model_uri,
@@ -325,20 +349,25 @@ def main(
         floor_args = [sys.executable, "-m", "uvicorn", "--app-dir", str(PROJECT_ROOT / "bench")]
         floor_args += ["json_floor:app"]
         floor_args += ["--workers", str(workers), "--host", LOOPBACK, "--no-access-log"]
-        with (
-            server(api_args, child_env(tracking_uri, False), "/ready", workdir / "api.log") as api,
-            server(
-                mlflow_args, child_env(tracking_uri, True), "/ping", workdir / "mlflow.log"
-            ) as ml,
-            server(
-                floor_args, child_env(tracking_uri, False), "/docs", workdir / "floor.log"
-            ) as fl,
-        ):
-            urls = {"floor": fl, "api": api, "mlflow": ml}
+        # the same settings, its own log (the shadow's predictions go there)
+        shadow_args = [*api_args, "--log-dir", "shadow-log", "--shadow-alias", shadow_alias]
+        with contextlib.ExitStack() as stack:
+            env = child_env(tracking_uri, False)
+            urls = {
+                "floor": stack.enter_context(server(floor_args, env, "/docs", workdir / "fl.log")),
+                "api": stack.enter_context(server(api_args, env, "/ready", workdir / "api.log")),
+            }
+            if shadow_alias:
+                shadowed = server(shadow_args, env, "/ready", workdir / "shadow.log")
+                urls["api_shadow"] = stack.enter_context(shadowed)
+            mlflow_env = child_env(tracking_uri, True)
+            urls["mlflow"] = stack.enter_context(
+                server(mlflow_args, mlflow_env, "/ping", workdir / "mlflow.log")
+            )
             report["max_abs_diff_dollars"] = check_agreement(urls, X)
             opts = {"connections": connections, "seconds": seconds}
             report["load"] = load_test(urls, X, workdir, opts)
-            report["inference_log"] = log_counts(api)
+            report["inference_log"] = log_counts(urls["api"])
         report["ratio"] = {
             label: round(
                 report["load"]["api"][label]["req_per_s"]
@@ -355,6 +384,16 @@ def main(
             )
             for label, _, _ in scenarios(connections)
         }
+        if shadow_alias:
+            report["shadow_alias"] = shadow_alias
+            report["shadow_cost"] = {
+                label: round(
+                    report["load"]["api_shadow"][label]["req_per_s"]
+                    / max(report["load"]["api"][label]["req_per_s"], 1e-9),
+                    3,
+                )
+                for label, _, _ in scenarios(connections)
+            }
         if batch_rows:
             report["batch"] = time_batch(tracking_uri, model_uri, X, workdir, batch_rows)
         report["loadavg_after"] = round(os.getloadavg()[0], 2)
