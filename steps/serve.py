@@ -42,7 +42,7 @@ from typing import Any
 import click
 
 from steps import config
-from steps.serving import apikeys, inferencelog, shadow
+from steps.serving import apikeys, driftgauge, inferencelog, shadow
 from steps.serving.api import DEFAULT_MAX_BODY_BYTES
 from steps.serving.follower import DEFAULT_RELOAD_INTERVAL_S
 from steps.serving.rowschema import DEFAULT_MAX_ROWS
@@ -130,6 +130,13 @@ DEFAULT_WORKERS = 2
     default=shadow.DEFAULT_CANARY_PERCENT,
     show_default=True,
     help="Percent of requests (by request id) answered by the --shadow-alias version.",
+)
+@click.option(
+    "--drift-interval",
+    type=click.FloatRange(min=0, min_open=True),
+    default=driftgauge.INTERVAL_S,
+    show_default=True,
+    help="Seconds between judgements of the logged rows' drift (the gauges on /metrics).",
 )
 def cli(
     api_keys_file: str,

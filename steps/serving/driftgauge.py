@@ -108,8 +108,11 @@ def reference_profile(ref: Any) -> dict[str, Any] | None:
         return None
 
 
-def start(log: Any, profile: dict[str, Any] | None) -> DriftGauge | None:
-    """Judge ``log``'s rows against ``profile`` (None, or no log: no gauge)."""
+def start(
+    log: Any, profile: dict[str, Any] | None, interval_s: float = INTERVAL_S
+) -> DriftGauge | None:
+    """Judge ``log``'s rows against ``profile`` every ``interval_s`` seconds (None, or no
+    log: no gauge)."""
     if log is None or profile is None:
         return None
     # imported now, before the worker takes requests and freezes its objects (gc.freeze),
@@ -118,6 +121,6 @@ def start(log: Any, profile: dict[str, Any] | None) -> DriftGauge | None:
 
     from steps.monitoring import drift  # noqa: F401
 
-    gauge = DriftGauge(profile).start()
+    gauge = DriftGauge(profile, interval_s=interval_s).start()
     log.on_table = gauge.add
     return gauge

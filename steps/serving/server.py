@@ -175,15 +175,17 @@ def serving_app(
     drift_profile: dict | None = None,
     shadow_alias: str | None = None,
     canary_percent: int = 0,
+    drift_interval: float = driftgauge.INTERVAL_S,
 ) -> FastAPI:
     """The app for ``model``, following ``model_uri`` every ``reload_interval`` seconds and
     logging its predictions under ``log_dir`` (None: not at all), this process's own files;
-    the logged rows' drift against ``drift_profile`` (None: none) on /metrics;
+    the logged rows' drift against ``drift_profile`` (None: none) on /metrics, every
+    ``drift_interval`` seconds;
     ``shadow_alias`` (None: none) followed the same way, scoring the logged requests and
     answering ``canary_percent`` % of them."""
     alias = parse_registry_uri(model_uri)[2]
     log = inferencelog.open_log(log_dir, log_sample_rate, alias)
-    driftgauge.start(log, drift_profile)
+    driftgauge.start(log, drift_profile, drift_interval)
     answers = feedback.open_feedback(log_dir, max_rows)
     rejects = rejectlog.open_rejects(log_dir)
     keys = apikeys.from_environment()
@@ -203,18 +205,13 @@ def worker_app() -> FastAPI:
     on its own (same registry, same interval), so they converge on the version it names.
     """
     settings = json.loads(os.environ[WORKER_SETTINGS_ENV])
-    pipeline = load_skops_pipeline(Path(settings["model_dir"]))
+    pipeline = load_skops_pipeline(Path(settings.pop("model_dir")))
+    ref = ModelRef(**settings.pop("ref"))
+    log_dir = settings.pop("log_dir")
     app = serving_app(
-        ServedModel(pipeline=pipeline, ref=ModelRef(**settings["ref"])),
-        settings["model_uri"],
-        settings["reload_interval"],
-        settings["max_rows"],
-        settings["max_body_bytes"],
-        Path(settings["log_dir"]) if settings["log_dir"] else None,
-        settings["log_sample_rate"],
-        settings["drift_profile"],
-        settings["shadow_alias"],
-        settings["canary_percent"],
+        ServedModel(pipeline=pipeline, ref=ref),
+        log_dir=Path(log_dir) if log_dir else None,
+        **settings,
     )
     tune_process_for_serving()
     return app
@@ -233,10 +230,12 @@ def run_server(
     log_sample_rate: float = inferencelog.DEFAULT_SAMPLE_RATE,
     shadow_alias: str | None = None,
     canary_percent: int = 0,
+    drift_interval: float = driftgauge.INTERVAL_S,
 ) -> None:
     """Load the model (errors surface here, before any port is bound), then serve;
     ``log_dir``: the inference log's checked directory (None: off); ``shadow_alias``
-    (checked, None: off) and ``canary_percent``: see ``follow_shadow``."""
+    (checked, None: off) and ``canary_percent``: see ``follow_shadow``; ``drift_interval``:
+    seconds between the drift gauges' judgements (``steps.serving.driftgauge``)."""
     import uvicorn
 
     with tempfile.TemporaryDirectory(prefix="serve-model-") as tmp:
@@ -258,19 +257,19 @@ def run_server(
         )
         options = {"host": host, "port": port, "access_log": access_log, "log_level": "info"}
         options["http"] = HTTP_PROTOCOL
+        app_settings = {
+            "model_uri": model_uri,
+            "reload_interval": reload_interval,
+            "max_rows": max_rows,
+            "max_body_bytes": max_body_bytes,
+            "log_sample_rate": log_sample_rate,
+            "drift_profile": profile,
+            "shadow_alias": shadow_alias,
+            "canary_percent": canary_percent,
+            "drift_interval": drift_interval,
+        }
         if workers == 1:
-            app = serving_app(
-                ServedModel(pipeline, ref),
-                model_uri,
-                reload_interval,
-                max_rows,
-                max_body_bytes,
-                log_dir,
-                log_sample_rate,
-                profile,
-                shadow_alias,
-                canary_percent,
-            )
+            app = serving_app(ServedModel(pipeline, ref), log_dir=log_dir, **app_settings)
             tune_process_for_serving()
             uvicorn.run(app, **options)
             return
@@ -279,15 +278,8 @@ def run_server(
             {
                 "model_dir": str(model_dir),
                 "ref": asdict(ref),
-                "model_uri": model_uri,
-                "reload_interval": reload_interval,
-                "max_rows": max_rows,
-                "max_body_bytes": max_body_bytes,
                 "log_dir": str(log_dir) if log_dir else "",
-                "log_sample_rate": log_sample_rate,
-                "drift_profile": profile,
-                "shadow_alias": shadow_alias,
-                "canary_percent": canary_percent,
+                **app_settings,
             }
         )
         # Inherited by the workers before their OpenMP runtime starts.

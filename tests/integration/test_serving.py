@@ -489,6 +489,48 @@ def wait_for_shadow(url: str, version: str | None, timeout: float = 60) -> dict:
         time.sleep(0.2)
 
 
+def feature_gauges(url: str, name: str) -> dict[str, float]:
+    """feature -> value of a gauge labelled by feature (or "" -> value: unlabelled)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    with urllib.request.urlopen(f"{url}/metrics", timeout=10) as r:
+        text = r.read().decode()
+    return {
+        sample.labels.get("feature", ""): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if sample.name == name
+    }
+
+
+def test_drift_gauges_on_metrics_flag_the_feature_in_another_unit(registry, workdir):
+    """A live server judges its recent logged rows every ``--drift-interval`` against the
+    served version's data: 520 single-row requests with median_income x10 (a unit change)
+    flag median_income on /metrics, and no other feature."""
+    log_dir = workdir / "drift-log"
+    args = [sys.executable, "-m", "steps.serve", "--model-uri", MODEL_URI, "--workers", "1"]
+    args += ["--log-dir", str(log_dir), "--drift-interval", "0.5"]
+    X, _ = housing_sample(housing_csv(), n_rows=520, seed=41)
+    shifted = X.assign(median_income=X["median_income"] * 10)
+    with server(args, child_env(registry["uri"], allow_pickle=False), workdir, "/ready") as url:
+        for row in records(shifted):
+            assert post(f"{url}/predict", {"data": [row]})[0] == 200
+        # judged once the window holds the rows and every feature has its gauges (well
+        # before the default interval's first judgement, 60 s after the start)
+        deadline = time.monotonic() + 30
+        while len(drifted := feature_gauges(url, "housing_api_feature_drift")) < len(
+            config.FEATURES
+        ):
+            assert time.monotonic() < deadline, "the gauges never judged the logged rows"
+            time.sleep(0.2)
+        psi = feature_gauges(url, "housing_api_feature_psi")
+        window = feature_gauges(url, "housing_api_drift_window_rows")[""]
+    assert 500 <= window <= len(shifted)
+    assert set(drifted) == set(config.FEATURES)
+    assert {feature for feature, flag in drifted.items() if flag == 1} == {"median_income"}
+    assert psi["median_income"] == max(psi.values())
+
+
 def test_shadow_and_canary_follow_the_challenger_alias(registry, workdir, rows):
     """``--shadow-alias challenger --canary-percent 50`` on one worker: it starts and answers
     from the champion while no challenger exists; once the alias appears, requests whose id is
