@@ -107,9 +107,6 @@ class Launch:
         self.entry_point = entry_point
         self.env_manager = env_manager  # None: MLflow picks (virtualenv, for python_env)
 
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, Launch) and vars(self) == vars(other)
-
     def __repr__(self) -> str:
         return f"Launch({self.project!r}, {self.entry_point!r}, {self.env_manager!r})"
 
