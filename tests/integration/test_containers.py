@@ -22,6 +22,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
 import pytest
 import yaml
 
@@ -36,6 +37,7 @@ from tests.support import (
     serve_directory,
     start_mlflow_server,
     stop,
+    v2_request,
 )
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration, pytest.mark.docker]
@@ -187,16 +189,7 @@ def test_the_images_server_answers_every_protocol(server):
     assert len(one) == 1 and 50_000 < one[0] < 600_000
     split = {"dataframe_split": {"columns": list(ROW), "data": [list(ROW.values())]}}
     assert post(f"{server}/invocations", split)["predictions"] == one
-    inputs = [
-        {
-            "name": column,
-            "datatype": "BYTES" if isinstance(value, str) else "FP64",
-            "shape": [1],
-            "data": [value],
-        }
-        for column, value in ROW.items()
-    ]
-    v2 = post(f"{server}/v2/models/{config.MODEL_NAME}/infer", {"inputs": inputs})
+    v2 = post(f"{server}/v2/models/{config.MODEL_NAME}/infer", v2_request(pd.DataFrame([ROW])))
     assert v2["outputs"][0]["data"] == one
     metrics = get(f"{server}/metrics")
     assert "housing_api_predicted_rows_total 3.0" in metrics

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 from steps import config
-from steps.tracking.loading import load_version
+from steps.tracking.loading import DEFAULT_MODEL_URI, load_version
 from tests.integration.test_serving import (
     child_env,
     get,
@@ -30,7 +30,7 @@ from tests.support import demo_pipeline, housing_csv, housing_sample, register_d
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration]
 
-MODEL_URI = f"models:/{config.MODEL_NAME}@{config.CHAMPION_ALIAS}"
+MODEL_URI = DEFAULT_MODEL_URI  # the champion, as serve resolves it by default
 RELOAD_S = 1.0
 # a moved alias must be served within the interval plus a load (download + skops + probe)
 CONVERGE_S = RELOAD_S + 20

@@ -18,6 +18,7 @@ import psutil
 import pytest
 
 from steps import config
+from steps.tracking.loading import DEFAULT_MODEL_URI
 from tests.integration.test_serving import child_env, records, served_versions, server
 from tests.support import (
     copy_project,
@@ -34,7 +35,7 @@ from tests.support import (
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration]
 
-MODEL_URI = f"models:/{config.MODEL_NAME}@{config.CHAMPION_ALIAS}"
+MODEL_URI = DEFAULT_MODEL_URI  # the champion, as serve resolves it by default
 RELOAD_S = 1.0
 FOLLOW_S = RELOAD_S + 30  # the interval plus a download, a skops load and a probe
 FOLLOWED_STREAK = 20  # answers in a row from the new version: both workers have it

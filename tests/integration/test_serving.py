@@ -25,6 +25,7 @@ import pytest
 from steps import config, predict
 from steps.batch import localscore
 from steps.serving import shadow
+from steps.tracking.loading import DEFAULT_MODEL_URI
 from tests.support import (
     PROJECT_ROOT,
     demo_pipeline,
@@ -45,7 +46,7 @@ from tests.support import (
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration]
 
-MODEL_URI = f"models:/{config.MODEL_NAME}@{config.CHAMPION_ALIAS}"
+MODEL_URI = DEFAULT_MODEL_URI  # the champion, as serve resolves it by default
 
 
 # --- helpers ------------------------------------------------------------------------------

@@ -47,6 +47,7 @@ from tests.support.predicting import (
     messy_rows,
     predict_env,
     run_predict,
+    v2_request,
 )
 from tests.support.processes import (
     PLAIN_PATH,
@@ -155,6 +156,7 @@ __all__ = [
     "stop_step_servers",
     "synthetic_housing",
     "tracking",
+    "v2_request",
     "wait_for_run",
     "wait_http",
     "write_accounts",

@@ -1,7 +1,9 @@
-"""Batch predictions (``steps.predict``, both engines): its environment, its command, messy rows."""
+"""Predicting in tests: batch predictions (``steps.predict``, both engines: its environment, its
+command, messy rows) and the Open Inference Protocol (V2) request of some rows."""
 
 from __future__ import annotations
 
+import math
 import os
 import subprocess
 import sys
@@ -9,6 +11,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from steps import config
 from tests.support.data import PROJECT_ROOT
 
 
@@ -76,3 +79,21 @@ SAMPLE_ROW = {
     "median_income": 8.3252,
     "ocean_proximity": "NEAR BAY",
 }
+
+
+def v2_request(X: pd.DataFrame, nested: bool = False) -> dict:
+    """One tensor per column; ``nested``: MLServer's pandas codec ([[v], ...], shape [n, 1])."""
+    inputs = []
+    for column in X.columns:
+        values = [None if isinstance(v, float) and math.isnan(v) else v for v in X[column]]
+        numeric = column != config.CATEGORICAL_FEATURE
+        inputs.append(
+            {
+                "name": column,
+                "datatype": "FP64" if numeric else "BYTES",
+                "shape": [len(values), 1] if nested else [len(values)],
+                "data": [[v] for v in values] if nested else values,
+            }
+        )
+    body = {"id": "req-1", "inputs": inputs}
+    return {**body, "parameters": {"content_type": "pd"}} if nested else body

@@ -26,6 +26,7 @@ from steps.serving.inferencelog import (
     request_id,
 )
 from steps.serving.rowschema import HousingRow
+from tests.support import v2_request
 from tests.unit.serving.app import MAX_BODY, MAX_ROWS, REF, good_row
 
 ROW = HousingRow(**good_row())
@@ -274,15 +275,7 @@ def test_v2_infer_answers_x_request_id_and_logs_under_it(pipeline, tmp_path):
     log = InferenceLog(tmp_path, limits=MANUAL)
     app = api.create_app(api.ServedModel(pipeline, REF), MAX_ROWS, MAX_BODY, inference_log=log)
     row = good_row()
-    inputs = [
-        {
-            "name": k,
-            "datatype": "BYTES" if isinstance(v, str) else "FP64",
-            "shape": [1],
-            "data": [v],
-        }
-        for k, v in row.items()
-    ]
+    inputs = v2_request(pd.DataFrame([row]))["inputs"]
     with TestClient(app) as client:
         r = client.post(
             f"/v2/models/{REF.name}/infer", json={"inputs": inputs}, headers={"x-request-id": "v2"}

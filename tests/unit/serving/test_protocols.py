@@ -4,13 +4,13 @@
 from __future__ import annotations
 
 import json
-import math
 
 import numpy as np
 import pandas as pd
 import pytest
 
 from steps import config
+from tests.support import v2_request
 from tests.unit.serving.app import MAX_ROWS, REF, good_row, records
 
 
@@ -84,24 +84,6 @@ def test_invocations_need_json(client):
 
 
 # --- Open Inference Protocol (V2) ---------------------------------------------------------
-def v2_request(X: pd.DataFrame, nested: bool = False) -> dict:
-    """One tensor per column; ``nested``: MLServer's pandas codec ([[v], ...], shape [n, 1])."""
-    inputs = []
-    for column in X.columns:
-        values = [None if isinstance(v, float) and math.isnan(v) else v for v in X[column]]
-        numeric = column != config.CATEGORICAL_FEATURE
-        inputs.append(
-            {
-                "name": column,
-                "datatype": "FP64" if numeric else "BYTES",
-                "shape": [len(values), 1] if nested else [len(values)],
-                "data": [[v] for v in values] if nested else values,
-            }
-        )
-    body = {"id": "req-1", "inputs": inputs}
-    return {**body, "parameters": {"content_type": "pd"}} if nested else body
-
-
 @pytest.mark.parametrize("nested", [False, True])
 def test_v2_infer_equals_pipeline_predict(client, pipeline, sample, nested):
     X = sample[0].head(12).copy()
