@@ -341,16 +341,16 @@ def main(
             "log_dir": log_dir,
             "log_sample_rate": log_sample_rate,
         }
-        api_args = [sys.executable, "-m", "steps.serve", "--model-uri", model_uri]
-        api_args += ["--workers", str(workers)]
-        api_args += ["--log-dir", log_dir, "--log-sample-rate", str(log_sample_rate)]
+        serve_args = [sys.executable, "-m", "steps.serve", "--model-uri", model_uri]
+        serve_args += ["--workers", str(workers), "--log-sample-rate", str(log_sample_rate)]
+        api_args = [*serve_args, "--log-dir", log_dir]
         mlflow_args = [sys.executable, "-m", "mlflow", "models", "serve", "-m", model_uri]
         mlflow_args += ["--env-manager", "local", "--host", LOOPBACK]
         floor_args = [sys.executable, "-m", "uvicorn", "--app-dir", str(PROJECT_ROOT / "bench")]
         floor_args += ["json_floor:app"]
         floor_args += ["--workers", str(workers), "--host", LOOPBACK, "--no-access-log"]
         # the same settings, its own log (the shadow's predictions go there)
-        shadow_args = [*api_args, "--log-dir", "shadow-log", "--shadow-alias", shadow_alias]
+        shadow_args = [*serve_args, "--log-dir", "shadow-log", "--shadow-alias", shadow_alias]
         with contextlib.ExitStack() as stack:
             env = child_env(tracking_uri, False)
             urls = {
